@@ -1,0 +1,101 @@
+"""`instructray {sft,rm,ppo,pipeline,eval,demo,bench} --config FILE [--section.key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from orchestrator.config import ConfigError, describe_fields, load_config
+
+# stage -> (one-line description, "module:function" that runs it with a validated Config)
+STAGES: dict[str, tuple[str, str]] = {
+    "sft": ("supervised fine-tuning on demonstrations", "orchestrator.sft:run_sft"),
+    "rm": ("train the K-wise ranking reward model", "orchestrator.reward_model:run_rm"),
+    "ppo": ("PPO against the reward model with KL to the SFT model", "orchestrator.ppo:run_ppo"),
+    "pipeline": ("SFT -> RM -> PPO in one run folder", "orchestrator.pipeline:run_pipeline"),
+    "eval": ("evaluate a policy on held-out prompts", "orchestrator.evaluate:run_eval"),
+    "demo": ("the InstructGPT story in miniature", "orchestrator.demo:run_demo"),
+    "bench": (
+        "PPO steps at fixed settings; prints seconds and tokens/s",
+        "orchestrator.bench:run_bench",
+    ),
+}
+
+
+class UserError(Exception):
+    """An error the user can fix; the CLI prints its one-line message without a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instructray",
+        description="InstructGPT-style RLHF (SFT, reward model, PPO) on Ray.",
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for stage, (doc, _) in STAGES.items():
+        p = sub.add_parser(
+            stage,
+            help=doc,
+            description=f"instructray {stage}: {doc}.",
+            epilog="Config fields (set in --config YAML or as --section.key=value):\n\n"
+            + describe_fields(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--config", metavar="FILE", help="YAML config; fields not set keep defaults")
+        p.add_argument(
+            "--print-config", action="store_true", help="print the resolved config, exit"
+        )
+    return parser
+
+
+def _normalize_overrides(rest: list[str]) -> list[str]:
+    """Accept both `--a.b=v` and `--a.b v`."""
+    out, i = [], 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg.startswith("--") and "=" not in arg and i + 1 < len(rest):
+            nxt = rest[i + 1]
+            if not nxt.startswith("--"):
+                out.append(f"{arg}={nxt}")
+                i += 2
+                continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _resolve(target: str):
+    module, _, fn = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            return None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args, rest = _parser().parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, _normalize_overrides(rest))
+        cfg.validate(args.stage)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
+        runner = _resolve(STAGES[args.stage][1])
+        if runner is None:
+            raise UserError(f"stage '{args.stage}' is not built yet in this version of InstructRay")
+        runner(cfg)
+    except (ConfigError, UserError) as e:
+        print(f"instructray {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

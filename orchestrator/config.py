@@ -1,0 +1,415 @@
+"""The one source of truth for settings: nested dataclasses, a docstring per field.
+
+YAML files and `--section.key=value` overrides only set fields that exist here; `validate()` checks
+the arithmetic that ties sections together and puts the numbers in its messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file, key, value or combination; the message is one line for the user."""
+
+
+def param(default: Any, doc: str) -> Any:
+    """A config field with its docstring (shown by `instructray <stage> --help`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class ModelConfig:
+    """Which weights each role loads."""
+
+    policy: str = param(
+        "tiny://policy",
+        "Policy to train (the SFT model for PPO): a local HF folder, a Hub name, or tiny://policy "
+        "(a tiny model built on the fly, no download).",
+    )
+    reward: str = param(
+        "tiny://reward",
+        "Reward model (HF sequence-classification folder, or tiny://reward). Also initializes the "
+        "critic. Ignored when reward.function is set.",
+    )
+    reference: str = param("", "Frozen reference (SFT) policy for the KL penalty; empty = policy.")
+    tokenizer: str = param("", "Tokenizer folder or name; empty = the policy's.")
+    dtype: Literal["float32", "bfloat16", "float16"] = param(
+        "float32", "Weights and compute dtype of every role."
+    )
+    max_seq_len: int = param(256, "Context length: prompt tokens + response tokens.")
+    trust_remote_code: bool = param(False, "Allow model code from the model folder (off: safer).")
+    tiny_dir: str = param(
+        "", "Where tiny:// models are built and cached; empty = ~/.cache/instructray/tiny."
+    )
+
+
+@dataclass
+class DataConfig:
+    """Where prompts, demonstrations and rankings come from (see DESIGN.md for the schemas)."""
+
+    prompts: str = param(
+        "tiny://prompts",
+        "PPO prompts: JSONL/JSON/Parquet/CSV file, Hub data set name, or tiny://prompts.",
+    )
+    demonstrations: str = param("", "SFT demonstrations: {prompt, response} or {messages}.")
+    rankings: str = param(
+        "", "RM rankings: {prompt, responses, ranking} or {prompt, chosen, rejected}."
+    )
+    split: str = param("train", "Split to read from a Hub data set or a multi-split folder.")
+    eval_fraction: float = param(0.05, "Share of rows held out for evaluation (split by user id).")
+    max_prompt_tokens: int = param(64, "Longest prompt in tokens; longer prompts are bad rows.")
+    on_bad_row: Literal["error", "skip"] = param(
+        "error", "A bad row stops the run (error) or is skipped and counted (skip)."
+    )
+    shuffle: bool = param(True, "Shuffle prompts each epoch (seeded by run.seed).")
+
+
+@dataclass
+class RolloutConfig:
+    """vLLM rollout engines."""
+
+    num_engines: int = param(1, "Number of vLLM engines; prompts are shared among them.")
+    tensor_parallel_size: int = param(1, "GPUs per engine (tensor parallel); 1 on CPU.")
+    prompts_per_step: int = param(8, "Prompts per PPO step.")
+    samples_per_prompt: int = param(4, "Responses sampled per prompt (n).")
+    max_new_tokens: int = param(32, "Longest response in tokens.")
+    temperature: float = param(1.0, "Sampling temperature (> 0).")
+    top_p: float = param(1.0, "Nucleus sampling mass in (0, 1].")
+    top_k: int = param(-1, "Top-k sampling; -1 = off.")
+    stop: list[str] = param([], "Extra stop strings besides the tokenizer's EOS.")
+    ignore_eos: bool = param(
+        False, "Always generate max_new_tokens (fixed length, for benchmarks)."
+    )
+    kv_cache_gib: float = param(1.0, "KV cache per engine in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = param(0.5, "Share of GPU memory an engine may take.")
+    enforce_eager: bool = param(True, "Skip CUDA graph capture (faster start, slower decode).")
+    weight_sync: Literal["object_store", "nccl"] = param(
+        "object_store", "Transport for learner -> engine weights: Ray object store or NCCL buckets."
+    )
+    sync_max_logprob_diff: float = param(
+        1e-3,
+        "Stop the run when engine and learner log-probs of the probe batch differ by more.",
+    )
+    placement_strategy: Literal["PACK", "SPREAD"] = param(
+        "PACK", "Placement-group strategy for the engines across nodes."
+    )
+    cpus_per_engine: float = param(1.0, "CPUs reserved per engine.")
+
+
+@dataclass
+class RewardConfig:
+    """Reward scorers: a reward model, or a Python reward function."""
+
+    function: str = param(
+        "",
+        "Rule-based reward `module:function`, called as fn(prompts, responses) -> list of floats; "
+        "when set, no reward model is loaded.",
+    )
+    num_actors: int = param(1, "Number of reward scorer actors.")
+    batch_size: int = param(16, "Sequences per reward-model forward.")
+    normalize: bool = param(False, "Normalize scores with the RM's saved mean/std.")
+    clip: float | None = param(None, "Clip scores to [-clip, clip] after normalization.")
+
+
+@dataclass
+class ReferenceConfig:
+    """Frozen reference (SFT) policy scorers."""
+
+    num_actors: int = param(1, "Number of reference scorer actors.")
+    batch_size: int = param(16, "Sequences per reference forward.")
+    logprob_chunk_size: int = param(1024, "Token rows per chunk of the chunked log-prob kernel.")
+
+
+@dataclass
+class LearnerConfig:
+    """DeepSpeed ZeRO ranks that train the policy and the critic (and SFT, RM)."""
+
+    num_ranks: int = param(
+        1, "Data-parallel ranks (one Ray actor each, one torch.distributed group)."
+    )
+    zero_stage: int = param(2, "DeepSpeed ZeRO stage, 0-3.")
+    offload: bool = param(False, "Offload optimizer state (and params under ZeRO-3) to CPU.")
+    gradient_checkpointing: bool = param(False, "Recompute activations in backward to save memory.")
+    lr: float = param(1e-5, "Policy learning rate (AdamW).")
+    critic_lr: float = param(1e-5, "Critic learning rate (AdamW).")
+    weight_decay: float = param(0.0, "AdamW weight decay.")
+    warmup_steps: int = param(0, "Linear warm-up optimizer steps.")
+    max_grad_norm: float = param(1.0, "Gradient clipping norm.")
+    micro_batch_size: int = param(4, "Sequences per forward/backward per rank.")
+    backend: Literal["auto", "gloo", "nccl"] = param(
+        "auto", "torch.distributed backend; auto = nccl on GPU, gloo on CPU."
+    )
+    cpus_per_rank: float = param(1.0, "CPUs reserved per rank.")
+    gpus_per_rank: float = param(0.0, "GPUs per rank; 0 on CPU.")
+
+
+@dataclass
+class PPOConfig:
+    """PPO with a per-token KL penalty against the reference (InstructGPT step 3)."""
+
+    ppo_epochs: int = param(1, "Passes over each rollout batch.")
+    minibatch_size: int = param(8, "Sequences per optimizer step per rank.")
+    clip_eps: float = param(0.2, "Policy ratio clip epsilon.")
+    dual_clip: float | None = param(None, "Dual-clip constant c > 1 for negative advantages.")
+    value_clip: float | None = param(0.2, "Value clip around the rollout values; null = no clip.")
+    vf_coef: float = param(0.5, "Weight of the value loss.")
+    entropy_coef: float = param(0.0, "Weight of the entropy bonus.")
+    gamma: float = param(1.0, "Discount factor.")
+    lam: float = param(0.95, "GAE lambda.")
+    kl_coef: float = param(0.05, "KL penalty coefficient beta (initial value when adaptive).")
+    kl_estimator: Literal["k1", "k2", "k3"] = param("k1", "Per-token KL estimator.")
+    adaptive_kl: bool = param(False, "Adapt kl_coef toward kl_target (Ziegler et al. 2019).")
+    kl_target: float = param(6.0, "Target KL per sequence for the adaptive controller.")
+    kl_horizon: int = param(10000, "Horizon of the adaptive controller, in samples.")
+    whiten_advantages: bool = param(True, "Whiten advantages over the batch.")
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = param(
+        "token_mean", "How token losses become one number."
+    )
+
+
+@dataclass
+class RMConfig:
+    """Reward-model training from K-wise rankings (InstructGPT step 2)."""
+
+    lr: float = param(1e-5, "Learning rate.")
+    epochs: int = param(1, "Passes over the rankings.")
+    batch_size: int = param(8, "Prompts per batch; each prompt's C(K,2) pairs are one element.")
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on demonstrations (InstructGPT step 1)."""
+
+    lr: float = param(1e-5, "Learning rate.")
+    epochs: int = param(1, "Passes over the demonstrations.")
+    max_tokens_per_batch: int = param(4096, "Token budget per packed batch per rank.")
+    packing: bool = param(True, "Pack demonstrations into token-budget batches (no padding paid).")
+    template: str = param(
+        "{prompt}\n", "Plain prompt template used when the tokenizer has no chat template."
+    )
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation."""
+
+    num_prompts: int = param(64, "Held-out prompts to evaluate.")
+    max_new_tokens: int = param(32, "Longest evaluated response.")
+    temperature: float = param(0.7, "Sampling temperature for evaluated responses.")
+
+
+@dataclass
+class PipelineConfig:
+    """SFT -> RM -> PPO in one run."""
+
+    iterations: int = param(1, "Times steps 2-3 (rank, RM, PPO) run.")
+    labeler: str = param("", "`module:function` that ranks new samples between iterations.")
+
+
+@dataclass
+class RunConfig:
+    """The run folder, steps, seeds, cluster."""
+
+    output_dir: str = param("runs/default", "Run folder (config.yaml, metrics.jsonl, final/).")
+    steps: int = param(10, "Steps of the stage (for a pipeline: of its PPO stage).")
+    seed: int = param(0, "Seed of every random choice.")
+    save_every: int = param(0, "Checkpoint every N steps; 0 = only the final model.")
+    keep_last: int = param(2, "Checkpoints kept.")
+    resume: str = param("", "`auto` (latest checkpoint in output_dir) or a checkpoint path.")
+    ray_address: str = param("", "Ray cluster to join; empty = RAY_ADDRESS or a new local Ray.")
+    colocate: bool = param(False, "Pack all roles onto shared bundles (GPUs) instead of their own.")
+    timeout_s: float = param(600.0, "Longest wait for any remote call before the run fails.")
+    name: str = param("", "Run label for metrics; empty = the output folder's name.")
+
+
+@dataclass
+class Config:
+    """All settings of one run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def validate(self, stage: str = "ppo") -> Config:
+        """Check the arithmetic that ties sections together; raise ConfigError with the numbers."""
+        from orchestrator.validate import validate_config
+
+        validate_config(self, stage)
+        return self
+
+
+# ---------------------------------------------------------------- loading and overriding
+
+
+def sections() -> dict[str, type]:
+    """Section name -> its dataclass."""
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def field_types(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in sections().items() for f in dataclasses.fields(cls)]
+
+
+def _nearest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.0)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+_YAML11_FLOAT = re.compile(r"^[+-]?\d+(\.\d*)?[eE][+-]?\d+$")
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return value as type tp, or raise TypeError. ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise TypeError
+    if isinstance(tp, types.UnionType) or origin is typing.Union:
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            if arg is not type(None):
+                try:
+                    return _coerce(value, arg)
+                except TypeError:
+                    pass
+        raise TypeError
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeError
+        return [_coerce(v, typing.get_args(tp)[0]) for v in value]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _YAML11_FLOAT.match(value):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and type(value) is tp:
+        return value
+    raise TypeError
+
+
+def set_key(cfg: Config, key: str, value: Any, origin: str) -> None:
+    """Set `section.key` on cfg, checking the key and the value's type; origin names the source."""
+    section, _, name = key.partition(".")
+    secs = sections()
+    if section not in secs or not name:
+        raise ConfigError(f"{origin}: unknown config key '{key}'{_nearest(key, all_keys())}")
+    types_ = field_types(secs[section])
+    if name not in types_:
+        raise ConfigError(f"{origin}: unknown config key '{key}'{_nearest(key, all_keys())}")
+    try:
+        coerced = _coerce(value, types_[name])
+    except TypeError:
+        raise ConfigError(
+            f"{origin}: {key} = {value!r} is a {type(value).__name__}, "
+            f"expected {_type_name(types_[name])}"
+        ) from None
+    setattr(getattr(cfg, section), name, coerced)
+
+
+def _apply_mapping(cfg: Config, data: Any, origin: str) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if section not in sections():
+            raise ConfigError(
+                f"{origin}: unknown config section '{section}'"
+                f"{_nearest(str(section), list(sections()))}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section '{section}' must be a mapping of keys")
+        for name, value in values.items():
+            set_key(cfg, f"{section}.{name}", value, origin)
+
+
+def parse_override(arg: str) -> tuple[str, Any]:
+    """`--section.key=value` -> (key, value parsed as a YAML scalar or list)."""
+    if not arg.startswith("--") or "=" not in arg:
+        raise ConfigError(f"override '{arg}' must look like --section.key=value")
+    key, _, raw = arg[2:].partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file, then `--section.key=value` overrides, in that order."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+        _apply_mapping(cfg, data, str(path))
+    for arg in overrides:
+        key, value = parse_override(arg)
+        set_key(cfg, key, value, f"override --{key}")
+    return cfg
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable by load_config)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def describe_fields() -> str:
+    """Every field with its type, default and docstring, by section (for --help)."""
+    lines = []
+    for section, cls in sections().items():
+        lines.append(f"{section}: {cls.__doc__}")
+        hints = field_types(cls)
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True).strip()
+            default = default.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"  --{section}.{f.name}={default}  [{_type_name(hints[f.name])}]")
+            lines.append(f"      {f.metadata['doc']}")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Cross-field checks of a Config; every message carries the numbers that disagree."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.config import Config
+
+STAGES = ("sft", "rm", "ppo", "pipeline", "eval", "demo", "bench")
+
+
+def _positive(errors: list[str], **values: float) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            errors.append(f"{key.replace('__', '.')} must be > 0, got {value}")
+
+
+def _check_ppo(cfg: Config, errors: list[str]) -> None:
+    r, p, learner = cfg.rollout, cfg.ppo, cfg.learner
+    rollout_batch = r.prompts_per_step * r.samples_per_prompt
+    per_step = p.minibatch_size * learner.num_ranks
+    if per_step > 0 and rollout_batch % per_step:
+        errors.append(
+            f"rollout batch = rollout.prompts_per_step x rollout.samples_per_prompt = "
+            f"{r.prompts_per_step} x {r.samples_per_prompt} = {rollout_batch} is not divisible by "
+            f"ppo.minibatch_size x learner.num_ranks = {p.minibatch_size} x {learner.num_ranks} "
+            f"= {per_step}"
+        )
+    if learner.micro_batch_size > 0 and p.minibatch_size % learner.micro_batch_size:
+        errors.append(
+            f"ppo.minibatch_size = {p.minibatch_size} is not divisible by "
+            f"learner.micro_batch_size = {learner.micro_batch_size}"
+        )
+    if r.num_engines > r.prompts_per_step:
+        errors.append(
+            f"rollout.num_engines = {r.num_engines} exceeds rollout.prompts_per_step = "
+            f"{r.prompts_per_step}: some engines would get no prompts"
+        )
+    longest = cfg.data.max_prompt_tokens + r.max_new_tokens
+    if longest > cfg.model.max_seq_len:
+        errors.append(
+            f"data.max_prompt_tokens + rollout.max_new_tokens = {cfg.data.max_prompt_tokens} + "
+            f"{r.max_new_tokens} = {longest} exceeds model.max_seq_len = {cfg.model.max_seq_len}"
+        )
+    if p.dual_clip is not None and p.dual_clip <= 1:
+        errors.append(f"ppo.dual_clip must be > 1 (or null), got {p.dual_clip}")
+    if not 0 <= p.gamma <= 1 or not 0 <= p.lam <= 1:
+        errors.append(f"ppo.gamma and ppo.lam must lie in [0, 1], got {p.gamma} and {p.lam}")
+    if not 0 < r.top_p <= 1:
+        errors.append(f"rollout.top_p must lie in (0, 1], got {r.top_p}")
+    _positive(
+        errors,
+        rollout__prompts_per_step=r.prompts_per_step,
+        rollout__samples_per_prompt=r.samples_per_prompt,
+        rollout__max_new_tokens=r.max_new_tokens,
+        rollout__temperature=r.temperature,
+        rollout__num_engines=r.num_engines,
+        ppo__minibatch_size=p.minibatch_size,
+        ppo__ppo_epochs=p.ppo_epochs,
+        ppo__clip_eps=p.clip_eps,
+        reference__num_actors=cfg.reference.num_actors,
+        reward__num_actors=cfg.reward.num_actors,
+    )
+    if p.adaptive_kl:
+        _positive(errors, ppo__kl_target=p.kl_target, ppo__kl_horizon=p.kl_horizon)
+
+
+def validate_config(cfg: Config, stage: str) -> None:
+    """Raise ConfigError listing every inconsistency of cfg for the given stage."""
+    from orchestrator.config import ConfigError
+
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage '{stage}', expected one of {', '.join(STAGES)}")
+    errors: list[str] = []
+    learner = cfg.learner
+    if learner.zero_stage not in (0, 1, 2, 3):
+        errors.append(f"learner.zero_stage must be 0, 1, 2 or 3, got {learner.zero_stage}")
+    _positive(
+        errors,
+        learner__num_ranks=learner.num_ranks,
+        learner__micro_batch_size=learner.micro_batch_size,
+        model__max_seq_len=cfg.model.max_seq_len,
+        data__max_prompt_tokens=cfg.data.max_prompt_tokens,
+        run__timeout_s=cfg.run.timeout_s,
+    )
+    if cfg.run.steps < 0 or cfg.run.save_every < 0:
+        errors.append(
+            f"run.steps and run.save_every must be >= 0, got {cfg.run.steps} and "
+            f"{cfg.run.save_every}"
+        )
+    if not 0 <= cfg.data.eval_fraction < 1:
+        errors.append(f"data.eval_fraction must lie in [0, 1), got {cfg.data.eval_fraction}")
+    if cfg.reward.function and ":" not in cfg.reward.function:
+        errors.append(
+            f"reward.function must look like module:function, got '{cfg.reward.function}'"
+        )
+    if stage in ("ppo", "pipeline", "demo", "bench"):
+        _check_ppo(cfg, errors)
+    if errors:
+        raise ConfigError("; ".join(errors))

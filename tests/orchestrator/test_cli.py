@@ -1,0 +1,52 @@
+"""The `instructray` command line: help, overrides, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+
+
+def test_help_lists_every_field_with_doc_and_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["ppo", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--rollout.num_engines=1  [int]" in out
+    assert "Number of vLLM engines; prompts are shared among them." in out
+    assert "--learner.zero_stage=2  [int]" in out
+    assert "--ppo.dual_clip=null  [float | null]" in out
+
+
+def test_print_config_applies_both_override_forms(capsys):
+    assert main(["ppo", "--print-config", "--run.steps=3", "--rollout.num_engines", "2"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["run"]["steps"] == 3 and cfg["rollout"]["num_engines"] == 2
+
+
+def test_misspelled_key_is_a_one_line_error(capsys):
+    assert main(["ppo", "--rollout.num_engine=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "instructray ppo: error: override --rollout.num_engine: unknown config key "
+        "'rollout.num_engine' (did you mean 'rollout.num_engines'?)"
+    )
+
+
+def test_invalid_arithmetic_fails_before_anything_starts(capsys):
+    assert main(["ppo", "--print-config", "--ppo.minibatch_size=5"]) == 2
+    assert "not divisible" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "ppo", "--print-config"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert yaml.safe_load(out)["learner"]["zero_stage"] == 2
