@@ -23,3 +23,24 @@ def tiny_policy(tiny_dir) -> str:
 def tiny_reward(tiny_dir) -> str:
     """Folder of a tiny Qwen2 sequence-classification reward model with its tokenizer."""
     return resolve("tiny://reward", tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One isolated local Ray for the session, on loopback; shut down at the end.
+
+    `address="local"` never joins a cluster recorded by an earlier `ray start`. 8 logical CPUs let
+    learner ranks and scorer actors (1 CPU each) fit on a 2-core machine.
+    """
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        log_to_driver=True,
+    )
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,117 @@
+"""One padded layout for (prompt, response) sequences, shared by every role that runs a forward.
+
+Prompts are left-padded to P tokens and responses right-padded to R tokens, so response token t of
+every row sits at column P + t and is predicted by the hidden state at column P - 1 + t: one slice
+serves the whole batch for log-probs (policy, reference) and values (critic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels import logprobs_from_hidden
+
+
+@dataclass
+class SequenceBatch:
+    """Token ids of B (prompt, response) pairs in the shared layout."""
+
+    input_ids: torch.Tensor  # (B, P + R) long
+    attention_mask: torch.Tensor  # (B, P + R) long, 0 on padding
+    position_ids: torch.Tensor  # (B, P + R) long, counts from each row's first real token
+    response_mask: torch.Tensor  # (B, R) float, 1 on response tokens
+    prompt_len: int  # P
+
+    @property
+    def response_ids(self) -> torch.Tensor:  # (B, R)
+        return self.input_ids[:, self.prompt_len :]
+
+    def rows(self, start: int, stop: int) -> SequenceBatch:
+        """Rows start:stop, in the same layout (same P)."""
+        return SequenceBatch(
+            self.input_ids[start:stop],
+            self.attention_mask[start:stop],
+            self.position_ids[start:stop],
+            self.response_mask[start:stop],
+            self.prompt_len,
+        )
+
+    def to(self, device: torch.device | str) -> SequenceBatch:
+        return SequenceBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.response_mask.to(device),
+            self.prompt_len,
+        )
+
+
+def make_sequence_batch(
+    prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int
+) -> SequenceBatch:
+    """Left-pad prompts and right-pad responses into one (B, P + R) batch."""
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("empty prompt in batch")
+    p_len = max(len(p) for p in prompt_ids)
+    r_len = max(1, max(len(r) for r in response_ids))
+    b = len(prompt_ids)
+    input_ids = torch.full((b, p_len + r_len), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((b, p_len + r_len), dtype=torch.long)
+    response_mask = torch.zeros((b, r_len), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        input_ids[i, p_len - len(p) : p_len] = torch.tensor(p, dtype=torch.long)
+        input_ids[i, p_len : p_len + len(r)] = torch.tensor(r, dtype=torch.long)
+        attention_mask[i, p_len - len(p) : p_len + len(r)] = 1
+        response_mask[i, : len(r)] = 1.0
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return SequenceBatch(input_ids, attention_mask, position_ids, response_mask, p_len)
+
+
+def hidden_states(backbone: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
+    """Last hidden states of a decoder backbone. -> (B, P + R, H)."""
+    out = backbone(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    )
+    return out.last_hidden_state
+
+
+def response_logprobs(
+    causal_lm: torch.nn.Module,
+    batch: SequenceBatch,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the response tokens under a causal LM, chunked over the vocabulary. -> (B, R).
+
+    Masked (padding) positions hold garbage log-probs; callers mask them.
+    """
+    hidden = hidden_states(causal_lm.model, batch)  # (B, P + R, H)
+    p, r = batch.prompt_len, batch.response_mask.shape[1]
+    predicting = hidden[:, p - 1 : p - 1 + r]  # (B, R, H): state before each response token
+    weight = causal_lm.get_output_embeddings().weight  # (V, H)
+    return logprobs_from_hidden(
+        predicting, weight, batch.response_ids, chunk_size, temperature, with_entropy=with_entropy
+    )
+
+
+def token_values(value_model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
+    """Per-token outputs of a scalar-head model (critic) at each response step. -> (B, R)."""
+    hidden = hidden_states(value_model.model, batch)  # (B, P + R, H)
+    p, r = batch.prompt_len, batch.response_mask.shape[1]
+    return value_model.score(hidden[:, p - 1 : p - 1 + r]).squeeze(-1).float()
+
+
+def sequence_scores(value_model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
+    """Scalar-head output at each row's last real token (the reward model's score). -> (B,)."""
+    hidden = hidden_states(value_model.model, batch)  # (B, P + R, H)
+    last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(-1).argmax(-1)  # (B,)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return value_model.score(hidden[rows, last]).squeeze(-1).float()

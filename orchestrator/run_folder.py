@@ -1,0 +1,69 @@
+"""The run folder contract: config.yaml, metrics.jsonl (one flat JSON object per step), final/.
+
+A run is complete when `final/` exists; it is written last, by rename, so a failed run never
+looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import Config, dump_config
+
+
+class RunFolder:
+    """Writes one run's folder."""
+
+    def __init__(self, cfg: Config, stage: str):
+        self.path = Path(cfg.run.output_dir)
+        if (self.path / "final").exists() and not cfg.run.resume:
+            raise FileExistsError(
+                f"{self.path} already holds a finished run (final/); choose another "
+                f"run.output_dir or remove it"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, self.path / "config.yaml")
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.stage = stage
+
+    @property
+    def final_dir(self) -> Path:
+        return self.path / "final"
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Append one step's flat metrics; NaN/inf become null so the line stays valid JSON."""
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in metrics.items()
+        }
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+
+
+class PhaseTimer:
+    """Seconds per named phase of one step: `with timer("generate"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"timing/{k}": round(v, 4) for k, v in self.seconds.items()}

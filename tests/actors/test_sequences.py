@@ -1,0 +1,59 @@
+"""The shared padded layout: log-probs, values and scores equal unpadded one-row forwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from actors.sequences import (
+    make_sequence_batch,
+    response_logprobs,
+    sequence_scores,
+    token_values,
+)
+
+PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+RESPONSES = [[20, 21], [22, 23, 24, 25], [26]]
+PAD = 1
+
+
+def test_layout_left_pads_prompts_and_right_pads_responses():
+    b = make_sequence_batch(PROMPTS, RESPONSES, PAD)
+    assert b.prompt_len == 5 and b.input_ids.shape == (3, 9)
+    assert b.input_ids[1].tolist() == [1, 1, 1, 1, 8, 22, 23, 24, 25]
+    assert b.attention_mask[2].tolist() == [1, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert b.position_ids[1, 4:].tolist() == [0, 1, 2, 3, 4]
+    assert b.response_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert b.response_ids[0, :2].tolist() == [20, 21]
+
+
+def test_empty_prompt_is_rejected():
+    with pytest.raises(ValueError, match="empty prompt"):
+        make_sequence_batch([[]], [[1]], PAD)
+
+
+def test_padded_logprobs_equal_one_row_forwards(tiny_policy):
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy).eval()
+    batch = make_sequence_batch(PROMPTS, RESPONSES, PAD)
+    with torch.no_grad():
+        got = response_logprobs(model, batch, chunk_size=3)  # (B, R)
+        for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES, strict=True)):
+            ids = torch.tensor([p + r])
+            logits = model(ids).logits[0, len(p) - 1 : len(p) - 1 + len(r)]
+            want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None])[:, 0]
+            torch.testing.assert_close(got[i, : len(r)], want, atol=1e-5, rtol=0)
+
+
+def test_padded_values_and_scores_equal_one_row_forwards(tiny_reward):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward).eval()
+    batch = make_sequence_batch(PROMPTS, RESPONSES, PAD)
+    with torch.no_grad():
+        values = token_values(model, batch)  # (B, R)
+        scores = sequence_scores(model, batch)  # (B,)
+        for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES, strict=True)):
+            hidden = model.model(torch.tensor([p + r])).last_hidden_state[0]
+            per_token = model.score(hidden).squeeze(-1)
+            want_values = per_token[len(p) - 1 : len(p) - 1 + len(r)]
+            torch.testing.assert_close(values[i, : len(r)], want_values, atol=1e-5, rtol=0)
+            torch.testing.assert_close(scores[i], per_token[-1], atol=1e-5, rtol=0)
