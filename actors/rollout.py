@@ -1,0 +1,196 @@
+"""Rollout engine: one vLLM engine per actor that samples responses and takes new policy weights.
+
+The driver wraps the plain class, `ray.remote(RolloutActor).options(num_cpus=..., num_gpus=...)`.
+Everything crosses the actor boundary as plain Python lists (prompt-major samples), and weights
+arrive as safetensors bytes through the object store; the worker side of the weight sync lives in
+`actors/vllm_extension.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "actors.vllm_extension.WeightSyncExtension"
+
+# CPU only. vLLM's default runs the engine core in a second process and pins its OpenMP threads
+# to cores it picks itself: ~15 s more start and a fraction of the decode speed on 2 cores. In
+# process, the engine computes on the actor's torch threads (Ray sets OMP_NUM_THREADS from the
+# actor's num_cpus) and never reads the binding variable; "nobind" (measured equal to "0-1"
+# there) only keeps vLLM from pinning cores if multiprocessing is switched back on.
+CPU_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+}
+
+
+class _DropThreadCountWarning(logging.Filter):
+    """vLLM's CPU worker warns on every tokenizer call that torch threads are fixed; drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torch.set_num_threads" not in record.getMessage()
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _check_lengths(sequences: list[list[int]], max_model_len: int, what: str) -> None:
+    """vLLM needs room for at least one new token: 1 <= len < max_model_len."""
+    for i, ids in enumerate(sequences):
+        if not ids or len(ids) >= max_model_len:
+            raise ValueError(
+                f"{what} {i} has {len(ids)} tokens; max_model_len is {max_model_len} "
+                f"(need 1 <= length < max_model_len, one position is kept for a new token)"
+            )
+
+
+def _request_seed(seed: int, prompt_index: int) -> int:
+    """Seed of prompt i's request, drawn from (seed, i).
+
+    vLLM seeds sample j of a request with (request seed + j), and one seed shared by all prompts
+    gives every prompt the same sampling noise (near-identical first tokens on a flat model).
+    Hashing (seed, i) keeps all streams apart, also across calls with consecutive seeds.
+    """
+    return int(np.random.SeedSequence([seed, prompt_index]).generate_state(1)[0])
+
+
+def _token_logprobs(positions: list[dict[int, Any] | None], token_ids: list[int]) -> list[float]:
+    """Pick each token's own log-prob out of vLLM's per-position {token_id: Logprob} dicts."""
+    return [pos[tok].logprob for pos, tok in zip(positions, token_ids, strict=True)]
+
+
+class RolloutActor:
+    """vLLM engine that samples n responses per prompt and reloads policy weights by version."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        max_model_len: int,
+        seed: int = 0,
+        kv_cache_gib: float = 1.0,
+        enforce_eager: bool = True,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+    ):
+        engine_args: dict[str, Any] = {}
+        if _on_gpu():
+            engine_args["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            for key, value in CPU_ENV.items():  # read when vLLM builds the engine, not at import
+                os.environ.setdefault(key, value)  # a runtime_env of the actor may override
+            # Bytes rather than the integer-GiB VLLM_CPU_KVCACHE_SPACE, which would win if set.
+            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+            engine_args["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+            logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_DropThreadCountWarning())
+        from vllm import LLM
+
+        self.max_model_len = max_model_len
+        self._version = 0
+        self._llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
+            worker_extension_cls=EXTENSION,
+            # A cached prefix would outlive a weight update and serve stale KV.
+            enable_prefix_caching=False,
+            # Log-probs of the raw model (log-softmax of logits, temperature 1, before top-k/p):
+            # what the learner and the reference compute, so old_logprobs, the KL penalty and the
+            # weight-sync check compare like with like. vLLM 0.32's default, pinned on purpose.
+            logprobs_mode="raw_logprobs",
+            **engine_args,
+        )
+
+    def ready(self) -> bool:
+        """True once the engine is built (the driver's start barrier)."""
+        return True
+
+    def version(self) -> int:
+        """Weight version the engine holds (0 = the weights it was started from)."""
+        return self._version
+
+    def generate(self, prompt_ids: list[list[int]], sampling: dict) -> dict:
+        """Sample `n` responses per prompt, prompt-major (prompt i's n samples contiguous).
+
+        sampling: n, max_tokens, temperature, top_p, top_k, stop (strings), stop_token_ids,
+        ignore_eos, seed (int or None). Returns lists: prompt_index, response_ids (a stopped
+        response keeps its EOS token), logprobs (raw model log-prob of each sampled token),
+        finish_reasons ("stop" or "length").
+        """
+        from vllm import SamplingParams
+
+        _check_lengths(prompt_ids, self.max_model_len, "prompt")
+        seed = sampling["seed"]
+        base = dict(
+            n=sampling["n"],
+            max_tokens=sampling["max_tokens"],
+            temperature=sampling["temperature"],
+            top_p=sampling["top_p"],
+            top_k=sampling["top_k"],
+            stop=list(sampling["stop"]) or None,
+            stop_token_ids=list(sampling["stop_token_ids"]) or None,
+            ignore_eos=sampling["ignore_eos"],
+            logprobs=0,  # only the sampled token's log-prob
+            detokenize=bool(sampling["stop"]),  # text is needed only to match stop strings
+        )
+        params = [
+            SamplingParams(**base, seed=None if seed is None else _request_seed(seed, i))
+            for i in range(len(prompt_ids))
+        ]
+        prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        result: dict[str, list] = {
+            "prompt_index": [],
+            "response_ids": [],
+            "logprobs": [],
+            "finish_reasons": [],
+        }
+        for i, request in enumerate(outputs):  # vLLM returns outputs in prompt order
+            for sample in sorted(request.outputs, key=lambda s: s.index):
+                token_ids = list(sample.token_ids)
+                result["prompt_index"].append(i)
+                result["response_ids"].append(token_ids)
+                result["logprobs"].append(_token_logprobs(sample.logprobs, token_ids))
+                result["finish_reasons"].append(sample.finish_reason)
+        return result
+
+    def prompt_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Engine log-prob of tokens 1..L-1 of each sequence given its prefix. -> (L-1,) each."""
+        from vllm import SamplingParams
+
+        _check_lengths(sequences, self.max_model_len, "sequence")
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        prompts = [{"prompt_token_ids": ids} for ids in sequences]
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        # Position 0 has no prefix, so vLLM reports None there.
+        return [
+            _token_logprobs(out.prompt_logprobs[1:], ids[1:])
+            for out, ids in zip(outputs, sequences, strict=True)
+        ]
+
+    def update_weights(self, version: int, weights: bytes) -> int:
+        """Load a full policy state dict (safetensors bytes) as `version`; versions must rise."""
+        if version <= self._version:
+            raise ValueError(
+                f"weight version {version} is not newer than the engine's version {self._version}"
+            )
+        self._llm.collective_rpc("load_weights_from_bytes", args=(weights,))
+        self._version = version
+        logger.info("rollout engine loaded weights version %d (%d bytes)", version, len(weights))
+        return version
+
+    def weights_checksum(self) -> float:
+        """Sum of all parameter values over the engine's workers (tests compare it)."""
+        return float(sum(self._llm.collective_rpc("weights_checksum")))

@@ -1,0 +1,59 @@
+"""Weight sync inside vLLM workers: methods mixed into each worker via `worker_extension_cls`.
+
+The rollout actor names this class when it builds `vllm.LLM` and calls its methods through
+`llm.collective_rpc(name, args=...)`, which runs them in every worker (one per tensor-parallel
+rank). A transport only decides how the new tensors reach the worker; every transport ends in
+`_reload`, which copies them into the live model in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker class; `self.model_runner` is the worker's model runner."""
+
+    def load_weights_from_bytes(self, data: bytes) -> None:
+        """Object-store transport: a full state dict serialized by `safetensors.torch.save`."""
+        from safetensors.torch import load
+
+        # Bytes are the one payload that crosses vLLM's own RPC serializer intact when the engine
+        # runs in separate processes (tensor parallel); tensors or callables do not.
+        self._reload(load(data).items())
+
+    def weights_checksum(self) -> float:
+        """Sum of every parameter value of this worker's model shard (tests compare it).
+
+        On the CPU build the linear layers' weights are prepacked into oneDNN handles and their
+        parameters left empty, so there it covers embeddings, norms and biases only; the
+        engine's log-probs (`RolloutActor.prompt_logprobs`) are the check that covers everything.
+        """
+        model = self.model_runner.get_model()
+        return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+    def _reload(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        # `reload_weights` runs the model's own checkpoint loader (name mapping, qkv fusion,
+        # tensor-parallel sharding, tied embeddings) on freshly materialized layers, then repacks
+        # them. Calling `model.load_weights` directly fails on the CPU build: once prepacked,
+        # each linear weight is an empty Parameter without a `weight_loader`.
+        self.model_runner.reload_weights(weights_iterator=iter(weights))
+        _repack_cpu_lm_heads(self.model_runner.get_model())
+
+
+def _repack_cpu_lm_heads(model: torch.nn.Module) -> None:
+    """Rebuild the CPU build's packed copy of each embedding-shaped weight from its live value.
+
+    On CPU, vLLM computes logits with a prepacked copy of the LM head weight (`cpu_linear`). A
+    tied head (`tie_word_embeddings`) loads nothing of its own, so `reload_weights` leaves its copy
+    at the old weights: the engine embeds with the new weights but scores with the old ones
+    (vLLM 0.32: log-probs off by over 1 nat after one noisy update). GPU builds have no copy.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if hasattr(module, "cpu_linear") and isinstance(method, UnquantizedEmbeddingMethod):
+            method.process_weights_after_loading(module)

@@ -1,0 +1,188 @@
+"""Rollout engine: real vLLM (CPU build) inside a real Ray actor, checked against transformers.
+
+Two engine starts in all (15-35 s each on 2 busy cores): one shared by the sampling tests, and
+one whose weights the update test changes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from actors.rollout import RolloutActor
+
+START_TIMEOUT = 300  # engine start: a Ray worker, importing vLLM, loading the model
+CALL_TIMEOUT = 120
+MAX_MODEL_LEN = 64
+TOL = 1e-4  # fp32 engine vs fp32 transformers, max over tokens
+PROMPTS = [[10, 11, 12, 13], [40, 7], [100, 101, 102, 103, 104, 105, 106], [40, 7]]
+
+
+def sampling(**overrides) -> dict:
+    params = dict(
+        n=3,
+        max_tokens=8,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=-1,
+        stop=[],
+        stop_token_ids=[],
+        ignore_eos=False,
+        seed=1,
+    )
+    return params | overrides
+
+
+def start_engine(ray, model_path: str):
+    actor = ray.remote(RolloutActor).options(num_cpus=1)
+    engine = actor.remote(model_path, max_model_len=MAX_MODEL_LEN, seed=0, kv_cache_gib=0.25)
+    assert ray.get(engine.ready.remote(), timeout=START_TIMEOUT)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def engine(ray_local, tiny_policy):
+    engine = start_engine(ray_local, tiny_policy)
+    yield engine
+    ray_local.kill(engine)
+
+
+def hf_logprobs(model, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """log p(token t | tokens < t) for t = 1..L-1 of each sequence, from a plain fp32 forward."""
+    out = []
+    with torch.no_grad():
+        for ids in sequences:
+            x = torch.tensor([ids])  # (1, L)
+            logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), -1)  # (L-1, V)
+            out.append(logp.gather(-1, x[0, 1:, None])[:, 0])
+    return out
+
+
+def max_diff(engine_lp: list[list[float]], hf_lp: list[torch.Tensor]) -> float:
+    assert [len(a) for a in engine_lp] == [len(b) for b in hf_lp]
+    return max(
+        (torch.tensor(a, dtype=torch.float32) - b).abs().max().item()
+        for a, b in zip(engine_lp, hf_lp, strict=True)
+    )
+
+
+def test_generate_returns_n_samples_per_prompt_in_prompt_order(ray_local, tiny_policy, engine):
+    eos = AutoConfig.from_pretrained(tiny_policy).eos_token_id
+    out = ray_local.get(engine.generate.remote(PROMPTS, sampling()), timeout=CALL_TIMEOUT)
+    assert out["prompt_index"] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert len(out["response_ids"]) == len(out["logprobs"]) == len(out["finish_reasons"]) == 12
+    for ids, lps, reason in zip(
+        out["response_ids"], out["logprobs"], out["finish_reasons"], strict=True
+    ):
+        assert 1 <= len(ids) <= 8 and len(lps) == len(ids)
+        assert all(lp <= 0.0 for lp in lps)
+        # A response that stops keeps its EOS token (the reward model scores at it).
+        assert reason == ("stop" if ids[-1] == eos else "length")
+        assert reason == "stop" or len(ids) == 8
+    # Per-sample seeds: one prompt's samples differ, and so do two copies of the same prompt.
+    samples = [tuple(ids) for ids in out["response_ids"]]
+    assert len(set(samples[0:3])) == 3
+    assert samples[3:6] != samples[9:12]
+
+
+def test_same_seed_same_samples_and_ignore_eos_fills_max_tokens(ray_local, engine):
+    fixed = sampling(ignore_eos=True, max_tokens=12, seed=7)
+    a, b, c = ray_local.get(
+        [
+            engine.generate.remote(PROMPTS, fixed),
+            engine.generate.remote(PROMPTS, fixed),
+            engine.generate.remote(PROMPTS, fixed | {"seed": 8}),
+        ],
+        timeout=CALL_TIMEOUT,
+    )
+    assert a["response_ids"] == b["response_ids"] and a["logprobs"] == b["logprobs"]
+    assert a["response_ids"] != c["response_ids"]
+    assert all(len(ids) == 12 for ids in a["response_ids"])
+    assert set(a["finish_reasons"]) == {"length"}
+
+
+def test_stop_token_ids_end_a_response_with_stop(ray_local, tiny_policy, engine):
+    vocab = AutoConfig.from_pretrained(tiny_policy).vocab_size
+    every_token = list(range(vocab))  # whatever is sampled first is a stop token
+    out = ray_local.get(
+        engine.generate.remote(PROMPTS, sampling(stop_token_ids=every_token)), timeout=CALL_TIMEOUT
+    )
+    assert set(out["finish_reasons"]) == {"stop"}
+    assert all(len(ids) == 1 for ids in out["response_ids"])
+
+
+def test_engine_logprobs_equal_a_transformers_forward(ray_local, tiny_policy, engine):
+    # Sampling at temperature 0.7 with top-k must not change the reported log-probs: they are the
+    # raw model's (logprobs_mode="raw_logprobs"), which is what the learner computes.
+    params = sampling(temperature=0.7, top_k=20, ignore_eos=True, seed=3)
+    out = ray_local.get(engine.generate.remote(PROMPTS, params), timeout=CALL_TIMEOUT)
+    sequences = [
+        PROMPTS[i] + ids for i, ids in zip(out["prompt_index"], out["response_ids"], strict=True)
+    ]
+    scored = ray_local.get(engine.prompt_logprobs.remote(sequences), timeout=CALL_TIMEOUT)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy, dtype=torch.float32).eval()
+    reference = hf_logprobs(model, sequences)
+    response_ref = [
+        lp[len(PROMPTS[i]) - 1 :] for i, lp in zip(out["prompt_index"], reference, strict=True)
+    ]
+    assert max_diff(out["logprobs"], response_ref) < TOL
+    assert max_diff(scored, reference) < TOL
+
+
+def test_too_long_prompt_is_a_value_error_naming_it(ray_local, engine):
+    too_long = [[5, 6], list(range(10, 10 + MAX_MODEL_LEN))]
+    with pytest.raises(ValueError, match=f"prompt 1 has {MAX_MODEL_LEN} tokens; max_model_len is"):
+        ray_local.get(engine.generate.remote(too_long, sampling()), timeout=CALL_TIMEOUT)
+    with pytest.raises(ValueError, match="sequence 1 has"):
+        ray_local.get(engine.prompt_logprobs.remote(too_long), timeout=CALL_TIMEOUT)
+
+
+def perturbed_policy(model_path: str, seed: int = 0, std: float = 0.05):
+    """The policy with seeded noise on every parameter, and its state dict as safetensors bytes."""
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():  # tied embeddings are one parameter, perturbed once
+            p.add_(torch.randn(p.shape, generator=gen) * std)
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        del state["lm_head.weight"]  # shares memory with embed_tokens; safetensors refuses both
+    return model, safetensors.torch.save(state)
+
+
+def test_update_weights_loads_the_new_policy(ray_local, tiny_policy):
+    engine = start_engine(ray_local, tiny_policy)
+    try:
+        original = AutoModelForCausalLM.from_pretrained(tiny_policy, dtype=torch.float32).eval()
+        perturbed, data = perturbed_policy(tiny_policy)
+        sequences = [p + [50, 60, 70, 80] for p in PROMPTS]
+        assert ray_local.get(engine.version.remote(), timeout=CALL_TIMEOUT) == 0
+        before = ray_local.get(engine.weights_checksum.remote(), timeout=CALL_TIMEOUT)
+
+        ref = ray_local.put(data)
+        assert ray_local.get(engine.update_weights.remote(1, ref), timeout=CALL_TIMEOUT) == 1
+        assert ray_local.get(engine.version.remote(), timeout=CALL_TIMEOUT) == 1
+        after = ray_local.get(engine.weights_checksum.remote(), timeout=CALL_TIMEOUT)
+        assert after != pytest.approx(before)
+        scored = ray_local.get(engine.prompt_logprobs.remote(sequences), timeout=CALL_TIMEOUT)
+        assert max_diff(scored, hf_logprobs(perturbed, sequences)) < TOL
+        assert max_diff(scored, hf_logprobs(original, sequences)) > 100 * TOL
+
+        for stale in (1, 0):
+            with pytest.raises(ValueError, match=f"weight version {stale} is not newer than"):
+                ray_local.get(engine.update_weights.remote(stale, ref), timeout=CALL_TIMEOUT)
+        assert ray_local.get(engine.version.remote(), timeout=CALL_TIMEOUT) == 1
+
+        # Loading the original weights back is a full replacement, not a partial or additive one.
+        state = {k: v for k, v in original.state_dict().items() if k != "lm_head.weight"}
+        back = ray_local.put(safetensors.torch.save(state))
+        assert ray_local.get(engine.update_weights.remote(2, back), timeout=CALL_TIMEOUT) == 2
+        scored = ray_local.get(engine.prompt_logprobs.remote(sequences), timeout=CALL_TIMEOUT)
+        assert max_diff(scored, hf_logprobs(original, sequences)) < TOL
+        restored = ray_local.get(engine.weights_checksum.remote(), timeout=CALL_TIMEOUT)
+        assert restored == pytest.approx(before, rel=1e-12)
+    finally:
+        ray_local.kill(engine)
