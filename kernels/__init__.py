@@ -1,0 +1,42 @@
+"""Pure tensor math of InstructRay: every equation of SFT, the K-wise reward model and PPO lives
+here once. Imports torch only (never ray, vllm, deepspeed, orchestrator or actors)."""
+
+from kernels.advantages import compute_gae
+from kernels.kl import KL_ESTIMATORS, kl_penalty
+from kernels.kl_control import AdaptiveKLController, FixedKLController
+from kernels.logprobs import logprobs_from_hidden, logprobs_from_logits
+from kernels.losses import (
+    LOSS_AGG_MODES,
+    aggregate_loss,
+    entropy_from_logits,
+    policy_loss,
+    value_loss,
+)
+from kernels.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from kernels.ranking import MAX_RESPONSES, MIN_RESPONSES, kwise_ranking_loss, pairwise_loss
+from kernels.rewards import compute_token_rewards, last_token_index
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "LOSS_AGG_MODES",
+    "MAX_RESPONSES",
+    "MIN_RESPONSES",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "aggregate_loss",
+    "compute_gae",
+    "compute_token_rewards",
+    "entropy_from_logits",
+    "kl_penalty",
+    "kwise_ranking_loss",
+    "last_token_index",
+    "logprobs_from_hidden",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "pairwise_loss",
+    "policy_loss",
+    "value_loss",
+]

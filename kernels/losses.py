@@ -1,0 +1,106 @@
+"""PPO losses: clipped policy surrogate (with dual clip), clipped value loss, entropy, and the
+reduction of a per-token loss matrix to a scalar."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.kl import kl_penalty
+from kernels.masked import masked_mean, masked_sum
+
+LOSS_AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
+
+
+def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reduce a per-token loss to a scalar over response tokens. (B, T), (B, T) -> scalar.
+
+    token_mean: every token weighs the same. seq_mean_token_mean: every sequence weighs the same.
+    seq_mean_token_sum: sequences weigh the same, tokens are summed (no length normalisation).
+    The seq_* modes leave out rows with no response token.
+    """
+    if mode == "token_mean":
+        return masked_mean(loss_mat, mask)
+    if mode == "seq_mean_token_mean":
+        per_row = masked_mean(loss_mat, mask, dim=-1)  # (B,)
+    elif mode == "seq_mean_token_sum":
+        per_row = masked_sum(loss_mat, mask, dim=-1)  # (B,)
+    else:
+        raise ValueError(f"unknown loss_agg mode {mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
+    row_has_tokens = mask.bool().any(dim=-1)  # (B,)
+    return masked_mean(per_row, row_has_tokens)
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float,
+    dual_clip: float | None = None,
+    loss_agg: str = "token_mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate loss, optional dual clip (Ye et al. 2020). 4 x (B, T) -> scalar, stats.
+
+    Stats (detached 0-d tensors): clipfrac (share of tokens where the clipped term was taken),
+    dual_clipfrac (share where the dual clip was taken), approx_kl (k3 estimate of
+    KL(old || current) on the rollout tokens).
+    """
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    ratio = torch.exp(logprobs - old_logprobs)  # (B, T)
+    pg_unclipped = -advantages * ratio
+    pg_clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    pg = torch.maximum(pg_unclipped, pg_clipped)
+    clipped = pg_unclipped < pg_clipped
+    if dual_clip is not None:
+        # With A < 0 and a huge ratio the clipped surrogate is unbounded; cap it at -A * c.
+        pg_cap = -advantages * dual_clip
+        dual_clipped = (advantages < 0) & (pg_cap < pg)
+        pg = torch.where(dual_clipped, pg_cap, pg)
+    else:
+        dual_clipped = torch.zeros_like(clipped)
+    loss = aggregate_loss(pg, response_mask, loss_agg)
+    with torch.no_grad():
+        # Tokens were sampled from the old policy, so it plays the "policy" role of kl_penalty.
+        approx_kl = masked_mean(kl_penalty(old_logprobs, logprobs, "k3"), response_mask)
+        stats = {
+            "clipfrac": masked_mean(clipped.to(pg.dtype), response_mask),
+            "dual_clipfrac": masked_mean(dual_clipped.to(pg.dtype), response_mask),
+            "approx_kl": approx_kl,
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float | None,
+    loss_agg: str = "token_mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss 0.5 * max((v - R)^2, (clip(v, old +- eps) - R)^2). 4 x (B, T) -> scalar.
+
+    No clipping when clip_eps is None. Stats: vf_clipfrac (share of tokens where the clipped
+    term was taken), detached 0-d tensor.
+    """
+    vf_unclipped = (values - returns) ** 2  # (B, T)
+    if clip_eps is None:
+        vf = vf_unclipped
+        clipped = torch.zeros_like(vf, dtype=torch.bool)
+    else:
+        values_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+        vf_clipped = (values_clipped - returns) ** 2
+        vf = torch.maximum(vf_unclipped, vf_clipped)
+        clipped = vf_unclipped < vf_clipped
+    loss = 0.5 * aggregate_loss(vf, response_mask, loss_agg)
+    with torch.no_grad():
+        stats = {"vf_clipfrac": masked_mean(clipped.to(vf.dtype), response_mask)}
+    return loss, stats
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last dim; logits must be finite. (..., V) -> (...)."""
+    # H = -sum p log p = logsumexp(l) - sum p * l; never forms log p, so no 0 * -inf.
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)

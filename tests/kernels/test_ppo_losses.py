@@ -1,0 +1,200 @@
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from kernels import LOSS_AGG_MODES, aggregate_loss, entropy_from_logits, policy_loss, value_loss
+
+F64 = torch.float64
+
+
+def close(actual, expected, atol=1e-10):
+    assert_close(actual, torch.as_tensor(expected, dtype=F64), atol=atol, rtol=0)
+
+
+def random_case(seed, batch=5, length=8):
+    gen = torch.Generator().manual_seed(seed)
+    old_logprobs = -torch.rand(batch, length, generator=gen, dtype=F64) * 3
+    logprobs = old_logprobs + torch.randn(batch, length, generator=gen, dtype=F64) * 0.4
+    advantages = torch.randn(batch, length, generator=gen, dtype=F64)
+    mask = torch.rand(batch, length, generator=gen) > 0.3
+    mask[0] = False
+    return logprobs, old_logprobs, advantages, mask
+
+
+def loop_policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps, dual_clip):
+    """Token-mean PPO loss, one token at a time; returns (loss, clipfrac, dual_clipfrac)."""
+    total, clipped, dual, count = 0.0, 0, 0, 0
+    for b in range(logprobs.shape[0]):
+        for t in range(logprobs.shape[1]):
+            if not mask[b, t]:
+                continue
+            ratio = math.exp(logprobs[b, t].item() - old_logprobs[b, t].item())
+            adv = advantages[b, t].item()
+            unclipped = -adv * ratio
+            clip = -adv * min(max(ratio, 1 - clip_eps), 1 + clip_eps)
+            loss = max(unclipped, clip)
+            clipped += unclipped < clip
+            if dual_clip is not None and adv < 0 and -adv * dual_clip < loss:
+                loss = -adv * dual_clip
+                dual += 1
+            total += loss
+            count += 1
+    return total / count, clipped / count, dual / count
+
+
+def test_policy_loss_hand_computed():
+    ratio = torch.tensor([[1.5, 0.5, 1.1, 0.7, 3.0]], dtype=F64)
+    old_logprobs = torch.full((1, 5), -1.0, dtype=F64)
+    logprobs = old_logprobs + ratio.log()
+    advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0, 9.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    loss, stats = policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2)
+    # per token max(-A*r, -A*clip(r, 0.8, 1.2)):
+    #   A=1,  r=1.5: max(-1.5, -1.2) = -1.2 (clipped)
+    #   A=1,  r=0.5: max(-0.5, -0.8) = -0.5
+    #   A=-1, r=1.1: max(1.1, 1.1)   = 1.1
+    #   A=-1, r=0.7: max(0.7, 0.8)   = 0.8  (clipped)
+    # mean: (-1.2 - 0.5 + 1.1 + 0.8) / 4 = 0.05; clipfrac 2/4; the masked 5th token is ignored
+    close(loss, 0.05)
+    close(stats["clipfrac"], 0.5)
+    close(stats["dual_clipfrac"], 0.0)
+    # approx_kl: mean of k3 = (r - 1) - ln r over the 4 valid tokens
+    k3 = [(r - 1) - math.log(r) for r in (1.5, 0.5, 1.1, 0.7)]
+    close(stats["approx_kl"], sum(k3) / 4)
+
+
+@pytest.mark.parametrize("dual_clip", [None, 2.0])
+def test_policy_loss_matches_loop_reference(dual_clip):
+    logprobs, old_logprobs, advantages, mask = random_case(seed=0)
+    loss, stats = policy_loss(logprobs, old_logprobs, advantages, mask, 0.1, dual_clip)
+    ref_loss, ref_clipfrac, ref_dual = loop_policy_loss(
+        logprobs, old_logprobs, advantages, mask, 0.1, dual_clip
+    )
+    close(loss, ref_loss)
+    close(stats["clipfrac"], ref_clipfrac)
+    close(stats["dual_clipfrac"], ref_dual)
+    assert 0 < ref_clipfrac < 1
+
+
+def test_ratio_one_means_no_clipping():
+    _, old_logprobs, advantages, mask = random_case(seed=1)
+    loss, stats = policy_loss(old_logprobs.clone(), old_logprobs, advantages, mask, 0.2, 3.0)
+    valid = advantages[mask]
+    close(loss, -valid.mean())
+    close(stats["clipfrac"], 0.0)
+    close(stats["dual_clipfrac"], 0.0)
+    close(stats["approx_kl"], 0.0)
+
+
+def test_dual_clip_caps_the_loss_for_negative_advantages():
+    ratio = torch.tensor([[5.0, 2.0, 5.0]], dtype=F64)
+    logprobs = ratio.log()
+    old_logprobs = torch.zeros(1, 3, dtype=F64)
+    advantages = torch.tensor([[-1.0, -1.0, 1.0]], dtype=F64)
+    mask = torch.ones(1, 3)
+    loss, stats = policy_loss(logprobs, old_logprobs, advantages, mask, 0.2, dual_clip=3.0)
+    # A=-1, r=5: max(5, 1.2) = 5, capped at -A*c = 3; A=-1, r=2: 2 < 3 stays;
+    # A=1, r=5: max(-5, -1.2) = -1.2 (positive advantages are never dual-clipped)
+    close(loss, (3.0 + 2.0 - 1.2) / 3)
+    close(stats["dual_clipfrac"], 1 / 3)
+    uncapped, _ = policy_loss(logprobs, old_logprobs, advantages, mask, 0.2)
+    close(uncapped, (5.0 + 2.0 - 1.2) / 3)
+    with pytest.raises(ValueError, match="dual_clip must be > 1, got 1.0"):
+        policy_loss(logprobs, old_logprobs, advantages, mask, 0.2, dual_clip=1.0)
+
+
+def test_clipped_tokens_get_no_gradient():
+    old_logprobs = torch.zeros(1, 3, dtype=F64)
+    # ratios 1.5 (A>0: clipped), 1.05 (inside), 0.5 (A<0: clipped)
+    logprobs = torch.tensor([[1.5, 1.05, 0.5]], dtype=F64).log().requires_grad_()
+    advantages = torch.tensor([[1.0, 1.0, -1.0]], dtype=F64)
+    loss, _ = policy_loss(logprobs, old_logprobs, advantages, torch.ones(1, 3), 0.2)
+    loss.backward()
+    # d/dlogp of -A * exp(logp) / 3 at the unclipped token: -1 * 1.05 / 3
+    close(logprobs.grad, [[0.0, -1.05 / 3, 0.0]])
+
+
+def test_policy_loss_masked_positions_change_nothing():
+    logprobs, old_logprobs, advantages, mask = random_case(seed=2)
+    for mode in LOSS_AGG_MODES:
+        base_loss, base_stats = policy_loss(
+            logprobs, old_logprobs, advantages, mask, 0.2, 3.0, mode
+        )
+        loss, stats = policy_loss(
+            logprobs.masked_fill(~mask, 5.0),
+            old_logprobs.masked_fill(~mask, -9.0),
+            advantages.masked_fill(~mask, -100.0),
+            mask,
+            0.2,
+            3.0,
+            mode,
+        )
+        assert torch.equal(loss, base_loss)
+        for key, value in base_stats.items():
+            assert torch.equal(stats[key], value), key
+
+
+def test_value_loss_hand_computed():
+    values = torch.tensor([[1.0, 2.0, 1.9, 8.0]], dtype=F64)
+    old_values = torch.tensor([[0.8, 1.0, 1.0, 0.0]], dtype=F64)
+    returns = torch.tensor([[1.5, 1.0, 2.0, 0.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    loss, stats = value_loss(values, old_values, returns, mask, clip_eps=0.5)
+    # v=1.0, old=0.8, R=1.5: clip(1.0) = 1.0 -> max(0.25, 0.25) = 0.25
+    # v=2.0, old=1.0, R=1.0: clip -> 1.5      -> max(1.0, 0.25) = 1.0
+    # v=1.9, old=1.0, R=2.0: clip -> 1.5      -> max(0.01, 0.25) = 0.25 (clipped)
+    # 0.5 * (0.25 + 1.0 + 0.25) / 3 = 0.25
+    close(loss, 0.25)
+    close(stats["vf_clipfrac"], 1 / 3)
+    unclipped, stats = value_loss(values, old_values, returns, mask, clip_eps=None)
+    close(unclipped, 0.5 * (0.25 + 1.0 + 0.01) / 3)  # 0.21
+    close(stats["vf_clipfrac"], 0.0)
+
+
+def test_value_loss_masked_positions_change_nothing():
+    gen = torch.Generator().manual_seed(3)
+    values, old_values, returns = torch.randn(3, 4, 6, generator=gen, dtype=F64)
+    mask = torch.rand(4, 6, generator=gen) > 0.4
+    base_loss, base_stats = value_loss(values, old_values, returns, mask, 0.2)
+    loss, stats = value_loss(
+        values.masked_fill(~mask, 40.0),
+        old_values.masked_fill(~mask, -40.0),
+        returns.masked_fill(~mask, float("nan")),
+        mask,
+        0.2,
+    )
+    assert torch.equal(loss, base_loss)
+    assert torch.equal(stats["vf_clipfrac"], base_stats["vf_clipfrac"])
+
+
+def test_aggregate_loss_modes_hand_computed():
+    loss_mat = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    # token_mean: (1 + 2 + 4) / 3
+    close(aggregate_loss(loss_mat, mask, "token_mean"), 7 / 3)
+    # seq_mean_token_mean: rows 1.5 and 4 (empty row 3 left out) -> 2.75
+    close(aggregate_loss(loss_mat, mask, "seq_mean_token_mean"), 2.75)
+    # seq_mean_token_sum: rows 3 and 4 -> 3.5
+    close(aggregate_loss(loss_mat, mask, "seq_mean_token_sum"), 3.5)
+
+
+def test_unknown_loss_agg_names_it_and_the_valid_ones():
+    x = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match=r"'token_avg'.*token_mean, seq_mean_token_mean"):
+        aggregate_loss(x, x, "token_avg")
+    with pytest.raises(ValueError, match="'sum'"):
+        policy_loss(x, x, x, x, 0.2, loss_agg="sum")
+    with pytest.raises(ValueError, match="'sum'"):
+        value_loss(x, x, x, x, 0.2, loss_agg="sum")
+
+
+def test_entropy_hand_computed_and_stable():
+    # logits [0, ln 2]: p = [1/3, 2/3]; H = ln 3 - (2/3) ln 2
+    logits = torch.tensor([[0.0, math.log(2.0)]], dtype=F64)
+    close(entropy_from_logits(logits), [math.log(3) - 2 / 3 * math.log(2)])
+    # uniform over 5 -> ln 5, even at logits where exp overflows
+    close(entropy_from_logits(torch.full((2, 5), 1000.0, dtype=F64)), [math.log(5)] * 2)
+    big = entropy_from_logits(torch.tensor([[1e4, 0.0, -1e4]], dtype=torch.float32))
+    assert torch.isfinite(big).all() and abs(big.item()) < 1e-6
