@@ -7,7 +7,9 @@ import importlib
 import logging
 import sys
 
+from actors.remote import RemoteError
 from orchestrator.config import ConfigError, describe_fields, load_config
+from orchestrator.data import DataError
 
 # stage -> (one-line description, "module:function" that runs it with a validated Config)
 STAGES: dict[str, tuple[str, str]] = {
@@ -26,6 +28,18 @@ STAGES: dict[str, tuple[str, str]] = {
 
 class UserError(Exception):
     """An error the user can fix; the CLI prints its one-line message without a traceback."""
+
+
+# Errors whose message is the whole story for the user: printed on one line, no traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    UserError,
+    DataError,
+    RemoteError,
+    FileNotFoundError,
+    FileExistsError,
+    ValueError,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if runner is None:
             raise UserError(f"stage '{args.stage}' is not built yet in this version of InstructRay")
         runner(cfg)
-    except (ConfigError, UserError) as e:
+    except USER_ERRORS as e:
         print(f"instructray {args.stage}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -232,6 +232,9 @@ class RunConfig:
     ray_address: str = param("", "Ray cluster to join; empty = RAY_ADDRESS or a new local Ray.")
     colocate: bool = param(False, "Pack all roles onto shared bundles (GPUs) instead of their own.")
     timeout_s: float = param(600.0, "Longest wait for any remote call before the run fails.")
+    start_timeout_s: float = param(
+        900.0, "Longest wait for the actors to start (model loads, vLLM engine start)."
+    )
     name: str = param("", "Run label for metrics; empty = the output folder's name.")
 
 

@@ -1,0 +1,328 @@
+"""The one place that builds a model and its DeepSpeed engine.
+
+The PPO learner (actors/learner.py) and the SFT / reward-model workers under Ray Train all come
+through here, so ZeRO, precision, optimizer, clipping, warm-up and weight export are set up once.
+A rank calls, in order: `init_distributed`, `load_model` (partitioned while it loads under ZeRO-3),
+wraps the model in a module whose forward is the whole computation (`PolicyLogprobs`,
+`TokenValues`), then `build_engine`. `gathered_state_dict` and `save_hf_folder` export it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actors.sequences import SequenceBatch, response_logprobs, token_values
+
+logger = logging.getLogger(__name__)
+
+# ZeRO-3 keeps parameters smaller than this whole on every rank (norms, biases): gathering them
+# costs more than it saves. DeepSpeed's default (1e5) would leave a tiny test model unpartitioned.
+ZERO3_PERSISTENCE_THRESHOLD = 10_000
+
+
+def resolve_backend(backend: str) -> str:
+    """`auto` -> nccl on GPU, gloo on CPU; other names pass through."""
+    if backend != "auto":
+        return backend
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(
+    rank: int,
+    world_size: int,
+    master_addr: str,
+    master_port: int,
+    backend: str = "auto",
+    timeout_s: float = 600.0,
+) -> str:
+    """Join the torch.distributed group of the learner ranks; returns the backend used."""
+    import deepspeed
+
+    resolved = resolve_backend(backend)
+    # Ray hands each rank only its own GPU (CUDA_VISIBLE_DEVICES), so its device is always 0.
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0",
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+    )
+    if resolved == "nccl":
+        torch.cuda.set_device(0)
+    deepspeed.init_distributed(
+        dist_backend=resolved,
+        auto_mpi_discovery=False,
+        timeout=timedelta(seconds=timeout_s),
+        rank=rank,
+        world_size=world_size,
+    )
+    return resolved
+
+
+def deepspeed_config(
+    learner_cfg: Any, micro_batch_size: int, grad_accum: int, dtype: str
+) -> dict[str, Any]:
+    """DeepSpeed config dict: ZeRO stage, optional CPU offload, bf16, clipping. No optimizer."""
+    on_gpu = torch.cuda.is_available()
+    if dtype == "float16" and not on_gpu:
+        raise ValueError("model.dtype = float16 trains only on GPU; use bfloat16 or float32 on CPU")
+    stage = learner_cfg.zero_stage
+    zero: dict[str, Any] = {"stage": stage}
+    if learner_cfg.offload:
+        if stage == 0:
+            raise ValueError("learner.offload needs learner.zero_stage >= 1, got 0")
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    if stage == 3:
+        zero["stage3_param_persistence_threshold"] = ZERO3_PERSISTENCE_THRESHOLD
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": learner_cfg.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": dtype == "bfloat16"},
+        # Dynamic loss scaling (loss_scale 0), GPU only (checked above).
+        "fp16": {"enabled": dtype == "float16", "loss_scale": 0},
+        # ZeRO-1/2/3 run any torch optimizer; DeepSpeed asks to be told so.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _optimizer_config(learner_cfg: Any, lr: float) -> dict[str, Any]:
+    """AdamW. With offload DeepSpeed picks its CPU Adam (compiled on first use); on GPU its
+    FusedAdam; on CPU without offload FusedAdam's CPU build is a compile step we skip: torch's."""
+    params: dict[str, Any] = {"lr": lr, "weight_decay": learner_cfg.weight_decay}
+    if not learner_cfg.offload and not torch.cuda.is_available():
+        params["torch_adam"] = True
+    return {"type": "AdamW", "params": params}
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only, not on biases and norm weights."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            shape = getattr(p, "ds_shape", p.shape)  # a ZeRO-3 partition is flat; ds_shape is not
+            (decay if len(shape) >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """LR multiplier of optimizer step `step` (0-based): (step + 1) / warmup_steps, then 1."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def _warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> Any:
+    # DeepSpeed's WarmupLR gives the first step lr 0 and rejects 0 warm-up steps; this does neither.
+    schedule = functools.partial(warmup_factor, warmup_steps=warmup_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    # The outermost Hugging Face model inside the wrapper recomputes its decoder layers.
+    for module in model.modules():
+        if getattr(module, "supports_gradient_checkpointing", False):
+            module.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            module.config.use_cache = False
+            return
+    raise ValueError(f"{type(model).__name__} holds no model that supports gradient checkpointing")
+
+
+def build_engine(
+    model: torch.nn.Module,
+    learner_cfg: Any,
+    lr: float,
+    micro_batch_size: int,
+    grad_accum: int,
+    dtype: str,
+) -> Any:
+    """Wrap model in a DeepSpeed engine: AdamW, linear warm-up, clipping, ZeRO. -> DeepSpeedEngine.
+
+    `engine.backward(loss)` then `engine.step()` per micro-batch; DeepSpeed steps the optimizer
+    (and clips) every `grad_accum` micro-batches and averages gradients over the ranks.
+    """
+    import deepspeed
+
+    if learner_cfg.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+    config = deepspeed_config(learner_cfg, micro_batch_size, grad_accum, dtype)
+    config["optimizer"] = _optimizer_config(learner_cfg, lr)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=_param_groups(model, learner_cfg.weight_decay),
+        config=config,
+        lr_scheduler=functools.partial(_warmup_scheduler, warmup_steps=learner_cfg.warmup_steps),
+    )
+    return engine
+
+
+class _ZeRO3Marker:
+    """What transformers' from_pretrained asks of its HfDeepSpeedConfig (which needs accelerate,
+    not installed here): the DeepSpeed config, and whether it is ZeRO-3."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    def is_zero3(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _partitioned_construction(config: dict[str, Any]) -> Iterator[None]:
+    # Under ZeRO-3, from_pretrained builds the model inside deepspeed.zero.Init and loads each
+    # layer gathered, then re-partitioned: no rank ever holds the whole model.
+    if config["zero_optimization"]["stage"] != 3:
+        yield
+        return
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    marker = _ZeRO3Marker(config)  # transformers keeps only a weak reference
+    hf_deepspeed.set_hf_deepspeed_config(marker)
+    try:
+        yield
+    finally:
+        hf_deepspeed.unset_hf_deepspeed_config()
+
+
+def load_model(
+    auto_cls: Any, path: str, learner_cfg: Any, dtype: str, trust_remote_code: bool, **kwargs: Any
+) -> torch.nn.Module:
+    """`auto_cls.from_pretrained(path)`, partitioned as it loads under ZeRO-3."""
+    config = deepspeed_config(learner_cfg, 1, 1, dtype)
+    with _partitioned_construction(config):
+        return auto_cls.from_pretrained(
+            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, **kwargs
+        )
+
+
+class PolicyLogprobs(torch.nn.Module):
+    """The module the policy engine wraps: log-probs (and entropy) of the responses. -> (B, R)."""
+
+    def __init__(self, causal_lm: torch.nn.Module, chunk_size: int):
+        super().__init__()
+        import deepspeed
+
+        self.causal_lm = causal_lm
+        self.chunk_size = chunk_size
+        # response_logprobs reads the lm head's weight outside the head's own forward. Under
+        # ZeRO-3 this tells DeepSpeed to gather it for this module's forward and backward (the
+        # chunks recompute logits from it in backward); other stages ignore it.
+        deepspeed.zero.register_external_parameter(self, causal_lm.get_output_embeddings().weight)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, P + R)
+        attention_mask: torch.Tensor,  # (B, P + R)
+        position_ids: torch.Tensor,  # (B, P + R)
+        response_mask: torch.Tensor,  # (B, R)
+        prompt_len: int,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        batch = SequenceBatch(input_ids, attention_mask, position_ids, response_mask, prompt_len)
+        return response_logprobs(
+            self.causal_lm, batch, self.chunk_size, temperature, with_entropy=with_entropy
+        )
+
+
+class TokenValues(torch.nn.Module):
+    """The module the critic engine wraps: a value per response token. -> (B, R)."""
+
+    def __init__(self, value_model: torch.nn.Module):
+        super().__init__()
+        self.value_model = value_model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, P + R)
+        attention_mask: torch.Tensor,  # (B, P + R)
+        position_ids: torch.Tensor,  # (B, P + R)
+        response_mask: torch.Tensor,  # (B, R)
+        prompt_len: int,
+    ) -> torch.Tensor:
+        batch = SequenceBatch(input_ids, attention_mask, position_ids, response_mask, prompt_len)
+        return token_values(self.value_model, batch)
+
+
+def _persistent_buffers(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    for module_name, module in model.named_modules():
+        for name, buf in module._buffers.items():
+            if buf is not None and name not in module._non_persistent_buffers_set:
+                yield f"{module_name}.{name}" if module_name else name, buf
+
+
+def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Full weights of a Hugging Face model by their HF names, on rank 0 (None elsewhere).
+
+    Under ZeRO-3 every rank must call it: each parameter is all-gathered in turn, so at most one
+    whole parameter is materialized beyond the partitions. A tied lm_head is left out (it shares
+    memory with the embedding, which safetensors refuses; loaders re-tie it).
+    """
+    import deepspeed
+
+    is_dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if is_dist else 0
+    state: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():  # a tied weight appears once, by its first name
+        with deepspeed.zero.GatheredParameters([param]):
+            if rank == 0:
+                state[name] = param.detach().to("cpu", copy=True).contiguous()
+    if rank != 0:
+        return None
+    for name, buf in _persistent_buffers(model):
+        state[name] = buf.detach().to("cpu", copy=True).contiguous()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def save_hf_folder(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    tokenizer_path: str,
+    path: str,
+    trust_remote_code: bool = False,
+) -> None:
+    """Write a Hugging Face folder (config, safetensors, tokenizer) to a temp sibling, then
+    rename it into place, so a half-written folder never sits at `path`."""
+    import safetensors.torch
+    from transformers import AutoTokenizer
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.config.save_pretrained(tmp)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(tmp)
+    safetensors.torch.save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
+    tokenizer.save_pretrained(tmp)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    logger.info("saved %s", final)

@@ -1,0 +1,361 @@
+"""The PPO learner: DeepSpeed ZeRO ranks holding the policy and the critic.
+
+`LearnerActor` is one rank (a plain class; `LearnerGroup` wraps it with `ray.remote`).
+`LearnerGroup` is the driver's handle: it shards rows over the ranks, calls every rank (ZeRO's
+collectives need all of them) and waits with a timeout, naming the phase and the rank on failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+from typing import Any
+
+import ray
+import torch
+
+from actors.engine import (
+    PolicyLogprobs,
+    TokenValues,
+    build_engine,
+    gathered_state_dict,
+    init_distributed,
+    load_model,
+    save_hf_folder,
+)
+from actors.remote import wait_all
+from actors.sequences import SequenceBatch, make_sequence_batch
+from kernels import aggregate_loss, masked_mean, policy_loss, value_loss
+from orchestrator.config import Config
+
+logger = logging.getLogger(__name__)
+
+EXPERIENCE_KEYS = ("old_logprobs", "advantages", "returns", "old_values")  # each (B, R)
+
+
+def _rows(batch: SequenceBatch, rows: slice | torch.Tensor) -> SequenceBatch:
+    """The sub-batch of the given rows (same P and R)."""
+    return SequenceBatch(
+        batch.input_ids[rows],
+        batch.attention_mask[rows],
+        batch.position_ids[rows],
+        batch.response_mask[rows],
+        batch.prompt_len,
+    )
+
+
+def _inputs(batch: SequenceBatch) -> tuple[Any, ...]:
+    # Positional tensors, so ZeRO-3's hooks see them (they do not look inside a dataclass).
+    return (
+        batch.input_ids,
+        batch.attention_mask,
+        batch.position_ids,
+        batch.response_mask,
+        batch.prompt_len,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class LearnerActor:
+    """One data-parallel rank: policy and critic DeepSpeed engines."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        rank: int,
+        world_size: int,
+        master_addr: str | None = None,
+        master_port: int | None = None,
+    ):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        # Rank 0 picks the rendezvous on its own node; the group passes it to the other ranks.
+        self.master_addr = master_addr or ray.util.get_node_ip_address()
+        self.master_port = master_port or _free_port()
+        self.policy: Any = None  # DeepSpeedEngine around PolicyLogprobs
+        self.critic: Any = None  # DeepSpeedEngine around TokenValues
+        self.train_calls = 0
+
+    def master_address(self) -> tuple[str, int]:
+        return self.master_addr, self.master_port
+
+    def setup(self) -> None:
+        """Join the process group; load the policy and the critic into their engines."""
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        cfg, learner, m = self.cfg, self.cfg.learner, self.cfg.model
+        if cfg.ppo.minibatch_size % learner.micro_batch_size:
+            raise ValueError(
+                f"ppo.minibatch_size = {cfg.ppo.minibatch_size} is not divisible by "
+                f"learner.micro_batch_size = {learner.micro_batch_size}"
+            )
+        init_distributed(
+            self.rank,
+            self.world_size,
+            self.master_addr,
+            self.master_port,
+            learner.backend,
+            cfg.run.timeout_s,
+        )
+        grad_accum = cfg.ppo.minibatch_size // learner.micro_batch_size
+        torch.manual_seed(cfg.run.seed)  # a new critic head starts equal on every rank
+        engine_args = (learner.micro_batch_size, grad_accum, m.dtype)
+        causal_lm = load_model(
+            AutoModelForCausalLM, m.policy, learner, m.dtype, m.trust_remote_code
+        )
+        policy = PolicyLogprobs(causal_lm, cfg.reference.logprob_chunk_size)
+        self.policy = build_engine(policy, learner, learner.lr, *engine_args)
+        # The critic starts from the reward model (InstructGPT), or from the policy with a new head.
+        critic_path = m.reward if m.reward and not cfg.reward.function else m.policy
+        value_model = load_model(
+            AutoModelForSequenceClassification,
+            critic_path,
+            learner,
+            m.dtype,
+            m.trust_remote_code,
+            num_labels=1,
+        )
+        self.critic = build_engine(
+            TokenValues(value_model), learner, learner.critic_lr, *engine_args
+        )
+        logger.info("learner rank %d/%d ready", self.rank, self.world_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.policy.device
+
+    def _micro_batches(self, n: int) -> list[slice]:
+        step = self.cfg.learner.micro_batch_size
+        return [slice(i, i + step) for i in range(0, n, step)]
+
+    @torch.no_grad()
+    def logprobs_and_values(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
+        """Rollout-time log-probs and values of this rank's rows. -> {old_logprobs, values}."""
+        self.policy.eval()
+        self.critic.eval()
+        batch = batch.to(self.device)
+        logprobs, values = [], []
+        for rows in self._micro_batches(batch.input_ids.shape[0]):
+            mb = _rows(batch, rows)
+            logprobs.append(self.policy(*_inputs(mb), temperature=self.cfg.rollout.temperature))
+            values.append(self.critic(*_inputs(mb)))
+        return {
+            "old_logprobs": torch.cat(logprobs).float().cpu(),
+            "values": torch.cat(values).float().cpu(),
+        }
+
+    def _policy_step(
+        self, mb: SequenceBatch, exp: dict[str, torch.Tensor], rows: torch.Tensor
+    ) -> dict[str, float]:
+        """Policy forward and backward of one micro-batch; DeepSpeed steps at a boundary."""
+        p = self.cfg.ppo
+        mask = mb.response_mask  # (b, R)
+        logprobs, entropy = self.policy(
+            *_inputs(mb), temperature=self.cfg.rollout.temperature, with_entropy=True
+        )  # (b, R) each
+        loss, pg_stats = policy_loss(
+            logprobs,
+            exp["old_logprobs"][rows],
+            exp["advantages"][rows],
+            mask,
+            p.clip_eps,
+            p.dual_clip,
+            p.loss_agg,
+        )
+        stats = {
+            "policy/loss": loss.item(),
+            "policy/clipfrac": pg_stats["clipfrac"].item(),
+            "policy/approx_kl": pg_stats["approx_kl"].item(),
+            "entropy/mean": masked_mean(entropy.detach(), mask).item(),
+        }
+        if p.entropy_coef > 0:
+            loss = loss - p.entropy_coef * aggregate_loss(entropy, mask, p.loss_agg)
+        return self._backward_and_step(self.policy, loss, "policy", stats)
+
+    def _critic_step(
+        self, mb: SequenceBatch, exp: dict[str, torch.Tensor], rows: torch.Tensor
+    ) -> dict[str, float]:
+        """Critic forward and backward of one micro-batch; DeepSpeed steps at a boundary."""
+        p = self.cfg.ppo
+        values = self.critic(*_inputs(mb))  # (b, R)
+        loss, vf_stats = value_loss(
+            values,
+            exp["old_values"][rows],
+            exp["returns"][rows],
+            mb.response_mask,
+            p.value_clip,
+            p.loss_agg,
+        )
+        stats = {"value/loss": loss.item(), "value/clipfrac": vf_stats["vf_clipfrac"].item()}
+        return self._backward_and_step(self.critic, p.vf_coef * loss, "value", stats)
+
+    @staticmethod
+    def _backward_and_step(
+        engine: Any, loss: torch.Tensor, name: str, stats: dict[str, float]
+    ) -> dict[str, float]:
+        boundary = engine.is_gradient_accumulation_boundary()  # before step() moves it on
+        engine.backward(loss)  # scales by 1 / grad_accum; averages gradients over the ranks
+        engine.step()  # optimizer step (clipped) and warm-up only at a boundary
+        norm = engine.get_global_grad_norm() if boundary else None  # None under ZeRO-0 fp32
+        if norm is not None:
+            stats[f"{name}/grad_norm"] = float(norm)
+        return stats
+
+    def train(self, experience: dict[str, Any]) -> dict[str, float]:
+        """ppo_epochs passes over this rank's rows in shuffled minibatches. -> mean metrics."""
+        p, mbs = self.cfg.ppo, self.cfg.learner.micro_batch_size
+        batch = SequenceBatch(
+            *(experience[k] for k in ("input_ids", "attention_mask", "position_ids")),
+            experience["response_mask"],
+            int(experience["prompt_len"]),
+        ).to(self.device)
+        exp = {k: torch.as_tensor(experience[k]).to(self.device) for k in EXPERIENCE_KEYS}
+        n = batch.input_ids.shape[0]
+        if n == 0 or n % p.minibatch_size:
+            raise ValueError(
+                f"learner rank {self.rank} got {n} rows, not a positive multiple of "
+                f"ppo.minibatch_size = {p.minibatch_size}"
+            )
+        rng = random.Random(f"{self.cfg.run.seed}/{self.rank}/{self.train_calls}")
+        self.train_calls += 1
+        self.policy.train()
+        self.critic.train()
+        totals: dict[str, list[float]] = {}
+        for _ in range(p.ppo_epochs):
+            order = torch.tensor(rng.sample(range(n), n), device=self.device)
+            # Consecutive micro-batches of the shuffled order make one minibatch (grad_accum).
+            for rows in order.split(mbs):
+                mb = _rows(batch, rows)
+                stats = {**self._policy_step(mb, exp, rows), **self._critic_step(mb, exp, rows)}
+                for key, value in stats.items():
+                    totals.setdefault(key, []).append(value)
+        return self._mean_over_ranks({k: sum(v) / len(v) for k, v in totals.items()})
+
+    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        keys = sorted(metrics)  # same keys on every rank: same number of steps everywhere
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(values)
+        return dict(zip(keys, (values / self.world_size).tolist(), strict=True))
+
+    def export_weights(self) -> bytes | None:
+        """The policy's full weights as safetensors bytes on rank 0 (None elsewhere). All ranks
+        must call it (ZeRO-3 gathers)."""
+        import safetensors.torch
+
+        state = gathered_state_dict(self.policy.module.causal_lm)
+        return None if state is None else safetensors.torch.save(state)
+
+    @torch.no_grad()
+    def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Temperature-1 log-probs of tokens 1..L-1 of each sequence given its prefix."""
+        self.policy.eval()
+        batch = make_sequence_batch([s[:1] for s in sequences], [s[1:] for s in sequences], 0)
+        batch = batch.to(self.device)
+        parts = [
+            self.policy(*_inputs(_rows(batch, r)))
+            for r in self._micro_batches(len(batch.input_ids))
+        ]
+        logprobs = torch.cat(parts).float().cpu()  # (B, max L - 1)
+        return [logprobs[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
+
+    def save_pretrained(self, path: str) -> None:
+        """The policy as a Hugging Face folder at path, written by rank 0 (all ranks call)."""
+        causal_lm = self.policy.module.causal_lm
+        state = gathered_state_dict(causal_lm)
+        if state is not None:
+            m = self.cfg.model
+            tokenizer = m.tokenizer or m.policy
+            save_hf_folder(causal_lm, state, tokenizer, path, m.trust_remote_code)
+
+
+class LearnerGroup:
+    """Driver-side handle on the learner ranks; holds actor handles only."""
+
+    def __init__(self, cfg: Config, placement: list[dict[str, Any]] | None = None):
+        self.cfg = cfg
+        self.timeout_s = cfg.run.timeout_s
+        n = cfg.learner.num_ranks
+        remote_cls = ray.remote(LearnerActor)
+        self.actors: list[Any] = []
+        try:
+            self.actors.append(remote_cls.options(**self._options(0, placement)).remote(cfg, 0, n))
+            [(addr, port)] = self._wait("start", [self.actors[0].master_address.remote()])
+            for rank in range(1, n):
+                options = self._options(rank, placement)
+                self.actors.append(remote_cls.options(**options).remote(cfg, rank, n, addr, port))
+            self._wait("setup", [a.setup.remote() for a in self.actors])
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _options(self, rank: int, placement: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """Actor options of a rank: the given slot's (placement group bundle), else plain."""
+        if placement is not None:
+            return placement[rank]
+        return {
+            "num_cpus": self.cfg.learner.cpus_per_rank,
+            "num_gpus": self.cfg.learner.gpus_per_rank,
+        }
+
+    def _wait(self, phase: str, refs: list[Any], fetch: list[bool] | None = None) -> list[Any]:
+        """Results of refs[r] (rank r) within the group's timeout."""
+        names = [f"rank {r}" for r in range(len(refs))]
+        return wait_all(refs, f"learner {phase}", names, self.timeout_s, fetch)
+
+    def logprobs_and_values(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
+        """Rows split evenly over the ranks. -> {old_logprobs, values} (B, R) float32."""
+        b, n = batch.input_ids.shape[0], len(self.actors)
+        # Every rank must run the same number of forwards (ZeRO-3 gathers are collective): pad
+        # with copies of the last row to a multiple of the ranks, and drop them afterwards.
+        per_rank = -(-b // n)
+        rows = torch.cat([torch.arange(b), torch.full((per_rank * n - b,), b - 1)])
+        # Index with tensors: a copy per rank, not a view that would pickle the whole batch.
+        refs = [
+            actor.logprobs_and_values.remote(_rows(batch, part))
+            for actor, part in zip(self.actors, rows.split(per_rank), strict=True)
+        ]
+        outs = self._wait("logprobs_and_values", refs)
+        return {key: torch.cat([o[key] for o in outs])[:b] for key in outs[0]}
+
+    def train(self, experience: dict[str, Any]) -> dict[str, float]:
+        """One PPO update on all rows (sharded over the ranks). -> mean metrics over ranks."""
+        b, n = experience["input_ids"].shape[0], len(self.actors)
+        if b % n:
+            raise ValueError(f"learner train: {b} rows do not split evenly over {n} ranks")
+        shards = [{} for _ in range(n)]
+        for key, value in experience.items():
+            # clone: a view would pickle the whole batch's storage to every rank.
+            parts = [c.clone() for c in value.chunk(n)] if torch.is_tensor(value) else [value] * n
+            for shard, part in zip(shards, parts, strict=True):
+                shard[key] = part
+        outs = self._wait(
+            "train", [a.train.remote(s) for a, s in zip(self.actors, shards, strict=True)]
+        )
+        return outs[0]
+
+    def export_weights(self) -> Any:
+        """ObjectRef of the policy's safetensors bytes (rank 0's; stays in the object store)."""
+        refs = [a.export_weights.remote() for a in self.actors]
+        fetch = [rank != 0 for rank in range(len(refs))]
+        return self._wait("export_weights", refs, fetch)[0]
+
+    def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Log-probs of tokens 1..L-1 of each sequence (all ranks run it; rank 0's answer)."""
+        return self._wait(
+            "probe_logprobs", [a.probe_logprobs.remote(sequences) for a in self.actors]
+        )[0]
+
+    def save_pretrained(self, path: str) -> None:
+        """Hugging Face folder of the policy at path (on rank 0's node)."""
+        self._wait("save_pretrained", [a.save_pretrained.remote(path) for a in self.actors])
+
+    def shutdown(self) -> None:
+        """Kill the ranks (idempotent)."""
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []

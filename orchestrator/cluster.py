@@ -1,0 +1,136 @@
+"""Joining or starting Ray, and placement groups per role (or one shared, with `run.colocate`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from orchestrator.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+def connect(cfg: Config) -> str:
+    """Join `run.ray_address` / RAY_ADDRESS, or start a local Ray on loopback. Returns a label."""
+    if ray.is_initialized():
+        return "the Ray already initialized in this process"
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return address
+    # address="local" never joins a stale cluster recorded by an earlier `ray start`. Logical CPUs
+    # cover every actor even on a 2-core laptop: the roles take turns, they rarely compute at once.
+    wanted = sum(r.get("CPU", 0.0) for reqs in role_requests(cfg).values() for r in reqs)
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)),
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+    )
+    return "a new local Ray"
+
+
+def on_gpu(cfg: Config) -> bool:
+    return cfg.learner.gpus_per_rank > 0
+
+
+def role_requests(cfg: Config) -> dict[str, list[dict[str, float]]]:
+    """Resources of each actor of each role, in start order."""
+    gpu = on_gpu(cfg)
+    engine = {"CPU": cfg.rollout.cpus_per_engine}
+    if gpu:
+        engine["GPU"] = float(cfg.rollout.tensor_parallel_size)
+    rank = {"CPU": cfg.learner.cpus_per_rank}
+    if gpu:
+        rank["GPU"] = cfg.learner.gpus_per_rank
+    scorer = {"CPU": 1.0, **({"GPU": 1.0} if gpu else {})}
+    requests = {
+        "rollout": [engine] * cfg.rollout.num_engines,
+        "learner": [rank] * cfg.learner.num_ranks,
+        "reference": [scorer] * cfg.reference.num_actors,
+        "reward": [scorer] * cfg.reward.num_actors,
+    }
+    if cfg.run.colocate and gpu:
+        # Colocated roles share each GPU: every role takes a fraction of its bundle's device.
+        share = 1.0 / len(requests)
+        requests = {
+            role: [{**r, "GPU": r["GPU"] * share} for r in reqs] for role, reqs in requests.items()
+        }
+    return requests
+
+
+@dataclass
+class Slot:
+    """Where one actor goes: a placement group bundle and the resources it asks for."""
+
+    pg: PlacementGroup
+    bundle: int
+    resources: dict[str, float]
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for `ActorClass.options(...)`."""
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=self.pg, placement_group_bundle_index=self.bundle
+        )
+        return {
+            "num_cpus": self.resources.get("CPU", 0),
+            "num_gpus": self.resources.get("GPU", 0),
+            "scheduling_strategy": strategy,
+        }
+
+
+def _merge(bundles: list[dict[str, float]], index: int, request: dict[str, float]) -> None:
+    while len(bundles) <= index:
+        bundles.append({})
+    for k, v in request.items():
+        bundles[index][k] = bundles[index].get(k, 0.0) + v
+
+
+class Placement:
+    """Placement groups for all roles; `slots[role][i]` places actor i of that role."""
+
+    def __init__(self, cfg: Config):
+        self.groups: list[PlacementGroup] = []
+        self.slots: dict[str, list[Slot]] = {}
+        requests = role_requests(cfg)
+        if cfg.run.colocate:
+            bundles: list[dict[str, float]] = []
+            for reqs in requests.values():
+                for i, r in enumerate(reqs):
+                    _merge(bundles, i, r)
+            pg = placement_group(bundles, strategy="PACK", name="instructray-colocated")
+            self.groups.append(pg)
+            self.slots = {
+                role: [Slot(pg, i, r) for i, r in enumerate(reqs)]
+                for role, reqs in requests.items()
+            }
+        else:
+            for role, reqs in requests.items():
+                strategy = cfg.rollout.placement_strategy if role == "rollout" else "PACK"
+                pg = placement_group(list(reqs), strategy=strategy, name=f"instructray-{role}")
+                self.groups.append(pg)
+                self.slots[role] = [Slot(pg, i, r) for i, r in enumerate(reqs)]
+        self._wait(requests, cfg.run.timeout_s)
+
+    def _wait(self, requests: dict[str, list[dict[str, float]]], timeout_s: float) -> None:
+        try:
+            ray.get([pg.ready() for pg in self.groups], timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.remove()
+            wanted = {role: reqs[0] if reqs else {} for role, reqs in requests.items()}
+            raise RuntimeError(
+                f"placement: the cluster could not reserve the resources within {timeout_s:.0f} s "
+                f"(per actor: {wanted}; available: {ray.available_resources()})"
+            ) from None
+
+    def remove(self) -> None:
+        for pg in self.groups:
+            remove_placement_group(pg)
+        self.groups = []

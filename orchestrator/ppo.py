@@ -1,0 +1,247 @@
+"""The PPO experience loop (InstructGPT step 3), as the driver reads it:
+
+prompts -> rollout.generate -> {reward.score, reference.logprobs, learner.logprobs_and_values}
+        -> kernels: token rewards (score - kl_coef * KL), GAE, whitening
+        -> learner.train -> weight sync (versioned, verified) -> kl_ctl.update -> log
+
+The driver holds no model (a tokenizer only) and moves ObjectRefs, not tensors, between actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+import kernels
+from actors.remote import RemoteError, wait_all
+from actors.sequences import SequenceBatch, make_sequence_batch
+from orchestrator.config import Config
+from orchestrator.roles import Roles
+from orchestrator.run_folder import PhaseTimer, RunFolder
+
+logger = logging.getLogger(__name__)
+
+
+def compute_advantages(
+    cfg: Config,
+    scores: torch.Tensor,  # (B,)
+    old_logprobs: torch.Tensor,  # (B, R)
+    ref_logprobs: torch.Tensor,  # (B, R)
+    values: torch.Tensor,  # (B, R)
+    response_mask: torch.Tensor,  # (B, R)
+    kl_coef: float,
+) -> dict[str, torch.Tensor]:
+    """KL-shaped token rewards, GAE advantages (whitened when asked) and returns."""
+    p = cfg.ppo
+    rewards, kl = kernels.compute_token_rewards(
+        scores, old_logprobs, ref_logprobs, response_mask, kl_coef, p.kl_estimator, cfg.reward.clip
+    )
+    advantages, returns = kernels.compute_gae(rewards, values, response_mask, p.gamma, p.lam)
+    if p.whiten_advantages:
+        advantages = kernels.masked_whiten(advantages, response_mask)
+    return {"rewards": rewards, "kl": kl, "advantages": advantages, "returns": returns}
+
+
+def split_evenly(n: int, parts: int) -> list[range]:
+    """n items into `parts` contiguous ranges whose sizes differ by at most one."""
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+class PPOTrainer:
+    """Owns the actors of one PPO run and runs its steps."""
+
+    def __init__(self, cfg: Config, roles: Roles):
+        self.cfg, self.roles = cfg, roles
+        p = cfg.ppo
+        self.kl_ctl = (
+            kernels.AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon)
+            if p.adaptive_kl
+            else kernels.FixedKLController(p.kl_coef)
+        )
+        self.version = 0
+        self.probe: list[list[int]] | None = None
+
+    # ------------------------------------------------------------------ phases
+
+    def generate(self, step: int, prompt_idx: list[int]) -> dict[str, list]:
+        """Sample rollout.samples_per_prompt responses per prompt, prompts shared by the engines."""
+        r, prompts = self.cfg.rollout, self.roles.prompts
+        engines = self.roles.engines
+        parts = split_evenly(len(prompt_idx), len(engines))
+        refs = []
+        for e, (engine, part) in enumerate(zip(engines, parts, strict=True)):
+            sampling = {
+                "n": r.samples_per_prompt,
+                "max_tokens": r.max_new_tokens,
+                "temperature": r.temperature,
+                "top_p": r.top_p,
+                "top_k": r.top_k,
+                "stop": list(r.stop),
+                "stop_token_ids": [self.roles.tokenizer.eos_token_id],
+                "ignore_eos": r.ignore_eos,
+                "seed": self.cfg.run.seed * 100_003 + step * 1009 + e,
+            }
+            ids = [prompts.token_ids[prompt_idx[i]] for i in part]
+            refs.append(engine.generate.remote(ids, sampling))
+        names = [f"rollout engine {e}" for e in range(len(engines))]
+        outs = wait_all(refs, "generate", names, self.cfg.run.timeout_s)
+        merged: dict[str, list] = {"prompt": [], "prompt_ids": [], "response_ids": []}
+        merged["finish_reasons"] = []
+        for out, part in zip(outs, parts, strict=True):
+            for local, resp, reason in zip(
+                out["prompt_index"], out["response_ids"], out["finish_reasons"], strict=True
+            ):
+                global_idx = prompt_idx[part[local]]
+                merged["prompt"].append(prompts.texts[global_idx])
+                merged["prompt_ids"].append(prompts.token_ids[global_idx])
+                merged["response_ids"].append(resp)
+                merged["finish_reasons"].append(reason)
+        return merged
+
+    def score(self, batch: SequenceBatch, prompts: list[str], responses: list[str]):
+        """Reward scores, reference log-probs, old log-probs and values, in parallel."""
+        timeout, n = self.cfg.run.timeout_s, batch.input_ids.shape[0]
+        reward_parts = split_evenly(n, len(self.roles.rewards))
+        ref_parts = split_evenly(n, len(self.roles.references))
+        reward_refs = [
+            a.score.remote(
+                batch.rows(part.start, part.stop),
+                prompts[part.start : part.stop],
+                responses[part.start : part.stop],
+            )
+            for a, part in zip(self.roles.rewards, reward_parts, strict=True)
+        ]
+        ref_refs = [
+            a.logprobs.remote(batch.rows(part.start, part.stop))
+            for a, part in zip(self.roles.references, ref_parts, strict=True)
+        ]
+        # The learner call blocks; the scorers above already run meanwhile.
+        learner_out = self.roles.learner.logprobs_and_values(batch)
+        scores = wait_all(reward_refs, "score", _names("reward", reward_refs), timeout)
+        ref_lp = wait_all(ref_refs, "reference", _names("reference", ref_refs), timeout)
+        return torch.cat(scores), torch.cat(ref_lp), learner_out
+
+    def sync_weights(self) -> float:
+        """Push the learner's weights to every engine (new version), then verify; -> max diff."""
+        weights = self.roles.learner.export_weights()  # ObjectRef: one copy in the object store
+        self.version += 1
+        refs = [e.update_weights.remote(self.version, weights) for e in self.roles.engines]
+        wait_all(refs, "weight sync", _names("rollout engine", refs), self.cfg.run.timeout_s)
+        return self.verify_sync()
+
+    def verify_sync(self) -> float:
+        """Max |engine - learner| log-prob over the probe batch; stops the run past threshold."""
+        assert self.probe is not None
+        refs = [e.prompt_logprobs.remote(self.probe) for e in self.roles.engines]
+        learner_lp = self.roles.learner.probe_logprobs(self.probe)
+        engine_lps = wait_all(
+            refs, "sync check", _names("rollout engine", refs), self.cfg.run.timeout_s
+        )
+        diff = 0.0
+        for engine_lp in engine_lps:
+            for a, b in zip(engine_lp, learner_lp, strict=True):
+                diff = max(diff, (torch.tensor(a) - torch.tensor(b)).abs().max().item())
+        limit = self.cfg.rollout.sync_max_logprob_diff
+        if not diff <= limit:
+            raise RemoteError(
+                f"weight sync: version {self.version} differs from the learner by {diff:.3g} in "
+                f"log-prob on the probe batch (limit rollout.sync_max_logprob_diff = {limit:g})"
+            )
+        return diff
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self, step: int) -> dict[str, float]:
+        """One PPO step; returns its flat metrics."""
+        timer, cfg = PhaseTimer(), self.cfg
+        tok = self.roles.tokenizer
+        start = time.perf_counter()
+        with timer("generate"):
+            prompt_idx = self.roles.sampler.next_batch()
+            gen = self.generate(step, prompt_idx)
+            batch = make_sequence_batch(gen["prompt_ids"], gen["response_ids"], tok.pad_token_id)
+            responses = tok.batch_decode(gen["response_ids"], skip_special_tokens=True)
+        first = {}
+        if self.probe is None:  # fixed for the run: the first step's first sequences
+            self.probe = [
+                p + r for p, r in zip(gen["prompt_ids"][:4], gen["response_ids"][:4], strict=True)
+            ]
+            first["weight_sync/initial_max_logprob_diff"] = self.verify_sync()
+        with timer("score"):
+            scores, ref_logprobs, learner_out = self.score(batch, gen["prompt"], responses)
+        with timer("advantages"):
+            mask = batch.response_mask
+            exp = compute_advantages(
+                cfg,
+                scores,
+                learner_out["old_logprobs"],
+                ref_logprobs,
+                learner_out["values"],
+                mask,
+                self.kl_ctl.value,
+            )
+        with timer("train"):
+            experience = {
+                **vars(batch),
+                "old_logprobs": learner_out["old_logprobs"],
+                "old_values": learner_out["values"],
+                "advantages": exp["advantages"],
+                "returns": exp["returns"],
+            }
+            train_metrics = self.roles.learner.train(experience)
+        with timer("sync"):
+            max_diff = self.sync_weights()
+        seq_kl = (exp["kl"] * mask).sum(-1)  # (B,)
+        kl_coef = self.kl_ctl.value
+        self.kl_ctl.update(seq_kl.mean().item(), len(seq_kl))
+        lengths = mask.sum(-1)
+        elapsed = time.perf_counter() - start
+        return {
+            "step": step,
+            "reward/mean": scores.mean().item(),
+            "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+            "kl/mean": seq_kl.mean().item(),
+            "kl/token_mean": kernels.masked_mean(exp["kl"], mask).item(),
+            "kl_coef": kl_coef,
+            "response_length/mean": lengths.mean().item(),
+            "response_length/clipped_ratio": sum(r == "length" for r in gen["finish_reasons"])
+            / len(lengths),
+            **train_metrics,
+            "weight_sync/version": self.version,
+            "weight_sync/max_logprob_diff": max_diff,
+            **first,
+            **timer.metrics(),
+            "timing/step": round(elapsed, 4),
+            "throughput/tokens_per_s": (batch.attention_mask.sum().item()) / elapsed,
+        }
+
+
+def _names(role: str, refs: list) -> list[str]:
+    return [f"{role} {i}" for i in range(len(refs))]
+
+
+def run_ppo(cfg: Config) -> RunFolder:
+    """`instructray ppo`: start the actors, run run.steps PPO steps, save final/."""
+    from tqdm import tqdm
+
+    folder = RunFolder(cfg, "ppo")
+    roles = Roles.start(cfg)
+    try:
+        trainer = PPOTrainer(cfg, roles)
+        bar = tqdm(range(cfg.run.steps), desc="ppo", unit="step", dynamic_ncols=True)
+        for step in bar:
+            metrics = trainer.step(step)
+            folder.log(metrics)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
+        roles.learner.save_pretrained(str(folder.final_dir))
+    finally:
+        roles.shutdown()
+    return folder
