@@ -92,7 +92,9 @@ def value_loss(
         values_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
         vf_clipped = (values_clipped - returns) ** 2
         vf = torch.maximum(vf_unclipped, vf_clipped)
-        clipped = vf_unclipped < vf_clipped
+        # Taken only where clamp really moved v: old + (v - old) can differ from v by rounding.
+        moved = (values - old_values).abs() > clip_eps
+        clipped = moved & (vf_unclipped < vf_clipped)
     loss = 0.5 * aggregate_loss(vf, response_mask, loss_agg)
     with torch.no_grad():
         stats = {"vf_clipfrac": masked_mean(clipped.to(vf.dtype), response_mask)}

@@ -198,3 +198,15 @@ def test_entropy_hand_computed_and_stable():
     close(entropy_from_logits(torch.full((2, 5), 1000.0, dtype=F64)), [math.log(5)] * 2)
     big = entropy_from_logits(torch.tensor([[1e4, 0.0, -1e4]], dtype=torch.float32))
     assert torch.isfinite(big).all() and abs(big.item()) < 1e-6
+
+
+def test_value_clipfrac_is_zero_when_no_value_moved_past_the_clip():
+    # Near 0 with mixed signs, old + (v - old) rounds away from v in float32 for many tokens
+    # (v - old is inexact when v and old are not within a factor 2). No value moved by more than
+    # 0.02 < eps = 0.1, so nothing was clipped and the fraction must be exactly 0.
+    gen = torch.Generator().manual_seed(0)
+    old_values = (torch.rand(64, 32, generator=gen) - 0.5) * 0.02
+    values = (torch.rand(64, 32, generator=gen) - 0.5) * 0.02
+    returns = (torch.rand(64, 32, generator=gen) - 0.5) * 0.02
+    _, stats = value_loss(values, old_values, returns, torch.ones(64, 32), clip_eps=0.1)
+    assert stats["vf_clipfrac"].item() == 0.0
