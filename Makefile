@@ -26,7 +26,9 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 demo: $(STAMP)
-	$(VENV)/bin/instructray demo --config deploy/configs/ppo-tiny-cpu.yaml
+	$(VENV)/bin/instructray demo --config deploy/configs/ppo-tiny-cpu.yaml \
+		--reward.function=actors.rule_rewards:count_target_word \
+		--run.output_dir=runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -134,20 +134,24 @@ class LearnerActor:
         return [slice(i, i + step) for i in range(0, n, step)]
 
     @torch.no_grad()
-    def logprobs_and_values(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
-        """Rollout-time log-probs and values of this rank's rows. -> {old_logprobs, values}."""
+    def logprobs_and_values(
+        self, batch: SequenceBatch, with_logprobs: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Rollout-time values (and log-probs) of this rank's rows. -> {values[, old_logprobs]}."""
         self.policy.eval()
         self.critic.eval()
         batch = batch.to(self.device)
         logprobs, values = [], []
         for rows in self._micro_batches(batch.input_ids.shape[0]):
             mb = _rows(batch, rows)
-            logprobs.append(self.policy(*_inputs(mb), temperature=self.cfg.rollout.temperature))
+            if with_logprobs:
+                temperature = self.cfg.rollout.temperature
+                logprobs.append(self.policy(*_inputs(mb), temperature=temperature))
             values.append(self.critic(*_inputs(mb)))
-        return {
-            "old_logprobs": torch.cat(logprobs).float().cpu(),
-            "values": torch.cat(values).float().cpu(),
-        }
+        out = {"values": torch.cat(values).float().cpu()}
+        if with_logprobs:
+            out["old_logprobs"] = torch.cat(logprobs).float().cpu()
+        return out
 
     def _policy_step(
         self, mb: SequenceBatch, exp: dict[str, torch.Tensor], rows: torch.Tensor
@@ -307,8 +311,10 @@ class LearnerGroup:
         names = [f"rank {r}" for r in range(len(refs))]
         return wait_all(refs, f"learner {phase}", names, self.timeout_s, fetch)
 
-    def logprobs_and_values(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
-        """Rows split evenly over the ranks. -> {old_logprobs, values} (B, R) float32."""
+    def logprobs_and_values(
+        self, batch: SequenceBatch, with_logprobs: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Rows split evenly over the ranks. -> {values[, old_logprobs]} (B, R) float32."""
         b, n = batch.input_ids.shape[0], len(self.actors)
         # Every rank must run the same number of forwards (ZeRO-3 gathers are collective): pad
         # with copies of the last row to a multiple of the ranks, and drop them afterwards.
@@ -316,7 +322,7 @@ class LearnerGroup:
         rows = torch.cat([torch.arange(b), torch.full((per_rank * n - b,), b - 1)])
         # Index with tensors: a copy per rank, not a view that would pickle the whole batch.
         refs = [
-            actor.logprobs_and_values.remote(_rows(batch, part))
+            actor.logprobs_and_values.remote(_rows(batch, part), with_logprobs)
             for actor, part in zip(self.actors, rows.split(per_rank), strict=True)
         ]
         outs = self._wait("logprobs_and_values", refs)

@@ -22,6 +22,7 @@ def run_bench(cfg: Config) -> RunFolder:
     """Run run.steps + 1 PPO steps of fixed shape: every prompt data.max_prompt_tokens long (cut
     or repeated), every response rollout.max_new_tokens long (ignore_eos)."""
     cfg.rollout.ignore_eos = True
+    policy_spec = cfg.model.policy  # before Roles.start resolves tiny:// to a folder
     folder = RunFolder(cfg, "bench")
     roles = Roles.start(cfg)
     n = cfg.data.max_prompt_tokens
@@ -39,7 +40,7 @@ def run_bench(cfg: Config) -> RunFolder:
     r = cfg.rollout
     batch = r.prompts_per_step * r.samples_per_prompt
     print(
-        f"bench: {cfg.model.policy} | {batch} sequences x {r.max_new_tokens} new tokens | "
+        f"bench: {policy_spec} | {batch} sequences x {r.max_new_tokens} new tokens | "
         f"{cfg.learner.num_ranks} rank(s) ZeRO-{cfg.learner.zero_stage} | "
         f"{len(rows) - 1} measured steps after 1 warm-up ({rows[0]['timing/step']:.2f} s)"
     )

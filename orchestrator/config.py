@@ -106,7 +106,7 @@ class RolloutConfig:
     placement_strategy: Literal["PACK", "SPREAD"] = param(
         "PACK", "Placement-group strategy for the engines across nodes."
     )
-    cpus_per_engine: float = param(1.0, "CPUs reserved per engine.")
+    cpus_per_engine: float = param(1.0, "CPUs reserved per engine (its torch threads).")
 
 
 @dataclass
@@ -121,6 +121,7 @@ class RewardConfig:
     num_actors: int = param(1, "Number of reward scorer actors.")
     batch_size: int = param(16, "Sequences per reward-model forward.")
     normalize: bool = param(False, "Normalize scores with the RM's saved mean/std.")
+    cpus_per_actor: float = param(1.0, "CPUs reserved per reward actor (its torch threads).")
     clip: float | None = param(None, "Clip scores to [-clip, clip] after normalization.")
 
 
@@ -131,6 +132,7 @@ class ReferenceConfig:
     num_actors: int = param(1, "Number of reference scorer actors.")
     batch_size: int = param(16, "Sequences per reference forward.")
     logprob_chunk_size: int = param(1024, "Token rows per chunk of the chunked log-prob kernel.")
+    cpus_per_actor: float = param(1.0, "CPUs reserved per reference actor (its torch threads).")
 
 
 @dataclass
@@ -152,7 +154,7 @@ class LearnerConfig:
     backend: Literal["auto", "gloo", "nccl"] = param(
         "auto", "torch.distributed backend; auto = nccl on GPU, gloo on CPU."
     )
-    cpus_per_rank: float = param(1.0, "CPUs reserved per rank.")
+    cpus_per_rank: float = param(1.0, "CPUs reserved per rank (its torch threads).")
     gpus_per_rank: float = param(0.0, "GPUs per rank; 0 on CPU.")
 
 
@@ -175,6 +177,12 @@ class PPOConfig:
     kl_target: float = param(6.0, "Target KL per sequence for the adaptive controller.")
     kl_horizon: int = param(10000, "Horizon of the adaptive controller, in samples.")
     whiten_advantages: bool = param(True, "Whiten advantages over the batch.")
+    old_logprobs: Literal["auto", "learner", "rollout"] = param(
+        "auto",
+        "Source of old_logprobs: a learner forward, or the engine's sampled-token log-probs "
+        "(equal once the weight sync is verified; saves a policy forward). auto = rollout when "
+        "model.dtype is float32 and rollout.temperature is 1, else learner.",
+    )
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = param(
         "token_mean", "How token losses become one number."
     )

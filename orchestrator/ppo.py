@@ -93,21 +93,29 @@ class PPOTrainer:
             refs.append(engine.generate.remote(ids, sampling))
         names = [f"rollout engine {e}" for e in range(len(engines))]
         outs = wait_all(refs, "generate", names, self.cfg.run.timeout_s)
-        merged: dict[str, list] = {"prompt": [], "prompt_ids": [], "response_ids": []}
-        merged["finish_reasons"] = []
+        keys = ("response_ids", "logprobs", "finish_reasons")
+        merged: dict[str, list] = {k: [] for k in ("prompt", "prompt_ids", *keys)}
         for out, part in zip(outs, parts, strict=True):
-            for local, resp, reason in zip(
-                out["prompt_index"], out["response_ids"], out["finish_reasons"], strict=True
-            ):
+            for i, local in enumerate(out["prompt_index"]):
                 global_idx = prompt_idx[part[local]]
                 merged["prompt"].append(prompts.texts[global_idx])
                 merged["prompt_ids"].append(prompts.token_ids[global_idx])
-                merged["response_ids"].append(resp)
-                merged["finish_reasons"].append(reason)
+                for k in keys:
+                    merged[k].append(out[k][i])
         return merged
 
-    def score(self, batch: SequenceBatch, prompts: list[str], responses: list[str]):
-        """Reward scores, reference log-probs, old log-probs and values, in parallel."""
+    def old_logprobs_from_rollout(self) -> bool:
+        """Whether the engines' sampled-token log-probs stand in for a learner forward."""
+        p, r = self.cfg.ppo, self.cfg.rollout
+        if p.old_logprobs != "auto":
+            return p.old_logprobs == "rollout"
+        # The engine reports raw (temperature-1) log-probs, verified equal to the learner's.
+        return self.cfg.model.dtype == "float32" and r.temperature == 1.0
+
+    def score(
+        self, batch: SequenceBatch, prompts: list[str], responses: list[str], with_logprobs: bool
+    ):
+        """Reward scores, reference log-probs, values (and old log-probs), in parallel."""
         timeout, n = self.cfg.run.timeout_s, batch.input_ids.shape[0]
         reward_parts = split_evenly(n, len(self.roles.rewards))
         ref_parts = split_evenly(n, len(self.roles.references))
@@ -124,7 +132,7 @@ class PPOTrainer:
             for a, part in zip(self.roles.references, ref_parts, strict=True)
         ]
         # The learner call blocks; the scorers above already run meanwhile.
-        learner_out = self.roles.learner.logprobs_and_values(batch)
+        learner_out = self.roles.learner.logprobs_and_values(batch, with_logprobs)
         scores = wait_all(reward_refs, "score", _names("reward", reward_refs), timeout)
         ref_lp = wait_all(ref_refs, "reference", _names("reference", ref_refs), timeout)
         return torch.cat(scores), torch.cat(ref_lp), learner_out
@@ -176,7 +184,12 @@ class PPOTrainer:
             ]
             first["weight_sync/initial_max_logprob_diff"] = self.verify_sync()
         with timer("score"):
-            scores, ref_logprobs, learner_out = self.score(batch, gen["prompt"], responses)
+            from_rollout = self.old_logprobs_from_rollout()
+            scores, ref_logprobs, learner_out = self.score(
+                batch, gen["prompt"], responses, with_logprobs=not from_rollout
+            )
+            if from_rollout:
+                learner_out["old_logprobs"] = pad_rows(gen["logprobs"], batch.response_mask)
         with timer("advantages"):
             mask = batch.response_mask
             exp = compute_advantages(
@@ -222,6 +235,14 @@ class PPOTrainer:
             "timing/step": round(elapsed, 4),
             "throughput/tokens_per_s": (batch.attention_mask.sum().item()) / elapsed,
         }
+
+
+def pad_rows(rows: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
+    """Ragged per-token values into the (B, R) response layout, 0 on padding."""
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out
 
 
 def _names(role: str, refs: list) -> list[str]:

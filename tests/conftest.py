@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from actors.tiny_models import resolve
@@ -41,6 +43,7 @@ def ray_local(tmp_path_factory):
         _node_ip_address="127.0.0.1",
         _temp_dir=str(tmp_path_factory.mktemp("ray")),
         log_to_driver=True,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent / "support")}},
     )
     yield ray
     ray.shutdown()

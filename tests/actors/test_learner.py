@@ -304,7 +304,9 @@ def test_call_past_its_timeout_names_phase_and_ranks(zero3):
     exp = _experience(batch, zero3.logprobs_and_values(batch), seed=12)
     zero3.timeout_s = 0.05  # a train call takes seconds
     try:
-        with pytest.raises(RemoteError, match=r"learner train: rank 0, rank 1 did not answer within"):
+        with pytest.raises(
+            RemoteError, match=r"learner train: rank 0, rank 1 did not answer within"
+        ):
             zero3.train(exp)
     finally:
         zero3.timeout_s = TIMEOUT_S
