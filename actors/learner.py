@@ -34,17 +34,6 @@ logger = logging.getLogger(__name__)
 EXPERIENCE_KEYS = ("old_logprobs", "advantages", "returns", "old_values")  # each (B, R)
 
 
-def _rows(batch: SequenceBatch, rows: slice | torch.Tensor) -> SequenceBatch:
-    """The sub-batch of the given rows (same P and R)."""
-    return SequenceBatch(
-        batch.input_ids[rows],
-        batch.attention_mask[rows],
-        batch.position_ids[rows],
-        batch.response_mask[rows],
-        batch.prompt_len,
-    )
-
-
 def _inputs(batch: SequenceBatch) -> tuple[Any, ...]:
     # Positional tensors, so ZeRO-3's hooks see them (they do not look inside a dataclass).
     return (
@@ -143,7 +132,7 @@ class LearnerActor:
         batch = batch.to(self.device)
         logprobs, values = [], []
         for rows in self._micro_batches(batch.input_ids.shape[0]):
-            mb = _rows(batch, rows)
+            mb = batch.select(rows)
             if with_logprobs:
                 temperature = self.cfg.rollout.temperature
                 logprobs.append(self.policy(*_inputs(mb), temperature=temperature))
@@ -234,7 +223,7 @@ class LearnerActor:
             order = torch.tensor(rng.sample(range(n), n), device=self.device)
             # Consecutive micro-batches of the shuffled order make one minibatch (grad_accum).
             for rows in order.split(mbs):
-                mb = _rows(batch, rows)
+                mb = batch.select(rows)
                 stats = {**self._policy_step(mb, exp, rows), **self._critic_step(mb, exp, rows)}
                 for key, value in stats.items():
                     totals.setdefault(key, []).append(value)
@@ -261,7 +250,7 @@ class LearnerActor:
         batch = make_sequence_batch([s[:1] for s in sequences], [s[1:] for s in sequences], 0)
         batch = batch.to(self.device)
         parts = [
-            self.policy(*_inputs(_rows(batch, r)))
+            self.policy(*_inputs(batch.select(r)))
             for r in self._micro_batches(len(batch.input_ids))
         ]
         logprobs = torch.cat(parts).float().cpu()  # (B, max L - 1)
@@ -322,7 +311,7 @@ class LearnerGroup:
         rows = torch.cat([torch.arange(b), torch.full((per_rank * n - b,), b - 1)])
         # Index with tensors: a copy per rank, not a view that would pickle the whole batch.
         refs = [
-            actor.logprobs_and_values.remote(_rows(batch, part), with_logprobs)
+            actor.logprobs_and_values.remote(batch.select(part), with_logprobs)
             for actor, part in zip(self.actors, rows.split(per_rank), strict=True)
         ]
         outs = self._wait("logprobs_and_values", refs)

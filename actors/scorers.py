@@ -88,7 +88,7 @@ class RewardActor:
             batch = make_sequence_batch(p_ids, r_ids, enc.pad_token_id)
         n = batch.input_ids.shape[0]
         chunks = [
-            sequence_scores(self.model, batch.rows(i, i + self.batch_size))
+            sequence_scores(self.model, batch.select(slice(i, i + self.batch_size)))
             for i in range(0, n, self.batch_size)
         ]
         return torch.cat(chunks)
@@ -134,7 +134,10 @@ class ReferenceActor:
         n = batch.input_ids.shape[0]
         chunks = [
             response_logprobs(
-                self.model, batch.rows(i, i + self.batch_size), self.chunk_size, self.temperature
+                self.model,
+                batch.select(slice(i, i + self.batch_size)),
+                self.chunk_size,
+                self.temperature,
             )
             for i in range(0, n, self.batch_size)
         ]

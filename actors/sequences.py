@@ -28,13 +28,13 @@ class SequenceBatch:
     def response_ids(self) -> torch.Tensor:  # (B, R)
         return self.input_ids[:, self.prompt_len :]
 
-    def rows(self, start: int, stop: int) -> SequenceBatch:
-        """Rows start:stop, in the same layout (same P)."""
+    def select(self, rows: slice | torch.Tensor) -> SequenceBatch:
+        """The given rows (a slice, or an index tensor: a copy), in the same layout (same P)."""
         return SequenceBatch(
-            self.input_ids[start:stop],
-            self.attention_mask[start:stop],
-            self.position_ids[start:stop],
-            self.response_mask[start:stop],
+            self.input_ids[rows],
+            self.attention_mask[rows],
+            self.position_ids[rows],
+            self.response_mask[rows],
             self.prompt_len,
         )
 

@@ -121,14 +121,14 @@ class PPOTrainer:
         ref_parts = split_evenly(n, len(self.roles.references))
         reward_refs = [
             a.score.remote(
-                batch.rows(part.start, part.stop),
+                batch.select(slice(part.start, part.stop)),
                 prompts[part.start : part.stop],
                 responses[part.start : part.stop],
             )
             for a, part in zip(self.roles.rewards, reward_parts, strict=True)
         ]
         ref_refs = [
-            a.logprobs.remote(batch.rows(part.start, part.stop))
+            a.logprobs.remote(batch.select(slice(part.start, part.stop)))
             for a, part in zip(self.roles.references, ref_parts, strict=True)
         ]
         # The learner call blocks; the scorers above already run meanwhile.

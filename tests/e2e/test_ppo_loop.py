@@ -99,13 +99,14 @@ def noisy_weights(policy_dir: str) -> bytes:
     return save(noisy)
 
 
-def test_zero3_with_two_engines_and_a_broken_sync_is_caught(ray_local, tiny_dir, tmp_path):
+def test_zero3_two_engines_colocated_and_a_broken_sync_is_caught(ray_local, tiny_dir, tmp_path):
     cfg = config(
         tiny_dir,
         tmp_path,
         "--learner.zero_stage=3",
         "--rollout.num_engines=2",
         "--ppo.old_logprobs=learner",
+        "--run.colocate=true",
     )
     roles = Roles.start(cfg)
     try:
