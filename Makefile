@@ -28,6 +28,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/instructray demo --config deploy/configs/ppo-tiny-cpu.yaml \
 		--reward.function=actors.rule_rewards:count_target_word \
+		--run.steps=40 --learner.lr=3.0e-4 --ppo.kl_coef=0.01 \
 		--run.output_dir=runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 lint: $(STAMP)
