@@ -277,11 +277,14 @@ class LearnerGroup:
         self.actors: list[Any] = []
         try:
             self.actors.append(remote_cls.options(**self._options(0, placement)).remote(cfg, 0, n))
-            [(addr, port)] = self._wait("start", [self.actors[0].master_address.remote()])
+            start_s = cfg.run.start_timeout_s  # model loads and process-group set-up
+            [(addr, port)] = self._wait(
+                "start", [self.actors[0].master_address.remote()], timeout_s=start_s
+            )
             for rank in range(1, n):
                 options = self._options(rank, placement)
                 self.actors.append(remote_cls.options(**options).remote(cfg, rank, n, addr, port))
-            self._wait("setup", [a.setup.remote() for a in self.actors])
+            self._wait("setup", [a.setup.remote() for a in self.actors], timeout_s=start_s)
         except BaseException:
             self.shutdown()
             raise
@@ -295,10 +298,17 @@ class LearnerGroup:
             "num_gpus": self.cfg.learner.gpus_per_rank,
         }
 
-    def _wait(self, phase: str, refs: list[Any], fetch: list[bool] | None = None) -> list[Any]:
-        """Results of refs[r] (rank r) within the group's timeout."""
+    def _wait(
+        self,
+        phase: str,
+        refs: list[Any],
+        fetch: list[bool] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[Any]:
+        """Results of refs[r] (rank r) within timeout_s (default: the group's timeout)."""
         names = [f"rank {r}" for r in range(len(refs))]
-        return wait_all(refs, f"learner {phase}", names, self.timeout_s, fetch)
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        return wait_all(refs, f"learner {phase}", names, timeout_s, fetch)
 
     def logprobs_and_values(
         self, batch: SequenceBatch, with_logprobs: bool = True
