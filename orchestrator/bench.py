@@ -23,7 +23,7 @@ def run_bench(cfg: Config) -> RunFolder:
     or repeated), every response rollout.max_new_tokens long (ignore_eos)."""
     cfg.rollout.ignore_eos = True
     policy_spec = cfg.model.policy  # before Roles.start resolves tiny:// to a folder
-    folder = RunFolder(cfg, "bench")
+    folder = RunFolder(cfg)
     roles = Roles.start(cfg)
     n = cfg.data.max_prompt_tokens
     roles.prompts.token_ids = [(ids * n)[:n] for ids in roles.prompts.token_ids]

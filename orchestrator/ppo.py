@@ -253,7 +253,7 @@ def run_ppo(cfg: Config) -> RunFolder:
     """`instructray ppo`: start the actors, run run.steps PPO steps, save final/."""
     from tqdm import tqdm
 
-    folder = RunFolder(cfg, "ppo")
+    folder = RunFolder(cfg)
     roles = Roles.start(cfg)
     try:
         trainer = PPOTrainer(cfg, roles)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,6 @@ class Roles:
     rewards: list[Any]
     references: list[Any]
     learner: LearnerGroup
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def start(cls, cfg: Config) -> Roles:

@@ -20,7 +20,7 @@ from orchestrator.config import Config, dump_config
 class RunFolder:
     """Writes one run's folder."""
 
-    def __init__(self, cfg: Config, stage: str):
+    def __init__(self, cfg: Config):
         self.path = Path(cfg.run.output_dir)
         if (self.path / "final").exists() and not cfg.run.resume:
             raise FileExistsError(
@@ -30,7 +30,6 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, self.path / "config.yaml")
         self.metrics_path = self.path / "metrics.jsonl"
-        self.stage = stage
 
     @property
     def final_dir(self) -> Path:
