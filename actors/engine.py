@@ -270,29 +270,37 @@ def _persistent_buffers(model: torch.nn.Module) -> Iterator[tuple[str, torch.Ten
                 yield f"{module_name}.{name}" if module_name else name, buf
 
 
-def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """Full weights of a Hugging Face model by their HF names, on rank 0 (None elsewhere).
+def full_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every weight of a Hugging Face model, whole, by its HF name, one at a time.
 
-    Under ZeRO-3 every rank must call it: each parameter is all-gathered in turn, so at most one
-    whole parameter is materialized beyond the partitions. A tied lm_head is left out (it shares
-    memory with the embedding, which safetensors refuses; loaders re-tie it).
+    Under ZeRO-3 each parameter is all-gathered in turn, so at most one whole parameter is
+    materialized beyond the partitions, and every rank must drain the iterator (the gathers are
+    collective). Each value is a copy on the parameter's device, valid on every rank. A tied
+    lm_head is left out (it shares memory with the embedding, which safetensors refuses;
+    loaders re-tie it).
     """
     import deepspeed
 
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    for name, param in model.named_parameters():  # a tied weight appears once, by its first name
+        if tied and name == "lm_head.weight":
+            continue
+        with deepspeed.zero.GatheredParameters([param]):
+            value = param.detach().clone()
+        yield name, value
+    for name, buf in _persistent_buffers(model):
+        yield name, buf.detach().clone()
+
+
+def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """`full_weights` as a CPU state dict on rank 0 (None elsewhere); every rank must call it."""
     is_dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if is_dist else 0
-    state: dict[str, torch.Tensor] = {}
-    for name, param in model.named_parameters():  # a tied weight appears once, by its first name
-        with deepspeed.zero.GatheredParameters([param]):
-            if rank == 0:
-                state[name] = param.detach().to("cpu", copy=True).contiguous()
     if rank != 0:
+        for _ in full_weights(model):
+            pass
         return None
-    for name, buf in _persistent_buffers(model):
-        state[name] = buf.detach().to("cpu", copy=True).contiguous()
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    return state
+    return {name: value.to("cpu").contiguous() for name, value in full_weights(model)}
 
 
 def save_hf_folder(

@@ -19,6 +19,7 @@ from actors.engine import (
     PolicyLogprobs,
     TokenValues,
     build_engine,
+    full_weights,
     gathered_state_dict,
     init_distributed,
     load_model,
@@ -26,6 +27,7 @@ from actors.engine import (
 )
 from actors.remote import wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
+from actors.weight_sync import open_group, send_weights
 from kernels import aggregate_loss, masked_mean, policy_loss, value_loss
 from orchestrator.config import Config
 
@@ -69,6 +71,7 @@ class LearnerActor:
         self.policy: Any = None  # DeepSpeedEngine around PolicyLogprobs
         self.critic: Any = None  # DeepSpeedEngine around TokenValues
         self.train_calls = 0
+        self.weight_group: Any = None  # rank 0's group with the engines' workers (broadcast sync)
 
     def master_address(self) -> tuple[str, int]:
         return self.master_addr, self.master_port
@@ -243,6 +246,26 @@ class LearnerActor:
         state = gathered_state_dict(self.policy.module.causal_lm)
         return None if state is None else safetensors.torch.save(state)
 
+    def weight_group_address(self) -> tuple[str, int]:
+        """Where rank 0 will host the weight group's rendezvous (this node, a free port)."""
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def open_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
+        """Rank 0 joins the weight group as its rank 0 (the engines' workers join alongside)."""
+        self.weight_group = open_group(host, port, 0, world_size, backend, self.cfg.run.timeout_s)
+
+    @torch.no_grad()
+    def broadcast_weights(self, version: int) -> int:
+        """Rank 0 broadcasts the policy's weights in buckets over the weight group while every
+        rank gathers them (ZeRO-3); all ranks must call it. -> bytes sent (0 off rank 0)."""
+        weights = full_weights(self.policy.module.causal_lm)
+        if self.rank != 0:
+            for _ in weights:
+                pass
+            return 0
+        bucket_bytes = int(self.cfg.rollout.sync_bucket_mib * 2**20)
+        return send_weights(self.weight_group, weights, version, bucket_bytes, self.device)
+
     @torch.no_grad()
     def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Temperature-1 log-probs of tokens 1..L-1 of each sequence given its prefix."""
@@ -348,6 +371,21 @@ class LearnerGroup:
         refs = [a.export_weights.remote() for a in self.actors]
         fetch = [rank != 0 for rank in range(len(refs))]
         return self._wait("export_weights", refs, fetch)[0]
+
+    def open_weight_group(self, world_size: int, backend: str) -> tuple[str, int, list[Any]]:
+        """Start rank 0 joining a broadcast weight group of world_size ranks. -> (host, port,
+        refs): the engines' workers join at host:port; the caller waits on refs with theirs."""
+        [(host, port)] = self._wait("weight group", [self.actors[0].weight_group_address.remote()])
+        return (
+            host,
+            port,
+            [self.actors[0].open_weight_group.remote(host, port, world_size, backend)],
+        )
+
+    def broadcast_weights(self, version: int) -> list[Any]:
+        """Start every rank's part of a broadcast sync (see LearnerActor.broadcast_weights).
+        -> refs by rank, for the caller to wait on with the engines' receives."""
+        return [a.broadcast_weights.remote(version) for a in self.actors]
 
     def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Log-probs of tokens 1..L-1 of each sequence (all ranks run it; rank 0's answer)."""

@@ -180,15 +180,41 @@ class RolloutActor:
             for out, ids in zip(outputs, sequences, strict=True)
         ]
 
-    def update_weights(self, version: int, weights: bytes) -> int:
-        """Load a full policy state dict (safetensors bytes) as `version`; versions must rise."""
+    def _check_version(self, version: int) -> None:
         if version <= self._version:
             raise ValueError(
                 f"weight version {version} is not newer than the engine's version {self._version}"
             )
+
+    def update_weights(self, version: int, weights: bytes) -> int:
+        """Load a full policy state dict (safetensors bytes) as `version`; versions must rise."""
+        self._check_version(version)
         self._llm.collective_rpc("load_weights_from_bytes", args=(weights,))
         self._version = version
         logger.info("rollout engine loaded weights version %d (%d bytes)", version, len(weights))
+        return version
+
+    def join_weight_group(
+        self,
+        host: str,
+        port: int,
+        rank_offset: int,
+        world_size: int,
+        backend: str,
+        timeout_s: float,
+    ) -> None:
+        """Join learner rank 0's broadcast group: this engine's workers take ranks rank_offset..
+        rank_offset + tensor_parallel_size - 1."""
+        self._llm.collective_rpc(
+            "join_weight_group", args=(host, port, rank_offset, world_size, backend, timeout_s)
+        )
+
+    def receive_weights(self, version: int) -> int:
+        """Load the weights learner rank 0 broadcasts now (joined group) as `version`."""
+        self._check_version(version)
+        self._llm.collective_rpc("receive_weights", args=(version,))
+        self._version = version
+        logger.info("rollout engine received weights version %d by broadcast", version)
         return version
 
     def weights_checksum(self) -> float:

@@ -24,6 +24,37 @@ class WeightSyncExtension:
         # runs in separate processes (tensor parallel); tensors or callables do not.
         self._reload(load(data).items())
 
+    def join_weight_group(
+        self,
+        host: str,
+        port: int,
+        rank_offset: int,
+        world_size: int,
+        backend: str,
+        timeout_s: float,
+    ) -> None:
+        """Broadcast transport: join the learner's weight group as rank rank_offset + own rank."""
+        from actors.weight_sync import open_group
+
+        rank = rank_offset + self.rank  # the worker's rank within its engine
+        self._weight_group = open_group(host, port, rank, world_size, backend, timeout_s)
+        self._weight_device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if backend == "nccl"
+            else torch.device("cpu")
+        )
+
+    def receive_weights(self, version: int) -> None:
+        """Broadcast transport: load the buckets learner rank 0 sends as they arrive."""
+        from actors.weight_sync import receive_weights
+
+        stream = receive_weights(self._weight_group, version, self._weight_device)
+        try:
+            self._reload(stream)
+        finally:
+            for _ in stream:  # whatever the loader left: the sender waits on every bucket
+                pass
+
     def weights_checksum(self) -> float:
         """Sum of every parameter value of this worker's model shard (tests compare it).
 

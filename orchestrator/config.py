@@ -96,8 +96,14 @@ class RolloutConfig:
     kv_cache_gib: float = param(1.0, "KV cache per engine in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = param(0.5, "Share of GPU memory an engine may take.")
     enforce_eager: bool = param(True, "Skip CUDA graph capture (faster start, slower decode).")
-    weight_sync: Literal["object_store", "nccl"] = param(
-        "object_store", "Transport for learner -> engine weights: Ray object store or NCCL buckets."
+    weight_sync: Literal["object_store", "gloo", "nccl"] = param(
+        "object_store",
+        "Transport for learner -> engine weights: object_store (Ray's object store; works "
+        "everywhere), or a bucketed broadcast from learner rank 0 over a torch.distributed group "
+        "of this backend: nccl (GPUs on both sides; the fast path on clusters) or gloo (CPU).",
+    )
+    sync_bucket_mib: float = param(
+        256.0, "Bucket size of the broadcast transports in MiB (a larger tensor goes alone)."
     )
     sync_max_logprob_diff: float = param(
         1e-3,

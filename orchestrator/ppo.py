@@ -68,6 +68,8 @@ class PPOTrainer:
         )
         self.version = 0
         self.probe: list[list[int]] | None = None
+        if cfg.rollout.weight_sync != "object_store":
+            self.open_weight_group()
 
     # ------------------------------------------------------------------ phases
 
@@ -137,12 +139,36 @@ class PPOTrainer:
         ref_lp = wait_all(ref_refs, "reference", _names("reference", ref_refs), timeout)
         return torch.cat(scores), torch.cat(ref_lp), learner_out
 
+    def open_weight_group(self) -> None:
+        """Broadcast transports: learner rank 0 and every engine worker form the weight group."""
+        r = self.cfg.rollout
+        engines = self.roles.engines
+        world = 1 + len(engines) * r.tensor_parallel_size
+        host, port, refs = self.roles.learner.open_weight_group(world, r.weight_sync)
+        timeout = self.cfg.run.start_timeout_s
+        refs += [
+            e.join_weight_group.remote(
+                host, port, 1 + i * r.tensor_parallel_size, world, r.weight_sync, timeout
+            )
+            for i, e in enumerate(engines)
+        ]
+        names = ["learner rank 0"] + _names("rollout engine", engines)
+        wait_all(refs, "weight group", names, timeout)
+
     def sync_weights(self) -> float:
         """Push the learner's weights to every engine (new version), then verify; -> max diff."""
-        weights = self.roles.learner.export_weights()  # ObjectRef: one copy in the object store
         self.version += 1
-        refs = [e.update_weights.remote(self.version, weights) for e in self.roles.engines]
-        wait_all(refs, "weight sync", _names("rollout engine", refs), self.cfg.run.timeout_s)
+        engines, learner = self.roles.engines, self.roles.learner
+        if self.cfg.rollout.weight_sync == "object_store":
+            weights = learner.export_weights()  # ObjectRef: one copy in the object store
+            refs = [e.update_weights.remote(self.version, weights) for e in engines]
+            names = _names("rollout engine", refs)
+        else:
+            refs = [e.receive_weights.remote(self.version) for e in engines]
+            sends = learner.broadcast_weights(self.version)
+            names = _names("rollout engine", refs) + _names("learner rank", sends)
+            refs += sends
+        wait_all(refs, "weight sync", names, self.cfg.run.timeout_s)
         return self.verify_sync()
 
     def verify_sync(self) -> float:

@@ -43,11 +43,13 @@ def _check_ppo(cfg: Config, errors: list[str]) -> None:
             f"data.max_prompt_tokens + rollout.max_new_tokens = {cfg.data.max_prompt_tokens} + "
             f"{r.max_new_tokens} = {longest} exceeds model.max_seq_len = {cfg.model.max_seq_len}"
         )
-    if r.weight_sync == "nccl":
+    if r.weight_sync == "nccl" and not cfg.learner.gpus_per_rank:
         errors.append(
-            "rollout.weight_sync = nccl is not built yet in this version; use object_store "
-            "(works on CPU and GPU)"
+            "rollout.weight_sync = nccl needs GPUs but learner.gpus_per_rank = 0; use gloo or "
+            "object_store on CPU"
         )
+    if r.sync_bucket_mib <= 0:
+        errors.append(f"rollout.sync_bucket_mib must be > 0, got {r.sync_bucket_mib}")
     if p.dual_clip is not None and p.dual_clip <= 1:
         errors.append(f"ppo.dual_clip must be > 1 (or null), got {p.dual_clip}")
     if not 0 <= p.gamma <= 1 or not 0 <= p.lam <= 1:

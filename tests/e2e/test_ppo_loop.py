@@ -99,7 +99,11 @@ def noisy_weights(policy_dir: str) -> bytes:
     return save(noisy)
 
 
-def test_zero3_two_engines_colocated_and_a_broken_sync_is_caught(ray_local, tiny_dir, tmp_path):
+def test_zero3_two_engines_colocated_broadcast_sync_and_a_broken_sync_is_caught(
+    ray_local, tiny_dir, tmp_path
+):
+    # Weights go by the broadcast transport here (gloo: the NCCL path's protocol on CPU), in
+    # many small buckets, while ZeRO-3 gathers them one parameter at a time.
     cfg = config(
         tiny_dir,
         tmp_path,
@@ -107,6 +111,8 @@ def test_zero3_two_engines_colocated_and_a_broken_sync_is_caught(ray_local, tiny
         "--rollout.num_engines=2",
         "--ppo.old_logprobs=learner",
         "--run.colocate=true",
+        "--rollout.weight_sync=gloo",
+        "--rollout.sync_bucket_mib=0.1",
     )
     roles = Roles.start(cfg)
     try:
@@ -114,6 +120,7 @@ def test_zero3_two_engines_colocated_and_a_broken_sync_is_caught(ray_local, tiny
         rows = [trainer.step(step) for step in range(2)]
         assert all(r["weight_sync/max_logprob_diff"] < 1e-4 for r in rows)
         assert rows[0]["response_length/mean"] > 0 and rows[1]["weight_sync/version"] == 2
+        assert ray_local.get([e.version.remote() for e in roles.engines], timeout=60) == [2, 2]
         # Engine 1 now serves other weights than the learner's: the check must stop the run.
         bad = ray_local.put(noisy_weights(cfg.model.policy))
         ray_local.get(roles.engines[1].update_weights.remote(3, bad), timeout=120)

@@ -126,7 +126,7 @@ def test_validate_lists_every_problem_at_once():
     assert "200 + 100 = 300 exceeds model.max_seq_len = 256" in msg
     assert "rollout.num_engines = 9 exceeds rollout.prompts_per_step = 8" in msg
     assert "ppo.dual_clip must be > 1" in msg
-    assert "rollout.weight_sync = nccl is not built yet" in msg
+    assert "rollout.weight_sync = nccl needs GPUs but learner.gpus_per_rank = 0" in msg
 
 
 def test_ppo_arithmetic_is_not_checked_for_supervised_stages():

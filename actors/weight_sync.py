@@ -1,0 +1,153 @@
+"""Broadcast transport for weight sync: learner rank 0 -> every rollout worker, in buckets.
+
+One torch.distributed process group, separate from the learner's own and from vLLM's: rank 0 is
+learner rank 0, ranks 1.. are the engines' workers (one per tensor-parallel rank). Its backend is
+NCCL on GPU and gloo on CPU; the protocol is the same.
+
+The stream is self-describing, so receivers need no layout in advance and the sender can gather
+ZeRO-3 parameters one at a time: each bucket is three broadcasts, sizes (header bytes, data bytes),
+a JSON header {version, params: [[name, dtype, shape], ...]}, then the parameters' bytes back to
+back, each padded to ALIGN bytes (so every one can be viewed in its dtype in place). A sizes
+message of (0, 0) ends the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+GROUP_PREFIX = "instructray-weights"
+ALIGN = 16
+
+
+def local_address(peer_host: str, peer_port: int) -> str:
+    """The address of this host on the route to peer (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((peer_host, peer_port))
+        return s.getsockname()[0]
+
+
+def open_group(
+    host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float
+) -> dist.ProcessGroup:
+    """Join the weight group (rank 0 hosts the rendezvous at host:port); blocks until every rank
+    has joined or timeout_s passes. Leaves the process's default group alone."""
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(
+        host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False
+    )
+    store = dist.PrefixStore(GROUP_PREFIX, store)
+    if backend == "gloo":
+        options = dist.ProcessGroupGloo._Options()
+        options._timeout = timeout
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=local_address(host, port))]
+        group = dist.ProcessGroupGloo(store, rank, world_size, options)
+    elif backend == "nccl":
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = timeout
+        group = dist.ProcessGroupNCCL(store, rank, world_size, options)
+    else:
+        raise ValueError(f"weight group backend must be gloo or nccl, got {backend!r}")
+    # A first collective completes the rendezvous now, not inside the first sync.
+    _broadcast(group, torch.zeros(1, device=_device(backend)))
+    return group
+
+
+def _device(backend: str) -> torch.device:
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _broadcast(group: dist.ProcessGroup, tensor: torch.Tensor) -> None:
+    group.broadcast(tensor, 0).wait()
+
+
+def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def send_weights(
+    group: dist.ProcessGroup,
+    weights: Iterable[tuple[str, torch.Tensor]],
+    version: int,
+    bucket_bytes: int,
+    device: torch.device,
+) -> int:
+    """Broadcast (name, tensor) pairs from rank 0 in buckets of about bucket_bytes (a larger
+    tensor goes alone); tensors may arrive lazily. -> bytes sent."""
+    bucket: list[tuple[str, torch.Tensor]] = []
+    filled = total = 0
+
+    def flush() -> None:
+        header = {
+            "version": version,
+            "params": [[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for n, t in bucket],
+        }
+        head = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8)
+        parts = []
+        for _, t in bucket:
+            parts.append(_as_bytes(t).to(device))
+            parts.append(torch.zeros(-parts[-1].numel() % ALIGN, dtype=torch.uint8, device=device))
+        data = torch.cat(parts)
+        _broadcast(group, torch.tensor([head.numel(), data.numel()], device=device))
+        _broadcast(group, head.to(device))
+        _broadcast(group, data)
+
+    for name, tensor in weights:
+        size = tensor.numel() * tensor.element_size()
+        if bucket and filled + size > bucket_bytes:
+            flush()
+            bucket, filled = [], 0
+        bucket.append((name, tensor))
+        filled += size
+        total += size
+    if bucket:
+        flush()
+    _broadcast(group, torch.zeros(2, dtype=torch.int64, device=device))
+    return total
+
+
+def receive_weights(
+    group: dist.ProcessGroup, version: int, device: torch.device
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The (name, tensor) pairs rank 0 sends, bucket by bucket; checks each bucket's version.
+
+    Drain it to the end (the sender waits on every receiver for every bucket). A version
+    mismatch still receives the whole stream, so the group stays usable, then raises."""
+    error = None
+    while True:
+        sizes = torch.zeros(2, dtype=torch.int64, device=device)
+        _broadcast(group, sizes)
+        head_bytes, data_bytes = sizes.tolist()
+        if head_bytes == 0:
+            if error:
+                raise RuntimeError(error)
+            return
+        head = torch.empty(head_bytes, dtype=torch.uint8, device=device)
+        _broadcast(group, head)
+        data = torch.empty(data_bytes, dtype=torch.uint8, device=device)
+        _broadcast(group, data)
+        header = json.loads(head.cpu().numpy().tobytes())
+        if header["version"] != version:
+            error = f"weight sync: expected version {version}, the learner sent {header['version']}"
+        if error:
+            continue
+        offset = 0
+        for name, dtype_name, shape in header["params"]:
+            dtype = getattr(torch, dtype_name)
+            size = dtype.itemsize * _numel(shape)
+            yield name, data[offset : offset + size].view(dtype).view(shape)
+            offset += size + -size % ALIGN
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
