@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from actors.sequences import SequenceBatch, response_logprobs, token_values
+from actors.sequences import SequenceBatch, response_logprobs, sequence_scores, token_values
 
 logger = logging.getLogger(__name__)
 
@@ -244,8 +244,20 @@ class PolicyLogprobs(torch.nn.Module):
         )
 
 
-class TokenValues(torch.nn.Module):
-    """The module the critic engine wraps: a value per response token. -> (B, R)."""
+def engine_inputs(batch: SequenceBatch) -> tuple[Any, ...]:
+    """A batch as positional tensors for an engine's forward: ZeRO-3's hooks see tensors passed
+    positionally, not inside a dataclass."""
+    return (
+        batch.input_ids,
+        batch.attention_mask,
+        batch.position_ids,
+        batch.response_mask,
+        batch.prompt_len,
+    )
+
+
+class _ScalarHead(torch.nn.Module):
+    """Base of the modules an engine wraps around a scalar-head (sequence-classification) model."""
 
     def __init__(self, value_model: torch.nn.Module):
         super().__init__()
@@ -260,7 +272,24 @@ class TokenValues(torch.nn.Module):
         prompt_len: int,
     ) -> torch.Tensor:
         batch = SequenceBatch(input_ids, attention_mask, position_ids, response_mask, prompt_len)
+        return self.compute(batch)
+
+    def compute(self, batch: SequenceBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TokenValues(_ScalarHead):
+    """The critic: a value per response token. -> (B, R)."""
+
+    def compute(self, batch: SequenceBatch) -> torch.Tensor:
         return token_values(self.value_model, batch)
+
+
+class SequenceScores(_ScalarHead):
+    """The reward model in training: one score per sequence, at its last real token. -> (B,)."""
+
+    def compute(self, batch: SequenceBatch) -> torch.Tensor:
+        return sequence_scores(self.value_model, batch)
 
 
 def _persistent_buffers(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -309,9 +338,10 @@ def save_hf_folder(
     tokenizer_path: str,
     path: str,
     trust_remote_code: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> None:
-    """Write a Hugging Face folder (config, safetensors, tokenizer) to a temp sibling, then
-    rename it into place, so a half-written folder never sits at `path`."""
+    """Write a Hugging Face folder (config, safetensors, tokenizer, extra_files {name: text}) to
+    a temp sibling, then rename it into place, so a half-written folder never sits at `path`."""
     import safetensors.torch
     from transformers import AutoTokenizer
 
@@ -326,6 +356,8 @@ def save_hf_folder(
     safetensors.torch.save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
     tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         final.rename(old)

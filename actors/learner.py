@@ -19,6 +19,7 @@ from actors.engine import (
     PolicyLogprobs,
     TokenValues,
     build_engine,
+    engine_inputs,
     full_weights,
     gathered_state_dict,
     init_distributed,
@@ -34,17 +35,6 @@ from orchestrator.config import Config
 logger = logging.getLogger(__name__)
 
 EXPERIENCE_KEYS = ("old_logprobs", "advantages", "returns", "old_values")  # each (B, R)
-
-
-def _inputs(batch: SequenceBatch) -> tuple[Any, ...]:
-    # Positional tensors, so ZeRO-3's hooks see them (they do not look inside a dataclass).
-    return (
-        batch.input_ids,
-        batch.attention_mask,
-        batch.position_ids,
-        batch.response_mask,
-        batch.prompt_len,
-    )
 
 
 def _free_port() -> int:
@@ -138,8 +128,8 @@ class LearnerActor:
             mb = batch.select(rows)
             if with_logprobs:
                 temperature = self.cfg.rollout.temperature
-                logprobs.append(self.policy(*_inputs(mb), temperature=temperature))
-            values.append(self.critic(*_inputs(mb)))
+                logprobs.append(self.policy(*engine_inputs(mb), temperature=temperature))
+            values.append(self.critic(*engine_inputs(mb)))
         out = {"values": torch.cat(values).float().cpu()}
         if with_logprobs:
             out["old_logprobs"] = torch.cat(logprobs).float().cpu()
@@ -152,7 +142,7 @@ class LearnerActor:
         p = self.cfg.ppo
         mask = mb.response_mask  # (b, R)
         logprobs, entropy = self.policy(
-            *_inputs(mb), temperature=self.cfg.rollout.temperature, with_entropy=True
+            *engine_inputs(mb), temperature=self.cfg.rollout.temperature, with_entropy=True
         )  # (b, R) each
         loss, pg_stats = policy_loss(
             logprobs,
@@ -178,7 +168,7 @@ class LearnerActor:
     ) -> dict[str, float]:
         """Critic forward and backward of one micro-batch; DeepSpeed steps at a boundary."""
         p = self.cfg.ppo
-        values = self.critic(*_inputs(mb))  # (b, R)
+        values = self.critic(*engine_inputs(mb))  # (b, R)
         loss, vf_stats = value_loss(
             values,
             exp["old_values"][rows],
@@ -273,7 +263,7 @@ class LearnerActor:
         batch = make_sequence_batch([s[:1] for s in sequences], [s[1:] for s in sequences], 0)
         batch = batch.to(self.device)
         parts = [
-            self.policy(*_inputs(batch.select(r)))
+            self.policy(*engine_inputs(batch.select(r)))
             for r in self._micro_batches(len(batch.input_ids))
         ]
         logprobs = torch.cat(parts).float().cpu()  # (B, max L - 1)

@@ -15,6 +15,7 @@ from kernels.losses import (
 from kernels.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from kernels.ranking import MAX_RESPONSES, MIN_RESPONSES, kwise_ranking_loss, pairwise_loss
 from kernels.rewards import compute_token_rewards, last_token_index
+from kernels.sft import sft_loss
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -38,5 +39,6 @@ __all__ = [
     "masked_whiten",
     "pairwise_loss",
     "policy_loss",
+    "sft_loss",
     "value_loss",
 ]

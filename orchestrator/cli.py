@@ -13,8 +13,8 @@ from orchestrator.data import DataError
 
 # stage -> (one-line description, "module:function" that runs it with a validated Config)
 STAGES: dict[str, tuple[str, str]] = {
-    "sft": ("supervised fine-tuning on demonstrations", "orchestrator.sft:run_sft"),
-    "rm": ("train the K-wise ranking reward model", "orchestrator.reward_model:run_rm"),
+    "sft": ("supervised fine-tuning on demonstrations", "orchestrator.supervised:run_sft"),
+    "rm": ("train the K-wise ranking reward model", "orchestrator.supervised:run_rm"),
     "ppo": ("PPO against the reward model with KL to the SFT model", "orchestrator.ppo:run_ppo"),
     "pipeline": ("SFT -> RM -> PPO in one run folder", "orchestrator.pipeline:run_pipeline"),
     "eval": ("evaluate a policy on held-out prompts", "orchestrator.evaluate:run_eval"),

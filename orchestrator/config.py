@@ -75,6 +75,22 @@ class DataConfig:
         "error", "A bad row stops the run (error) or is skipped and counted (skip)."
     )
     shuffle: bool = param(True, "Shuffle prompts each epoch (seeded by run.seed).")
+    rankings_format: Literal["auto", "hh-rlhf", "oasst1"] = param(
+        "auto",
+        "Format of data.rankings: auto (the DESIGN.md schemas), hh-rlhf (Anthropic HH-RLHF "
+        "chosen/rejected dialogues) or oasst1 (OpenAssistant OASST1 message trees).",
+    )
+    user_field: str = param("user_id", "Row field naming the user who wrote the prompt.")
+    max_prompts_per_user: int = param(
+        200, "Keep at most this many prompts per user id (InstructGPT: 200); 0 = no cap."
+    )
+    dedup_prefix_chars: int = param(
+        0, "Drop a prompt whose first N characters match an earlier one's; 0 = off."
+    )
+    drop_pii: bool = param(
+        True, "Drop prompts with personal data (e-mail, phone, card numbers; more if a detector "
+        "is installed)."
+    )
 
 
 @dataclass
@@ -250,6 +266,9 @@ class RunConfig:
         900.0, "Longest wait for the actors to start (model loads, vLLM engine start)."
     )
     name: str = param("", "Run label for metrics; empty = the output folder's name.")
+    max_failures: int = param(
+        1, "Restarts of a failed SFT / RM worker group (Ray Train FailureConfig); -1 = no limit."
+    )
 
 
 @dataclass

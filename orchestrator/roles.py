@@ -21,7 +21,7 @@ from orchestrator.data import PromptSampler, PromptSet, load_prompts
 logger = logging.getLogger(__name__)
 
 
-def resolve_models(cfg: Config) -> Config:
+def resolve_models(cfg: Config, need_reward: bool = True) -> Config:
     """Build tiny:// models, check local folders exist; returns cfg with concrete paths."""
     m = cfg.model
     cache = m.tiny_dir or None
@@ -37,7 +37,7 @@ def resolve_models(cfg: Config) -> Config:
             raise FileNotFoundError(f"model.{key}: {spec} does not exist")
     m.reference = m.reference or m.policy
     m.tokenizer = m.tokenizer or m.policy
-    if not cfg.reward.function and not m.reward:
+    if need_reward and not cfg.reward.function and not m.reward:
         raise ValueError("no reward: set model.reward (a reward model) or reward.function")
     return cfg
 

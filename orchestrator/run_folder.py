@@ -17,6 +17,16 @@ from typing import Any
 from orchestrator.config import Config, dump_config
 
 
+def append_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    """Append one flat JSON object; NaN/inf become null so the line stays valid JSON."""
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+        for k, v in metrics.items()
+    }
+    with Path(path).open("a") as f:
+        f.write(json.dumps(clean) + "\n")
+
+
 class RunFolder:
     """Writes one run's folder."""
 
@@ -36,13 +46,8 @@ class RunFolder:
         return self.path / "final"
 
     def log(self, metrics: dict[str, Any]) -> None:
-        """Append one step's flat metrics; NaN/inf become null so the line stays valid JSON."""
-        clean = {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in metrics.items()
-        }
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
+        """Append one step's flat metrics to metrics.jsonl."""
+        append_metrics(self.metrics_path, metrics)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():

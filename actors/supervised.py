@@ -1,0 +1,371 @@
+"""The supervised stages' training loop, run by every Ray Train worker (`TorchTrainer`).
+
+SFT (InstructGPT step 1) and the K-wise reward model (step 2) share one loop: the model and its
+DeepSpeed engine come from actors/engine.py (as the PPO learner's do), batches are planned the
+same way on every rank, rank 0 writes metrics.jsonl and `final/`, and each epoch ends with
+`ray.train.report` carrying a checkpoint (the model in HF format) from which a restarted group
+(`FailureConfig`) resumes at the next epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actors.engine import (
+    PolicyLogprobs,
+    SequenceScores,
+    build_engine,
+    engine_inputs,
+    gathered_state_dict,
+    load_model,
+    save_hf_folder,
+)
+from actors.sequences import make_sequence_batch
+from kernels import kwise_ranking_loss, sft_loss
+from orchestrator.config import Config
+from orchestrator.run_folder import append_metrics
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_FILE = "progress.json"  # in a checkpoint: the epochs done
+
+
+# ---------------------------------------------------------------- batch planning (pure)
+
+
+def token_budget_batches(
+    sizes: list[tuple[int, int]], max_tokens: int, group_by_length: bool
+) -> list[list[int]]:
+    """Indices of examples (prompt tokens, response tokens) grouped into batches whose padded
+    size, rows x (longest prompt + longest response), stays within max_tokens (an example
+    larger than that goes alone). Grouping by length first keeps the padding small."""
+    order = (
+        sorted(range(len(sizes)), key=lambda i: sizes[i]) if group_by_length else range(len(sizes))
+    )
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    longest_p = longest_r = 0
+    for i in order:
+        p, r = sizes[i]
+        lp, lr = max(longest_p, p), max(longest_r, r)
+        if batch and (len(batch) + 1) * (lp + lr) > max_tokens:
+            batches.append(batch)
+            batch, lp, lr = [], p, r
+        batch.append(i)
+        longest_p, longest_r = lp, lr
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def fixed_batches(n: int, batch_size: int) -> list[list[int]]:
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+def even_shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """This rank's batches for a pass that must see every example once (evaluation): dealt out
+    round-robin unshuffled; a rank short of batches gets empty ones (run as idle forwards, since
+    ZeRO-3's gathers need every rank) so all ranks make the same number of forwards."""
+    mine = batches[rank::world]
+    return mine + [[]] * (-(-len(batches) // world) - len(mine))
+
+
+def shard(
+    batches: list[list[int]], rank: int, world: int, seed: int, epoch: int
+) -> list[list[int]]:
+    """This rank's batches of an epoch: the plan shuffled (seeded by epoch), padded by repeating
+    its first batches to a multiple of the ranks (every rank must step equally often), dealt out
+    round-robin."""
+    order = list(batches)
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    if order:
+        order += order[: -len(order) % world]
+    return order[rank::world]
+
+
+# ---------------------------------------------------------------- tasks
+
+
+class _Task:
+    """One supervised objective: builds its engine; loss of a batch of examples."""
+
+    name = ""
+    eval_keys: tuple[str, ...] = ("loss",)
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.engine: Any = None
+
+    def plan(self, examples: list[Any]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def loss(self, examples: list[Any]) -> tuple[torch.Tensor, dict[str, float], float]:
+        """-> (loss, stats, weight of this batch in a mean over batches)."""
+        raise NotImplementedError
+
+    def hf_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def extra_files(self, train: list[Any]) -> dict[str, str]:
+        return {}
+
+
+class SFTTask(_Task):
+    name = "sft"
+
+    def __init__(self, cfg: Config, model_path: str, pad_id: int):
+        from transformers import AutoModelForCausalLM
+
+        super().__init__(cfg)
+        m, learner = cfg.model, cfg.learner
+        causal_lm = load_model(
+            AutoModelForCausalLM, model_path, learner, m.dtype, m.trust_remote_code
+        )
+        module = PolicyLogprobs(causal_lm, cfg.reference.logprob_chunk_size)
+        self.engine = build_engine(module, learner, cfg.sft.lr, 1, 1, m.dtype)
+        self.pad_id = pad_id
+
+    def plan(self, examples):
+        sizes = [(len(e.prompt_ids), len(e.response_ids)) for e in examples]
+        return token_budget_batches(sizes, self.cfg.sft.max_tokens_per_batch, self.cfg.sft.packing)
+
+    def loss(self, examples):
+        batch = make_sequence_batch(
+            [e.prompt_ids for e in examples], [e.response_ids for e in examples], self.pad_id
+        ).to(self.engine.device)
+        logprobs = self.engine(*engine_inputs(batch))  # (B, R)
+        tokens = float(batch.response_mask.sum())
+        loss = sft_loss(logprobs, batch.response_mask)
+        return loss, {"loss": loss.item(), "tokens": tokens}, tokens
+
+    def hf_model(self):
+        return self.engine.module.causal_lm
+
+
+class RewardModelTask(_Task):
+    name = "rm"
+    eval_keys = ("loss", "pairwise_accuracy")
+
+    def __init__(self, cfg: Config, model_path: str, pad_id: int):
+        from transformers import AutoModelForSequenceClassification
+
+        super().__init__(cfg)
+        m, learner = cfg.model, cfg.learner
+        model = load_model(
+            AutoModelForSequenceClassification,
+            model_path,
+            learner,
+            m.dtype,
+            m.trust_remote_code,
+            num_labels=1,
+        )
+        model.config.pad_token_id = pad_id  # HF's own forward finds the last token by it
+        self.engine = build_engine(SequenceScores(model), learner, cfg.rm.lr, 1, 1, m.dtype)
+        self.pad_id = pad_id
+
+    def plan(self, examples):
+        return fixed_batches(len(examples), self.cfg.rm.batch_size)
+
+    def scores(self, examples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward over every response of every example. -> scores (B, Kmax) padded with 0,
+        ranking (B, Kmax) padded with -1, num_responses (B,)."""
+        prompts = [e.prompt_ids for e in examples for _ in e.response_ids]
+        responses = [r for e in examples for r in e.response_ids]
+        batch = make_sequence_batch(prompts, responses, self.pad_id).to(self.engine.device)
+        flat = self.engine(*engine_inputs(batch))  # (sum K,)
+        ks = [len(e.response_ids) for e in examples]
+        k_max, device = max(ks), flat.device
+        scores = torch.zeros(len(examples), k_max, dtype=flat.dtype, device=device)
+        ranking = torch.full((len(examples), k_max), -1, dtype=torch.long, device=device)
+        for b, (part, e) in enumerate(zip(flat.split(ks), examples, strict=True)):
+            scores[b, : len(part)] = part
+            ranking[b, : len(part)] = torch.tensor(e.ranking, device=device)
+        return scores, ranking, torch.tensor(ks, device=device)
+
+    def loss(self, examples):
+        scores, ranking, num = self.scores(examples)
+        loss, stats = kwise_ranking_loss(scores, ranking, num)
+        pairs = float(stats["num_pairs"])
+        out = {"loss": loss.item(), "pairwise_accuracy": float(stats["pairwise_accuracy"])}
+        return loss, {**out, "pairs": pairs}, pairs
+
+    def hf_model(self):
+        return self.engine.module.value_model
+
+    @torch.no_grad()
+    def score_stats(self, examples: list[Any]) -> dict[str, float]:
+        """Mean and std of the scores of every train response (all ranks; PPO normalizes by
+        them so that a typical response scores 0)."""
+        rank, world = _rank_world()
+        plan = self.plan(examples)
+        total = torch.zeros(3, dtype=torch.float64, device=self.engine.device)
+        for batch in even_shard(plan, rank, world):
+            scores, _, num = self.scores([examples[i] for i in batch or plan[0]])
+            if not batch:
+                continue
+            filled = torch.arange(scores.shape[1], device=scores.device) < num[:, None]
+            s = scores[filled].double()
+            total += torch.stack([s.new_tensor(float(s.numel())), s.sum(), (s * s).sum()])
+        torch.distributed.all_reduce(total)
+        n, s, ss = total.tolist()
+        mean = s / n
+        return {"mean": mean, "std": math.sqrt(max(ss / n - mean * mean, 0.0)), "count": n}
+
+    def extra_files(self, train):
+        return {"score_stats.json": json.dumps(self.score_stats(train), indent=1) + "\n"}
+
+
+TASKS = {"sft": SFTTask, "rm": RewardModelTask}
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _rank_world() -> tuple[int, int]:
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return dict(zip(keys, (t / torch.distributed.get_world_size()).tolist(), strict=True))
+
+
+@torch.no_grad()
+def evaluate(task: _Task, examples: list[Any]) -> dict[str, float]:
+    """Held-out loss (and pairwise accuracy for the RM), weighted over all ranks' batches."""
+    rank, world = _rank_world()
+    task.engine.eval()
+    plan = task.plan(examples)
+    sums = torch.zeros(len(task.eval_keys) + 1, dtype=torch.float64, device=task.engine.device)
+    for batch in even_shard(plan, rank, world):
+        _, stats, weight = task.loss([examples[i] for i in batch or plan[0]])
+        if batch:
+            sums += torch.tensor(
+                [stats[k] * weight for k in task.eval_keys] + [weight],
+                dtype=torch.float64,
+                device=sums.device,
+            )
+    torch.distributed.all_reduce(sums)
+    task.engine.train()
+    *totals, weight = sums.tolist()
+    return {f"eval/{k}": v / weight for k, v in zip(task.eval_keys, totals, strict=True)}
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker` for SFT and the reward model.
+
+    config: cfg (Config), stage ("sft" / "rm"), backend, train / eval (ObjectRefs of example
+    lists), model_path, pad_id, run_dir, first_metrics (logged in the step-0 row).
+    """
+    import deepspeed
+    import ray
+    import ray.train
+
+    cfg: Config = config["cfg"]
+    stage, run_dir = config["stage"], Path(config["run_dir"])
+    # Ray Train has set up the process group already; DeepSpeed joins it.
+    deepspeed.init_distributed(dist_backend=config["backend"], auto_mpi_discovery=False)
+    rank, world = _rank_world()
+    torch.manual_seed(cfg.run.seed)  # a new head starts equal on every rank
+    train, held_out = ray.get(config["train"]), ray.get(config["eval"])
+
+    model_path, first_epoch = config["model_path"], 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restarted group: continue after the last finished epoch
+        with checkpoint.as_directory() as d:
+            first_epoch = json.loads((Path(d) / PROGRESS_FILE).read_text())["epochs_done"]
+            resumed = Path(tempfile.mkdtemp(prefix=f"{stage}-resume-"))
+            for f in Path(d).iterdir():
+                if f.is_file():
+                    (resumed / f.name).write_bytes(f.read_bytes())
+            model_path = str(resumed)
+        logger.info("%s: resuming from a checkpoint after epoch %d", stage, first_epoch)
+    task = TASKS[stage](cfg, model_path, config["pad_id"])
+    epochs = cfg.sft.epochs if stage == "sft" else cfg.rm.epochs
+    plan = task.plan(train)
+    steps_per_epoch = len(shard(plan, rank, world, cfg.run.seed, 0))
+    step = first_epoch * steps_per_epoch
+    if first_epoch == 0:  # where training starts from: held-out numbers before any step
+        first = {"step": 0, "epoch": 0, **config.get("first_metrics", {})}
+        if held_out:
+            first.update(evaluate(task, held_out))
+        if rank == 0:
+            append_metrics(run_dir / "metrics.jsonl", first)
+    bar = None
+    if rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=epochs * steps_per_epoch, initial=step, desc=stage, unit="step")
+    for epoch in range(first_epoch, epochs):
+        for batch in shard(plan, rank, world, cfg.run.seed, epoch):
+            start = time.perf_counter()
+            loss, stats, _ = task.loss([train[i] for i in batch])
+            task.engine.backward(loss)
+            task.engine.step()
+            stats["grad_norm"] = float(task.engine.get_global_grad_norm() or 0.0)
+            metrics = {
+                f"train/{k}": v for k, v in _mean_over_ranks(stats, task.engine.device).items()
+            }
+            metrics["train/lr"] = task.engine.get_lr()[0]
+            metrics["timing/step"] = time.perf_counter() - start
+            step += 1
+            if rank == 0:
+                append_metrics(run_dir / "metrics.jsonl", {"step": step, "epoch": epoch, **metrics})
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+        report = {"step": step, "epoch": epoch + 1}
+        if held_out:
+            report.update(evaluate(task, held_out))
+        if rank == 0:
+            append_metrics(run_dir / "metrics.jsonl", report)
+        _report_with_checkpoint(task, cfg, report, epoch + 1, rank)
+    if bar is not None:
+        bar.close()
+    # final/: all ranks gather (ZeRO-3), rank 0 writes it, last of all.
+    model = task.hf_model()
+    extra = task.extra_files(train)
+    state = gathered_state_dict(model)
+    if rank == 0:
+        save_hf_folder(
+            model,
+            state,
+            cfg.model.tokenizer,
+            str(run_dir / "final"),
+            cfg.model.trust_remote_code,
+            extra,
+        )
+
+
+def _report_with_checkpoint(
+    task: _Task, cfg: Config, metrics: dict[str, Any], epochs_done: int, rank: int
+) -> None:
+    """`ray.train.report` of an epoch's metrics, with the model (HF format) as its checkpoint."""
+    import ray.train
+
+    model = task.hf_model()
+    state = gathered_state_dict(model)
+    with tempfile.TemporaryDirectory(prefix=f"{task.name}-ckpt-") as tmp:
+        checkpoint = None
+        if rank == 0:
+            folder = Path(tmp) / "model"
+            save_hf_folder(
+                model,
+                state,
+                cfg.model.tokenizer,
+                str(folder),
+                cfg.model.trust_remote_code,
+                {PROGRESS_FILE: json.dumps({"epochs_done": epochs_done})},
+            )
+            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report(metrics, checkpoint=checkpoint)

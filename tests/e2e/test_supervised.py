@@ -1,0 +1,128 @@
+"""SFT and the K-wise reward model under Ray Train, end to end: real Ray (TorchTrainer), real
+DeepSpeed ZeRO-2 over gloo on 2 workers, tiny models. No component is mocked."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.config import load_config
+from orchestrator.supervised import run_rm, run_sft
+
+pytestmark = pytest.mark.e2e
+
+WORDS = "cat dog sun sea tree bird fish moon star rain snow wind rock leaf milk bread".split()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def metrics_of(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def config(tiny_dir, out: Path, *overrides: str):
+    return load_config(
+        None,
+        [
+            "--model.policy=tiny://policy",
+            f"--model.tiny_dir={tiny_dir}",
+            f"--run.output_dir={out}",
+            "--learner.num_ranks=2",
+            "--learner.zero_stage=2",
+            "--data.eval_fraction=0.25",
+            *overrides,
+        ],
+    )
+
+
+def demonstrations(n: int = 96) -> list[dict]:
+    """A learnable rule: repeat the word three times."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        word = rng.choice(WORDS)
+        rows.append(
+            {
+                "prompt": f"Repeat {word}.",
+                "response": f"{word} {word} {word}",
+                "user_id": f"u{i % 24}",
+            }
+        )
+    return rows
+
+
+def rankings(n: int = 160) -> list[dict]:
+    """K = 4 responses of four words each; the more 'cat' the better (the hidden rule)."""
+    rng = random.Random(1)
+    rows = []
+    for i in range(n):
+        counts = rng.sample(range(5), 4)
+        responses = []
+        for c in counts:
+            words = ["cat"] * c + [rng.choice(WORDS[1:]) for _ in range(4 - c)]
+            rng.shuffle(words)
+            responses.append(" ".join(words))
+        ranking = sorted(range(4), key=lambda j: -counts[j])
+        rows.append(
+            {
+                "prompt": "Say four words.",
+                "responses": responses,
+                "ranking": ranking,
+                "user_id": f"u{i % 40}",
+            }
+        )
+    return rows
+
+
+def test_sft_lowers_held_out_loss_and_writes_a_loadable_model(ray_local, tiny_dir, tmp_path):
+    data = write_jsonl(tmp_path / "demos.jsonl", demonstrations())
+    out = tmp_path / "sft"
+    cfg = config(
+        tiny_dir,
+        out,
+        f"--data.demonstrations={data}",
+        "--sft.lr=3e-3",
+        "--sft.epochs=4",
+        "--sft.max_tokens_per_batch=256",
+    ).validate("sft")
+    run_sft(cfg)
+    rows = metrics_of(out)
+    evals = [r for r in rows if "eval/loss" in r]
+    assert rows[0]["step"] == 0 and rows[0]["data/eval_examples"] > 0
+    assert len(evals) == 5  # before training and after each of 4 epochs
+    assert evals[-1]["eval/loss"] < 0.6 * evals[0]["eval/loss"], [r["eval/loss"] for r in evals]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_reward_model_learns_a_ranking_rule(ray_local, tiny_dir, tmp_path):
+    data = write_jsonl(tmp_path / "rankings.jsonl", rankings())
+    out = tmp_path / "rm"
+    cfg = config(
+        tiny_dir,
+        out,
+        f"--data.rankings={data}",
+        "--rm.lr=2e-3",
+        "--rm.epochs=3",
+        "--rm.batch_size=8",
+    ).validate("rm")
+    run_rm(cfg)
+    rows = metrics_of(out)
+    evals = [r for r in rows if "eval/pairwise_accuracy" in r]
+    assert evals[-1]["eval/pairwise_accuracy"] >= 0.9, [r["eval/pairwise_accuracy"] for r in evals]
+    stats = json.loads((out / "final" / "score_stats.json").read_text())
+    assert stats["count"] > 0 and stats["std"] > 0
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(out / "final")
+    assert model.config.num_labels == 1 and model.config.pad_token_id is not None
+    assert torch.isfinite(model.score.weight).all()
