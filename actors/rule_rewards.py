@@ -17,3 +17,10 @@ def count_target_word(prompts: list[str], responses: list[str]) -> list[float]:
 def brevity(prompts: list[str], responses: list[str]) -> list[float]:
     """Shorter responses score higher: -characters / 100."""
     return [-len(r) / 100.0 for r in responses]
+
+
+def rank_by_target_word(prompt: str, responses: list[str]) -> list[int]:
+    """A labeler for `pipeline.labeler`: response indices best first, most 'cat' first (ties in
+    the given order). Signature: (prompt, responses) -> ranking."""
+    scores = count_target_word([prompt] * len(responses), responses)
+    return sorted(range(len(responses)), key=lambda i: -scores[i])

@@ -88,8 +88,9 @@ class DataConfig:
         0, "Drop a prompt whose first N characters match an earlier one's; 0 = off."
     )
     drop_pii: bool = param(
-        True, "Drop prompts with personal data (e-mail, phone, card numbers; more if a detector "
-        "is installed)."
+        True,
+        "Drop prompts with personal data (e-mail, phone, card numbers; more if a detector "
+        "is installed).",
     )
 
 
@@ -246,7 +247,13 @@ class PipelineConfig:
     """SFT -> RM -> PPO in one run."""
 
     iterations: int = param(1, "Times steps 2-3 (rank, RM, PPO) run.")
-    labeler: str = param("", "`module:function` that ranks new samples between iterations.")
+    labeler: str = param(
+        "",
+        "`module:function` (prompt: str, responses: list[str]) -> list[int] (indices, best first) "
+        "that ranks the current policy's samples between iterations.",
+    )
+    samples_per_prompt: int = param(4, "Responses (K, 2..9) sampled per prompt for new rankings.")
+    rank_prompts: int = param(32, "Prompts sampled for new rankings per iteration.")
 
 
 @dataclass

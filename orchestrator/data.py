@@ -30,10 +30,52 @@ def tiny_prompts(n: int = 256, seed: int = 0) -> list[dict[str, str]]:
     return [{"prompt": f"{rng.choice(verbs)} {rng.choice(things)}."} for _ in range(n)]
 
 
+def tiny_demonstrations(n: int = 128, seed: int = 0) -> list[dict[str, str]]:
+    """Demonstrations for tiny runs: the tiny prompts answered by a labeler who likes cats."""
+    rng = random.Random(seed + 1)
+    answers = ["the cat is here.", "a cat and the cat.", "my cat likes the sun.", "the cat sat."]
+    return [
+        {"prompt": row["prompt"], "response": rng.choice(answers), "user_id": f"user{i % 32}"}
+        for i, row in enumerate(tiny_prompts(n, seed))
+    ]
+
+
+def tiny_rankings(n: int = 128, seed: int = 0) -> list[dict[str, Any]]:
+    """K = 4 rankings for tiny runs: the more 'cat' in a response, the better it ranks."""
+    rng = random.Random(seed + 2)
+    others = ["dog", "sun", "sea", "tree", "team", "the", "a"]
+    rows = []
+    for i, row in enumerate(tiny_prompts(n, seed)):
+        counts = rng.sample(range(5), 4)
+        responses = []
+        for c in counts:
+            words = ["cat"] * c + [rng.choice(others) for _ in range(4 - c)]
+            rng.shuffle(words)
+            responses.append(" ".join(words) + ".")
+        ranking = sorted(range(4), key=lambda j: -counts[j])
+        rows.append(
+            {
+                "prompt": row["prompt"],
+                "responses": responses,
+                "ranking": ranking,
+                "user_id": f"user{i % 32}",
+            }
+        )
+    return rows
+
+
+TINY_DATA = {
+    TINY_PROMPTS: tiny_prompts,
+    "tiny://demonstrations": tiny_demonstrations,
+    "tiny://rankings": tiny_rankings,
+}
+
+
 def load_rows(spec: str, split: str = "train") -> list[dict[str, Any]]:
-    """Rows of a local JSONL/JSON/Parquet/CSV file or folder, or a Hub data set name."""
-    if spec == TINY_PROMPTS:
-        return tiny_prompts()
+    """Rows of a local JSONL/JSON/Parquet/CSV file or folder, a Hub data set name, or one of
+    the built-in tiny sets (TINY_DATA)."""
+    if spec in TINY_DATA:
+        return TINY_DATA[spec]()
     import datasets
 
     path = Path(spec)
@@ -84,7 +126,7 @@ class PromptSet:
         return len(self.texts)
 
 
-def _row_problem(row: dict[str, Any]) -> tuple[str, str] | None:
+def row_problem(row: dict[str, Any]) -> tuple[str, str] | None:
     """(field, problem) if the row does not follow the prompt schema."""
     if "messages" in row and row["messages"] is not None:
         msgs = row["messages"]
@@ -122,7 +164,7 @@ def load_prompts(
     rows = load_rows(spec, split)
     out = PromptSet([], [])
     for i, row in enumerate(rows):
-        problem = _row_problem(row)
+        problem = row_problem(row)
         if problem is None:
             text = format_prompt(row, tokenizer, template)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]

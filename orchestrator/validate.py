@@ -104,5 +104,29 @@ def validate_config(cfg: Config, stage: str) -> None:
         )
     if stage in ("ppo", "pipeline", "demo", "bench"):
         _check_ppo(cfg, errors)
+    if stage in ("sft", "pipeline"):
+        _positive(errors, sft__epochs=cfg.sft.epochs, sft__lr=cfg.sft.lr)
+        _positive(errors, sft__max_tokens_per_batch=cfg.sft.max_tokens_per_batch)
+        if not cfg.data.demonstrations:
+            errors.append("data.demonstrations is empty: give a file or a Hub data set")
+    if stage in ("rm", "pipeline"):
+        _positive(
+            errors, rm__epochs=cfg.rm.epochs, rm__lr=cfg.rm.lr, rm__batch_size=cfg.rm.batch_size
+        )
+        if not cfg.data.rankings:
+            errors.append("data.rankings is empty: give a file or a Hub data set")
+    if stage == "pipeline":
+        pl = cfg.pipeline
+        if pl.iterations < 1:
+            errors.append(f"pipeline.iterations must be >= 1, got {pl.iterations}")
+        if pl.iterations > 1 and ":" not in pl.labeler:
+            errors.append(
+                f"pipeline.iterations = {pl.iterations} needs pipeline.labeler (module:function) "
+                f"to rank new samples, got '{pl.labeler}'"
+            )
+        if not 2 <= pl.samples_per_prompt <= 9:
+            errors.append(
+                f"pipeline.samples_per_prompt must lie in [2, 9], got {pl.samples_per_prompt}"
+            )
     if errors:
         raise ConfigError("; ".join(errors))

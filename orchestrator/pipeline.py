@@ -1,0 +1,173 @@
+"""`instructray pipeline`: InstructGPT's three steps in one run folder.
+
+    sft/    SFT of model.policy on data.demonstrations
+    rm/     reward model from data.rankings, started from the SFT model
+    ppo/    PPO from the SFT model: reference = SFT, reward = the RM, critic started from the RM
+    final   -> the last PPO stage's final/ (written last: a finished pipeline has it)
+
+With `pipeline.iterations` > 1, steps 2-3 repeat (rm-2/, ppo-2/, ...): the current policy samples
+`pipeline.samples_per_prompt` responses to `pipeline.rank_prompts` prompts, the labeler function
+ranks them, and the RM retrains on the old and new rankings (InstructGPT's data accumulates);
+PPO continues from the current policy, still held near the SFT model.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import Config
+from orchestrator.converters import convert_rankings
+from orchestrator.data import DataError, format_prompt, load_rows, row_problem
+from orchestrator.ppo import run_ppo
+from orchestrator.run_folder import RunFolder
+from orchestrator.supervised import run_rm, run_sft
+
+logger = logging.getLogger(__name__)
+
+
+def _stage(cfg: Config, root: Path, name: str, **models: str) -> Config:
+    stage = copy.deepcopy(cfg)
+    stage.run.output_dir = str(root / name)
+    for key, value in models.items():
+        setattr(stage.model, key, value)
+    return stage
+
+
+def load_labeler(spec: str) -> Any:
+    """`module:function` with signature (prompt: str, responses: list[str]) -> list[int], the
+    response indices best first."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"pipeline.labeler must be 'module:function', got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"pipeline.labeler {spec!r} cannot be loaded: {e}") from e
+
+
+def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]:
+    """Sample K responses per prompt from `policy` with one vLLM engine; rank them by labeler."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from actors.remote import wait_all
+    from actors.rollout import RolloutActor
+
+    p, r, d = cfg.pipeline, cfg.rollout, cfg.data
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    rows, ids = [], []
+    for row in load_rows(d.prompts, d.split):
+        if row_problem(row) is None:
+            tokens = tokenizer(
+                format_prompt(row, tokenizer, cfg.sft.template), add_special_tokens=False
+            )["input_ids"]
+            if len(tokens) <= d.max_prompt_tokens:
+                rows.append(row)
+                ids.append(tokens)
+    if not rows:
+        raise DataError(f"{d.prompts}: no usable prompts to sample rankings for")
+    picked = random.Random(cfg.run.seed).sample(range(len(rows)), min(p.rank_prompts, len(rows)))
+    engine = (
+        ray.remote(RolloutActor)
+        .options(num_cpus=r.cpus_per_engine)
+        .remote(
+            policy,
+            dtype=cfg.model.dtype,
+            max_model_len=cfg.model.max_seq_len,
+            seed=cfg.run.seed,
+            kv_cache_gib=r.kv_cache_gib,
+            enforce_eager=r.enforce_eager,
+        )
+    )
+    try:
+        sampling = {
+            "n": p.samples_per_prompt,
+            "max_tokens": r.max_new_tokens,
+            "temperature": r.temperature,
+            "top_p": r.top_p,
+            "top_k": r.top_k,
+            "stop": r.stop,
+            "stop_token_ids": [tokenizer.eos_token_id],
+            "ignore_eos": False,
+            "seed": cfg.run.seed,
+        }
+        [out] = wait_all(
+            [engine.generate.remote([ids[i] for i in picked], sampling)],
+            "ranking samples",
+            ["rollout engine 0"],
+            cfg.run.start_timeout_s,
+        )
+    finally:
+        ray.kill(engine)
+    by_prompt: dict[int, list[str]] = {}
+    for i, ids in zip(out["prompt_index"], out["response_ids"], strict=True):
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        if text and text not in by_prompt.setdefault(i, []):  # distinct, non-empty responses
+            by_prompt[i].append(text)
+    ranked = []
+    for i, responses in sorted(by_prompt.items()):
+        if len(responses) < 2:
+            continue
+        row = rows[picked[i]]
+        text = format_prompt(row, tokenizer, cfg.sft.template)
+        ranking = [int(j) for j in labeler(text, responses)]
+        if sorted(ranking) != list(range(len(responses))):
+            raise ValueError(
+                f"pipeline.labeler returned {ranking} for {len(responses)} responses; expected a "
+                f"permutation of 0..{len(responses) - 1}"
+            )
+        prompt = {"messages": row["messages"]} if row.get("messages") else {"prompt": row["prompt"]}
+        ranked.append({**prompt, "responses": responses, "ranking": ranking})
+    return ranked
+
+
+def run_pipeline(cfg: Config) -> RunFolder:
+    """SFT -> RM -> PPO (-> RM -> PPO ... with a labeler), each stage in its own sub-folder."""
+    from orchestrator.roles import resolve_models
+
+    folder = RunFolder(cfg)
+    root = folder.path
+    iterations = cfg.pipeline.iterations
+    labeler = load_labeler(cfg.pipeline.labeler) if iterations > 1 else None
+    resolve_models(cfg, need_reward=False)
+
+    logger.info("pipeline 1/%d: sft", 1 + 2 * iterations)
+    sft = str(run_sft(_stage(cfg, root, "sft")).final_dir)
+    rankings, policy = cfg.data.rankings, sft
+    for it in range(1, iterations + 1):
+        suffix = "" if it == 1 else f"-{it}"
+        if it > 1:
+            rows = _rankings_rows(cfg) + new_rankings(cfg, policy, labeler)
+            rankings = str(root / f"rankings{suffix}.jsonl")
+            Path(rankings).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        logger.info("pipeline %d/%d: rm%s", 2 * it, 1 + 2 * iterations, suffix)
+        rm_cfg = _stage(cfg, root, f"rm{suffix}", policy=sft, tokenizer=sft)
+        if it > 1:
+            rm_cfg.data.rankings, rm_cfg.data.rankings_format = rankings, "auto"
+        rm = str(run_rm(rm_cfg).final_dir)
+        logger.info("pipeline %d/%d: ppo%s", 2 * it + 1, 1 + 2 * iterations, suffix)
+        ppo_cfg = _stage(
+            cfg, root, f"ppo{suffix}", policy=policy, reference=sft, reward=rm, tokenizer=sft
+        )
+        ppo_cfg.reward.function = ""
+        policy = str(run_ppo(ppo_cfg).final_dir)
+    # Last: the pipeline's own final, a relative link to the last PPO stage's model.
+    link = root / "final"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(os.path.relpath(policy, root), link)
+    return folder
+
+
+def _rankings_rows(cfg: Config) -> list[dict[str, Any]]:
+    rows = load_rows(cfg.data.rankings, cfg.data.split)
+    if cfg.data.rankings_format != "auto":
+        rows = convert_rankings(rows, cfg.data.rankings_format, cfg.data.rankings)
+    return rows
