@@ -64,9 +64,15 @@ class DataConfig:
         "tiny://prompts",
         "PPO prompts: JSONL/JSON/Parquet/CSV file, Hub data set name, or tiny://prompts.",
     )
-    demonstrations: str = param("", "SFT demonstrations: {prompt, response} or {messages}.")
+    demonstrations: str = param(
+        "tiny://demonstrations",
+        "SFT demonstrations: {prompt, response} or {messages} rows (file, Hub data set, or "
+        "tiny://demonstrations).",
+    )
     rankings: str = param(
-        "", "RM rankings: {prompt, responses, ranking} or {prompt, chosen, rejected}."
+        "tiny://rankings",
+        "RM rankings: {prompt, responses, ranking} or {prompt, chosen, rejected} rows (file, Hub "
+        "data set, or tiny://rankings); see data.rankings_format for public formats.",
     )
     split: str = param("train", "Split to read from a Hub data set or a multi-split folder.")
     eval_fraction: float = param(0.05, "Share of rows held out for evaluation (split by user id).")

@@ -114,13 +114,26 @@ def format_prompt(row: dict[str, Any], tokenizer: Any, template: str) -> str:
     return template.format(prompt=row["prompt"])
 
 
+def prompt_text(row: dict[str, Any]) -> str:
+    """The user-visible prompt of a row (what curation compares)."""
+    messages = row.get("messages")
+    if messages and isinstance(messages, list):
+        turns = [m for m in messages if isinstance(m, dict)]
+        if turns and turns[-1].get("role") == "assistant" and len(turns) > 1:
+            turns = turns[:-1]  # a demonstration's answer is not part of its prompt
+        return "\n".join(str(m.get("content", "")) for m in turns)
+    prompt = row.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
 @dataclass
 class PromptSet:
     """Tokenized prompts of one source, with the counts of what was skipped."""
 
     texts: list[str]
     token_ids: list[list[int]]
-    skipped: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # bad rows skipped, by field
+    curation: dict[str, int] = field(default_factory=dict)  # rows dropped, by filter
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -155,15 +168,33 @@ def load_prompts(
     template: str = "{prompt}\n",
     split: str = "train",
     on_bad_row: str = "error",
+    curation: dict[str, Any] | None = None,
 ) -> PromptSet:
-    """Load, validate, format and tokenize a prompt set; raise DataError on bad input."""
+    """Load, curate (`curation`: keyword arguments of orchestrator.curation.curate), validate,
+    format and tokenize a prompt set; raise DataError on bad input."""
+    from orchestrator.curation import curate
+
     if not spec:
         raise DataError(
             "data.prompts is empty: give a prompt file, a Hub data set or tiny://prompts"
         )
     rows = load_rows(spec, split)
+    numbered = list(enumerate(rows))
     out = PromptSet([], [])
-    for i, row in enumerate(rows):
+    if curation is not None:
+        kept, report = curate(
+            [dict(row, _row=i) for i, row in numbered],
+            lambda row: (
+                str(row.get("prompt") or "")
+                + "\n".join(str(m.get("content", "")) for m in row.get("messages") or [])
+            ),
+            **curation,
+        )
+        numbered = [(row.pop("_row"), row) for row in kept]
+        out.curation = dict(report.counts)
+        if report.kept < report.total:
+            logger.info("%s: %s", spec, report.summary())
+    for i, row in numbered:
         problem = row_problem(row)
         if problem is None:
             text = format_prompt(row, tokenizer, template)

@@ -17,7 +17,7 @@ from kernels import MAX_RESPONSES, MIN_RESPONSES
 from orchestrator.config import Config
 from orchestrator.converters import convert_rankings
 from orchestrator.curation import curate, split_by_user
-from orchestrator.data import DataError, format_prompt, load_rows
+from orchestrator.data import DataError, format_prompt, load_rows, prompt_text
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,15 @@ class BadRow(Exception):
         self.field, self.problem = field_name, problem
 
 
-def prompt_text(row: dict[str, Any]) -> str:
-    """The user-visible prompt of a row (what curation compares)."""
-    messages = row.get("messages")
-    if messages:
-        return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
-    prompt = row.get("prompt")
-    return prompt if isinstance(prompt, str) else ""
+def curation_settings(cfg: Config) -> dict[str, Any]:
+    """Keyword arguments of `curate` from the data.* settings."""
+    d = cfg.data
+    return {
+        "max_per_user": d.max_prompts_per_user or None,
+        "prefix_chars": d.dedup_prefix_chars or None,
+        "drop_pii": d.drop_pii,
+        "user_field": d.user_field,
+    }
 
 
 def _text(row: dict[str, Any], name: str) -> str:
@@ -191,14 +193,7 @@ def _load(
         rows = convert(rows)
     # Row numbers in errors are those of the (converted) source, before curation drops any.
     numbered = [dict(row, _row=i) for i, row in enumerate(rows)]
-    kept, report = curate(
-        numbered,
-        prompt_text,
-        max_per_user=d.max_prompts_per_user or None,
-        prefix_chars=d.dedup_prefix_chars or None,
-        drop_pii=d.drop_pii,
-        user_field=d.user_field,
-    )
+    kept, report = curate(numbered, prompt_text, **curation_settings(cfg))
     if report.kept < report.total:
         logger.info("%s: %s", spec, report.summary())
     tokens, out = _Tokens(tokenizer, cfg), ExampleSet([], [], curation=dict(report.counts))

@@ -209,6 +209,10 @@ class PPOTrainer:
                 p + r for p, r in zip(gen["prompt_ids"][:4], gen["response_ids"][:4], strict=True)
             ]
             first["weight_sync/initial_max_logprob_diff"] = self.verify_sync()
+            prompts = self.roles.prompts
+            first["data/prompts"] = len(prompts)
+            first.update({f"data/skipped/{k}": v for k, v in prompts.skipped.items()})
+            first.update({f"data/curation/{k}": v for k, v in prompts.curation.items()})
         with timer("score"):
             from_rollout = self.old_logprobs_from_rollout()
             scores, ref_logprobs, learner_out = self.score(

@@ -17,6 +17,7 @@ from actors.tiny_models import is_tiny, resolve
 from orchestrator.cluster import Placement, connect
 from orchestrator.config import Config
 from orchestrator.data import PromptSampler, PromptSet, load_prompts
+from orchestrator.examples import curation_settings
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Roles:
             template=cfg.sft.template,
             split=cfg.data.split,
             on_bad_row=cfg.data.on_bad_row,
+            curation=curation_settings(cfg),
         )
         sampler = PromptSampler(
             len(prompts), cfg.rollout.prompts_per_step, cfg.run.seed, cfg.data.shuffle

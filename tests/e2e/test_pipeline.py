@@ -55,7 +55,8 @@ def test_every_stage_has_its_folder_and_the_pipeline_ends_with_final(pipeline_ru
 def test_stages_are_wired_as_instructgpt(pipeline_run):
     sft = str((pipeline_run / "sft" / "final").resolve())
     ppo = yaml.safe_load((pipeline_run / "ppo" / "config.yaml").read_text())["model"]
-    assert Path(ppo["policy"]).resolve() == Path(sft) and Path(ppo["reference"]).resolve() == Path(sft)
+    assert Path(ppo["policy"]).resolve() == Path(sft)
+    assert Path(ppo["reference"]).resolve() == Path(sft)
     assert Path(ppo["reward"]).resolve() == (pipeline_run / "rm" / "final").resolve()
     ppo2 = yaml.safe_load((pipeline_run / "ppo-2" / "config.yaml").read_text())["model"]
     assert Path(ppo2["policy"]).resolve() == (pipeline_run / "ppo" / "final").resolve()

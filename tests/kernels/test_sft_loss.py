@@ -8,7 +8,9 @@ from kernels import sft_loss
 
 def test_sft_loss_hand_computed_counts_response_tokens_only():
     # Row 0 has 2 response tokens, row 1 has 1; padding (mask 0) holds junk that must not count.
-    logprobs = torch.tensor([[math.log(0.5), math.log(0.25), -99.0], [math.log(0.125), -99.0, -7.0]])
+    logprobs = torch.tensor(
+        [[math.log(0.5), math.log(0.25), -99.0], [math.log(0.125), -99.0, -7.0]]
+    )
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     # -(log 1/2 + log 1/4 + log 1/8) / 3 = (1 + 2 + 3) log 2 / 3 = 2 log 2
     assert_close(sft_loss(logprobs, mask), torch.tensor(2 * math.log(2)))
