@@ -28,6 +28,14 @@ def tiny_reward(tiny_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def tok(tiny_policy):
+    """The tiny models' tokenizer (byte-level BPE with a chat template)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_policy)
+
+
+@pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
     """One isolated local Ray for the session, on loopback; shut down at the end.
 

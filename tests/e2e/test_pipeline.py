@@ -8,16 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testdata import metrics_of
 
 from actors.rule_rewards import rank_by_target_word
 from orchestrator.cli import main
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/pipeline-tiny-cpu.yaml"
 pytestmark = pytest.mark.e2e
-
-
-def metrics_of(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

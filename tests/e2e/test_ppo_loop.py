@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save
+from testdata import metrics_of
 
 from actors.remote import RemoteError
 from orchestrator.cli import main
@@ -24,10 +25,6 @@ def config(tiny_dir, out: Path, *overrides: str):
     return load_config(
         CONFIG, [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", *overrides]
     ).validate("ppo")
-
-
-def metrics_of(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from testdata import metrics_of, write_jsonl
 
 from orchestrator.config import load_config
 from orchestrator.supervised import run_rm, run_sft
@@ -16,15 +17,6 @@ from orchestrator.supervised import run_rm, run_sft
 pytestmark = pytest.mark.e2e
 
 WORDS = "cat dog sun sea tree bird fish moon star rain snow wind rock leaf milk bread".split()
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def metrics_of(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def config(tiny_dir, out: Path, *overrides: str):

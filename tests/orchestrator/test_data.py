@@ -5,19 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import AutoTokenizer
+from testdata import write_jsonl
 
 from orchestrator.data import DataError, PromptSampler, load_prompts, load_rows
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_policy):
-    return AutoTokenizer.from_pretrained(tiny_policy)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def test_every_local_format_loads_the_same_rows(tmp_path):

@@ -3,27 +3,16 @@ row named by source, row and field (or skipped and counted)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
+from testdata import write_jsonl
 
 from orchestrator.config import load_config
 from orchestrator.data import DataError
 from orchestrator.examples import load_demonstrations, load_rankings
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_policy):
-    return AutoTokenizer.from_pretrained(tiny_policy)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def cfg_for(*overrides):
