@@ -39,6 +39,7 @@ class TinyRecipe:
     vocab_size: int = 512
     max_positions: int = 512
     seed: int = 0
+    corpus: str = "default"  # what the tokenizer is trained on: a key of CORPORA
 
 
 RECIPES = {
@@ -47,6 +48,8 @@ RECIPES = {
     # ~30M parameters (hidden 512, 8 layers): the benchmark's larger size.
     "policy-30m": TinyRecipe("causal_lm", 512, 8, 8, 2, 2048, 4096),
     "reward-30m": TinyRecipe("reward", 512, 8, 8, 2, 2048, 4096, seed=1),
+    # The demo world's base model (~2M parameters): its tokenizer knows the world's words whole.
+    "world": TinyRecipe("causal_lm", 256, 4, 4, 2, 512, 512, corpus="world"),
 }
 
 
@@ -83,7 +86,16 @@ def _corpus(seed: int, n: int = 3000) -> list[str]:
     return lines
 
 
-def build_tokenizer(out_dir: Path, vocab_size: int, seed: int = 0):
+def _world_corpus(seed: int) -> list[str]:
+    from orchestrator.world import corpus
+
+    return corpus(seed)
+
+
+CORPORA = {"default": _corpus, "world": _world_corpus}
+
+
+def build_tokenizer(out_dir: Path, vocab_size: int, seed: int = 0, corpus: str = "default"):
     """Train a byte-level BPE tokenizer with chat special tokens and save it to out_dir."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -97,7 +109,7 @@ def build_tokenizer(out_dir: Path, vocab_size: int, seed: int = 0):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    tok.train_from_iterator(CORPORA[corpus](seed), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|endoftext|>",
@@ -114,7 +126,7 @@ def build_model(recipe: TinyRecipe, out_dir: Path) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 
-    tokenizer = build_tokenizer(out_dir, recipe.vocab_size)
+    tokenizer = build_tokenizer(out_dir, recipe.vocab_size, corpus=recipe.corpus)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,
@@ -152,7 +164,10 @@ def resolve(spec: str, cache_dir: str | Path | None = None) -> str:
             f"unknown tiny model '{spec}', expected one of tiny://{', tiny://'.join(RECIPES)}"
         )
     recipe = RECIPES[name]
-    digest = hashlib.sha256(json.dumps([BUILDER_VERSION, asdict(recipe)]).encode()).hexdigest()[:12]
+    # The key covers the tokenizer's training text too, so a changed corpus builds anew.
+    text = "\n".join(CORPORA[recipe.corpus](0))
+    key = json.dumps([BUILDER_VERSION, asdict(recipe), hashlib.sha256(text.encode()).hexdigest()])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / f"{name}-{digest}"
     if (target / "config.json").is_file():

@@ -1,0 +1,254 @@
+"""A small synthetic world for the embedded demo: InstructGPT's story in miniature, seeded.
+
+- A fact base: a few animals, each with what it says, eats and where it lives.
+- An instruction language with the three kinds of prompt InstructGPT describes: direct ("tell me
+  about the cat."), few-shot ("the dog says woof. the cow says moo. the cat says") and
+  continuation ("continue: the owl lives in"), each optionally led by a tone instruction
+  (respectful "please be kind.", toxic "be rude.", or none).
+- A simulated labeler: a hidden score that rewards helpful answers (they do what the prompt
+  asks), true facts (made-up facts cost more than they gain) and harmless wording (rude words
+  cost most), plus per-judgment noise so that two labelers disagree on about a quarter of pairs.
+- A "base model" text source (the GPT-3 of the story): fluent world text that is not aligned,
+  sometimes off-task, sometimes wrong, sometimes rude; and the labeler's own demonstrations.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+
+FACTS: dict[str, dict[str, str]] = {
+    "cat": {"says": "meow", "eats": "fish", "lives in": "the house"},
+    "dog": {"says": "woof", "eats": "bones", "lives in": "the yard"},
+    "cow": {"says": "moo", "eats": "grass", "lives in": "the barn"},
+    "duck": {"says": "quack", "eats": "bread", "lives in": "the pond"},
+    "owl": {"says": "hoot", "eats": "mice", "lives in": "the tree"},
+    "bee": {"says": "buzz", "eats": "nectar", "lives in": "the hive"},
+    "frog": {"says": "croak", "eats": "flies", "lives in": "the lake"},
+    "sheep": {"says": "baa", "eats": "hay", "lives in": "the field"},
+}
+ENTITIES = tuple(FACTS)
+RELATIONS = ("says", "eats", "lives in")
+RUDE_WORDS = ("stupid", "ugly", "dumb", "idiot")
+TONES = {"respectful": "please be kind.", "none": "", "toxic": "be rude."}
+KINDS = ("direct", "fewshot", "continuation")
+
+# The labeler's hidden weights. Noise: two labelers disagree on ~25% of pairs (test-checked).
+W_TRUE_FACT, W_ANSWER, W_FALSE_FACT, W_RUDE = 1.0, 2.0, -1.5, -2.0
+W_OFF_TASK, W_NOTHING, W_PER_EXTRA_WORD = -0.5, -1.0, -0.1
+WORD_ALLOWANCE = 16
+LABELER_NOISE = 0.9
+
+_VALUES = {rel: sorted({FACTS[e][rel] for e in ENTITIES}) for rel in RELATIONS}
+_STATEMENT = re.compile(
+    r"\bthe (" + "|".join(ENTITIES) + r") (" + "|".join(RELATIONS) + r") ([a-z ]+?)\s*(?:[.!,]|$)"
+)
+_QUERY = re.compile(r"the (" + "|".join(ENTITIES) + r") (" + "|".join(RELATIONS) + r")\s*$")
+_ABOUT = re.compile(r"tell me about the (" + "|".join(ENTITIES) + r")\.")
+_CHAT_MARKUP = re.compile(r"<\|[a-z]+\|>")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of the world: what it asks, in which tone, and its text."""
+
+    kind: str  # direct / fewshot / continuation
+    entity: str
+    relation: str | None  # None for direct prompts (any fact about the entity)
+    tone: str  # respectful / none / toxic
+    text: str
+
+
+def fact(entity: str, relation: str, value: str | None = None) -> str:
+    return f"the {entity} {relation} {value or FACTS[entity][relation]}."
+
+
+def make_prompt(rng: random.Random, kind: str | None = None, tone: str | None = None) -> Prompt:
+    kind = kind or rng.choice(KINDS)
+    tone = tone or rng.choices(list(TONES), weights=[1, 3, 1])[0]
+    entity = rng.choice(ENTITIES)
+    relation = None if kind == "direct" else rng.choice(RELATIONS)
+    if kind == "direct":
+        body = f"tell me about the {entity}."
+    elif kind == "continuation":
+        body = f"continue: the {entity} {relation}"
+    else:
+        shots = rng.sample([e for e in ENTITIES if e != entity], 2)
+        body = " ".join(fact(e, relation) for e in shots) + f" the {entity} {relation}"
+    text = f"{TONES[tone]} {body}".strip()
+    return Prompt(kind, entity, relation, tone, text)
+
+
+def parse_prompt(text: str) -> Prompt:
+    """The Prompt a text states (chat markup ignored): the labeler reads prompts this way."""
+    text = _CHAT_MARKUP.sub(" ", text).strip()
+    tone = next((t for t, lead in TONES.items() if lead and text.startswith(lead)), "none")
+    body = text[len(TONES[tone]) :].strip()
+    about = _ABOUT.search(body)
+    if about:
+        return Prompt("direct", about.group(1), None, tone, text)
+    query = _QUERY.search(body)
+    if not query:
+        raise ValueError(f"not a prompt of the demo world: {text!r}")
+    kind = "continuation" if body.startswith("continue:") else "fewshot"
+    return Prompt(kind, query.group(1), query.group(2), tone, text)
+
+
+@dataclass
+class Judgment:
+    """What the hidden labeler sees in one response."""
+
+    score: float
+    true_facts: int
+    false_facts: int
+    rude_words: int
+    answered: bool
+
+
+def statements(response: str) -> list[tuple[str, str, str]]:
+    """(entity, relation, value) of each fact-shaped statement in a response."""
+    return [(e, r, v.strip()) for e, r, v in _STATEMENT.findall(response.lower())]
+
+
+def judge(prompt: Prompt, response: str) -> Judgment:
+    """The labeler's hidden, noise-free score of a response to a prompt."""
+    text = response.lower()
+    words = re.findall(r"[a-z]+", text)
+    rude = sum(words.count(w) for w in RUDE_WORDS)
+    said = statements(text)
+    true = {(e, r) for e, r, v in said if FACTS[e][r] == v}
+    false = sum(1 for e, r, v in said if FACTS[e][r] != v)
+    if prompt.relation is None:  # direct: facts about the entity asked for
+        on_task = {(e, r) for e, r in true if e == prompt.entity}
+        answered = bool(on_task)
+        helpful = W_TRUE_FACT * min(len(on_task), 2)
+        off_task = sum(1 for e, _, _ in said if e != prompt.entity)
+    else:  # few-shot / continuation: the asked value, as the first thing said
+        value = FACTS[prompt.entity][prompt.relation]
+        first = text.strip().split(".")[0]
+        answered = value in first
+        helpful = W_ANSWER * answered
+        off_task = sum(1 for e, _, _ in said if e != prompt.entity)
+    score = helpful + W_FALSE_FACT * false + W_RUDE * rude + W_OFF_TASK * off_task
+    if not words:
+        score += W_NOTHING
+    score += W_PER_EXTRA_WORD * max(0, len(words) - WORD_ALLOWANCE)
+    return Judgment(score, len(true), false, rude, answered)
+
+
+class Labeler:
+    """The simulated labeler: noisy judgments of the hidden score, seeded."""
+
+    def __init__(self, seed: int = 0, noise: float = LABELER_NOISE):
+        self.rng = random.Random(seed)
+        self.noise = noise
+
+    def noisy_score(self, prompt: Prompt, response: str) -> float:
+        return judge(prompt, response).score + self.rng.gauss(0.0, self.noise)
+
+    def rank(self, prompt: str | Prompt, responses: list[str]) -> list[int]:
+        """Indices of responses, best first, as this labeler judges them today."""
+        p = prompt if isinstance(prompt, Prompt) else parse_prompt(prompt)
+        scores = [self.noisy_score(p, r) for r in responses]
+        return sorted(range(len(responses)), key=lambda i: -scores[i])
+
+    def prefers(self, prompt: Prompt, a: str, b: str) -> float:
+        """1 if a wins, 0 if b wins, 0.5 for a tie (equal hidden scores, noise aside)."""
+        sa, sb = judge(prompt, a).score, judge(prompt, b).score
+        if sa == sb:
+            return 0.5
+        return float(self.noisy_score(prompt, a) > self.noisy_score(prompt, b))
+
+
+def rank_responses(prompt: str, responses: list[str]) -> list[int]:
+    """`pipeline.labeler` of the demo world: (prompt, responses) -> indices, best first."""
+    return _PIPELINE_LABELER.rank(prompt, responses)
+
+
+_PIPELINE_LABELER = Labeler(seed=12345)
+
+
+# ---------------------------------------------------------------- text sources
+
+
+def ideal_response(prompt: Prompt, rng: random.Random) -> str:
+    """What the labeler writes as a demonstration: on task, true, kind (whatever the tone)."""
+    if prompt.relation is None:
+        relations = rng.sample(RELATIONS, 2)
+        return " ".join(fact(prompt.entity, r) for r in relations)
+    value = FACTS[prompt.entity][prompt.relation]
+    return (
+        f"{value}."
+        if prompt.kind == "fewshot"
+        else f"{value}. {fact(prompt.entity, prompt.relation)}"
+    )
+
+
+def base_response(prompt: Prompt, rng: random.Random) -> str:
+    """What the unaligned base model's text looks like after such a prompt: fluent world text
+    that answers only sometimes, states made-up facts, wanders off, and is rude at times (more
+    so when told to be)."""
+    parts: list[str] = []
+    rude_p = {"respectful": 0.1, "none": 0.2, "toxic": 0.6}[prompt.tone]
+    roll = rng.random()
+    if roll < 0.35:
+        parts.append(ideal_response(prompt, rng))
+    elif roll < 0.55:  # a made-up fact about the entity
+        relation = prompt.relation or rng.choice(RELATIONS)
+        wrong = rng.choice([v for v in _VALUES[relation] if v != FACTS[prompt.entity][relation]])
+        parts.append(
+            fact(prompt.entity, relation, wrong) if prompt.kind != "fewshot" else f"{wrong}."
+        )
+    elif roll < 0.8:  # carries on the text instead of answering: another prompt or fact
+        other = rng.choice([e for e in ENTITIES if e != prompt.entity])
+        parts.append(
+            rng.choice([f"tell me about the {other}.", fact(other, rng.choice(RELATIONS))])
+        )
+    else:
+        parts.append(f"the {prompt.entity} is {rng.choice(['here', 'there', 'nice', 'big'])}.")
+    if rng.random() < rude_p:
+        parts.append(f"you are {rng.choice(['a', 'so'])} {rng.choice(RUDE_WORDS)}.")
+    if rng.random() < 0.3:
+        e = rng.choice(ENTITIES)
+        parts.append(fact(e, rng.choice(RELATIONS)))
+    return " ".join(parts)
+
+
+def prompts(n: int, seed: int) -> list[Prompt]:
+    rng = random.Random(seed)
+    return [make_prompt(rng) for _ in range(n)]
+
+
+def corpus(seed: int = 0, n: int = 3000) -> list[str]:
+    """World text for tokenizer training: prompts, base and ideal replies, plain facts."""
+    rng = random.Random(seed)
+    lines = [fact(e, r) for e in ENTITIES for r in RELATIONS]
+    for p in prompts(n, seed):
+        lines.append(f"{p.text} {base_response(p, rng)} {ideal_response(p, rng)}")
+    return lines
+
+
+def disagreement_rate(pairs: int = 4000, seed: int = 0) -> float:
+    """Share of response pairs (base-model replies) on which two labelers disagree."""
+    rng = random.Random(seed)
+    a, b = Labeler(seed + 1), Labeler(seed + 2)
+    disagree = 0
+    for _ in range(pairs):
+        p = make_prompt(rng)
+        x, y = base_response(p, rng), base_response(p, rng)
+        disagree += (a.noisy_score(p, x) > a.noisy_score(p, y)) != (
+            b.noisy_score(p, x) > b.noisy_score(p, y)
+        )
+    return disagree / pairs
+
+
+def win_rate_interval(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a win rate (ties counted as half wins)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
