@@ -259,6 +259,9 @@ class PipelineConfig:
         "that ranks the current policy's samples between iterations.",
     )
     samples_per_prompt: int = param(4, "Responses (K, 2..9) sampled per prompt for new rankings.")
+    min_samples_per_prompt: int = param(
+        0, "Smallest K kept per prompt (K drawn per prompt up to samples_per_prompt); 0 = fixed K."
+    )
     rank_prompts: int = param(32, "Prompts sampled for new rankings per iteration.")
 
 

@@ -5,10 +5,12 @@
     ppo/    PPO from the SFT model: reference = SFT, reward = the RM, critic started from the RM
     final   -> the last PPO stage's final/ (written last: a finished pipeline has it)
 
-With `pipeline.iterations` > 1, steps 2-3 repeat (rm-2/, ppo-2/, ...): the current policy samples
-`pipeline.samples_per_prompt` responses to `pipeline.rank_prompts` prompts, the labeler function
-ranks them, and the RM retrains on the old and new rankings (InstructGPT's data accumulates);
-PPO continues from the current policy, still held near the SFT model.
+With `data.rankings` empty, the first rankings are InstructGPT's own kind: the SFT model samples
+responses that `pipeline.labeler` ranks (K from `pipeline.min_samples_per_prompt` to
+`pipeline.samples_per_prompt` per prompt). With `pipeline.iterations` > 1, steps 2-3 repeat
+(rm-2/, ppo-2/, ...): the current policy samples responses to `pipeline.rank_prompts` prompts,
+the labeler ranks them, and the RM retrains on the old and new rankings (InstructGPT's data
+accumulates); PPO continues from the current policy, still held near the SFT model.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
         )
     finally:
         ray.kill(engine)
+    k_min = p.min_samples_per_prompt or p.samples_per_prompt
+    k_rng = random.Random(cfg.run.seed + 1)
     by_prompt: dict[int, list[str]] = {}
     for i, ids in zip(out["prompt_index"], out["response_ids"], strict=True):
         text = tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -115,6 +119,8 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
     for i, responses in sorted(by_prompt.items()):
         if len(responses) < 2:
             continue
+        if len(responses) > k_min:  # K varies per prompt, k_min..samples_per_prompt
+            responses = responses[: k_rng.randint(k_min, len(responses))]
         row = rows[picked[i]]
         text = format_prompt(row, tokenizer, cfg.sft.template)
         ranking = [int(j) for j in labeler(text, responses)]
@@ -135,22 +141,22 @@ def run_pipeline(cfg: Config) -> RunFolder:
     folder = RunFolder(cfg)
     root = folder.path
     iterations = cfg.pipeline.iterations
-    labeler = load_labeler(cfg.pipeline.labeler) if iterations > 1 else None
+    from_samples = not cfg.data.rankings  # InstructGPT's own way: rank the SFT model's samples
+    labeler = load_labeler(cfg.pipeline.labeler) if iterations > 1 or from_samples else None
     resolve_models(cfg, need_reward=False)
 
     logger.info("pipeline 1/%d: sft", 1 + 2 * iterations)
     sft = str(run_sft(_stage(cfg, root, "sft")).final_dir)
-    rankings, policy = cfg.data.rankings, sft
+    rows, policy = _rankings_rows(cfg), sft
     for it in range(1, iterations + 1):
         suffix = "" if it == 1 else f"-{it}"
-        if it > 1:
-            rows = _rankings_rows(cfg) + new_rankings(cfg, policy, labeler)
-            rankings = str(root / f"rankings{suffix}.jsonl")
-            Path(rankings).write_text("".join(json.dumps(r) + "\n" for r in rows))
-        logger.info("pipeline %d/%d: rm%s", 2 * it, 1 + 2 * iterations, suffix)
         rm_cfg = _stage(cfg, root, f"rm{suffix}", policy=sft, tokenizer=sft)
-        if it > 1:
-            rm_cfg.data.rankings, rm_cfg.data.rankings_format = rankings, "auto"
+        if it > 1 or from_samples:  # old rankings plus the current policy's, ranked
+            rows = rows + new_rankings(cfg, policy, labeler)
+            rankings = root / f"rankings{suffix}.jsonl"
+            rankings.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            rm_cfg.data.rankings, rm_cfg.data.rankings_format = str(rankings), "auto"
+        logger.info("pipeline %d/%d: rm%s", 2 * it, 1 + 2 * iterations, suffix)
         rm = str(run_rm(rm_cfg).final_dir)
         logger.info("pipeline %d/%d: ppo%s", 2 * it + 1, 1 + 2 * iterations, suffix)
         ppo_cfg = _stage(
@@ -167,6 +173,8 @@ def run_pipeline(cfg: Config) -> RunFolder:
 
 
 def _rankings_rows(cfg: Config) -> list[dict[str, Any]]:
+    if not cfg.data.rankings:
+        return []
     rows = load_rows(cfg.data.rankings, cfg.data.split)
     if cfg.data.rankings_format != "auto":
         rows = convert_rankings(rows, cfg.data.rankings_format, cfg.data.rankings)

@@ -113,8 +113,11 @@ def validate_config(cfg: Config, stage: str) -> None:
         _positive(
             errors, rm__epochs=cfg.rm.epochs, rm__lr=cfg.rm.lr, rm__batch_size=cfg.rm.batch_size
         )
-        if not cfg.data.rankings:
-            errors.append("data.rankings is empty: give a file or a Hub data set")
+        if not cfg.data.rankings and (stage == "rm" or ":" not in cfg.pipeline.labeler):
+            hint = (
+                ", or a pipeline.labeler to rank the SFT model's samples" if stage != "rm" else ""
+            )
+            errors.append(f"data.rankings is empty: give a file or a Hub data set{hint}")
     if stage == "pipeline":
         pl = cfg.pipeline
         if pl.iterations < 1:
@@ -123,6 +126,12 @@ def validate_config(cfg: Config, stage: str) -> None:
             errors.append(
                 f"pipeline.iterations = {pl.iterations} needs pipeline.labeler (module:function) "
                 f"to rank new samples, got '{pl.labeler}'"
+            )
+        k_min = pl.min_samples_per_prompt
+        if k_min and not 2 <= k_min <= pl.samples_per_prompt:
+            errors.append(
+                f"pipeline.min_samples_per_prompt must lie in [2, pipeline.samples_per_prompt = "
+                f"{pl.samples_per_prompt}], got {k_min}"
             )
         if not 2 <= pl.samples_per_prompt <= 9:
             errors.append(
