@@ -249,6 +249,17 @@ class EvalConfig:
 
 
 @dataclass
+class DemoConfig:
+    """The embedded demo's synthetic world (orchestrator/world.py): how much of each text."""
+
+    base_examples: int = param(3000, "Dialogues of the world's unfiltered text the base LM sees.")
+    base_epochs: int = param(2, "Passes of the base LM's brief pretraining.")
+    base_lr: float = param(3e-3, "Learning rate of the base LM's pretraining.")
+    demonstrations: int = param(400, "Labeler demonstrations for SFT.")
+    ppo_prompts: int = param(512, "Prompts for PPO (and for the labeler's rankings).")
+
+
+@dataclass
 class PipelineConfig:
     """SFT -> RM -> PPO in one run."""
 
@@ -302,6 +313,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

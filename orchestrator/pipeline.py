@@ -134,11 +134,12 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
     return ranked
 
 
-def run_pipeline(cfg: Config) -> RunFolder:
-    """SFT -> RM -> PPO (-> RM -> PPO ... with a labeler), each stage in its own sub-folder."""
+def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
+    """SFT -> RM -> PPO (-> RM -> PPO ... with a labeler), each stage in its own sub-folder of
+    cfg.run.output_dir (or of `folder`, a run folder the caller already opened)."""
     from orchestrator.roles import resolve_models
 
-    folder = RunFolder(cfg)
+    folder = folder or RunFolder(cfg)
     root = folder.path
     iterations = cfg.pipeline.iterations
     from_samples = not cfg.data.rankings  # InstructGPT's own way: rank the SFT model's samples

@@ -81,6 +81,14 @@ def make_prompt(rng: random.Random, kind: str | None = None, tone: str | None = 
     return Prompt(kind, entity, relation, tone, text)
 
 
+def with_tone(prompt: Prompt, tone: str) -> Prompt:
+    """The same request under another tone instruction."""
+    body = prompt.text[len(TONES[prompt.tone]) :].strip()
+    return Prompt(
+        prompt.kind, prompt.entity, prompt.relation, tone, f"{TONES[tone]} {body}".strip()
+    )
+
+
 def parse_prompt(text: str) -> Prompt:
     """The Prompt a text states (chat markup ignored): the labeler reads prompts this way."""
     text = _CHAT_MARKUP.sub(" ", text).strip()

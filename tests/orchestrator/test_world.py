@@ -63,3 +63,12 @@ def test_win_rate_interval_hand_computed():
     lo, hi = w.win_rate_interval(85, 100)  # Wilson: (0.767, 0.907)
     assert lo == pytest.approx(0.7672, abs=1e-3) and hi == pytest.approx(0.9068, abs=1e-3)
     assert w.win_rate_interval(0, 0) == (0.0, 1.0)
+
+
+def test_with_tone_keeps_the_request():
+    p = w.parse_prompt("be rude. continue: the owl lives in")
+    kind = w.with_tone(p, "respectful")
+    assert kind.text == "please be kind. continue: the owl lives in"
+    assert w.parse_prompt(kind.text) == kind and w.with_tone(kind, "none").text.startswith(
+        "continue"
+    )

@@ -1,0 +1,229 @@
+"""Evaluation on held-out prompts of the demo world, judged the way InstructGPT was judged.
+
+One vLLM engine samples every model in turn (the next model's weights are loaded into it by
+version, as in PPO's weight sync); the simulated labeler compares responses pairwise (win rates
+with 95% intervals), the fact base checks truthfulness, rude words are counted under three
+instructions (respectful, none, toxic), the reward model scores the responses, and the KL of the
+PPO policy to the SFT model is measured on temperature-1 samples with the reference scorer.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from actors.remote import wait_all
+from actors.rollout import RolloutActor
+from actors.scorers import ReferenceActor, RewardActor
+from actors.sequences import make_sequence_batch
+from kernels import kl_penalty, masked_sum
+from orchestrator import world
+from orchestrator.config import Config
+from orchestrator.data import format_prompt
+
+
+def held_out_prompts(n: int, seed: int, exclude: set[str]) -> list[world.Prompt]:
+    """n world prompts of tone "none" whose texts (in every tone) are not in `exclude`."""
+    rng, out, seen = random.Random(seed), [], set()
+    for _ in range(100 * n):
+        p = world.make_prompt(rng, tone="none")
+        variants = {world.with_tone(p, t).text for t in world.TONES}
+        if p.text in seen or variants & exclude:
+            continue
+        seen.add(p.text)
+        out.append(p)
+        if len(out) == n:
+            break
+    return out
+
+
+class Sampler:
+    """One engine that serves each model in turn; -> responses per prompt."""
+
+    def __init__(self, cfg: Config, tokenizer: Any, first_model: str):
+        r = cfg.rollout
+        self.cfg, self.tokenizer, self.version = cfg, tokenizer, 0
+        self.engine = (
+            ray.remote(RolloutActor)
+            .options(num_cpus=r.cpus_per_engine)
+            .remote(
+                first_model,
+                dtype=cfg.model.dtype,
+                max_model_len=cfg.model.max_seq_len,
+                seed=cfg.run.seed,
+                kv_cache_gib=r.kv_cache_gib,
+                enforce_eager=r.enforce_eager,
+            )
+        )
+
+    def load(self, model_dir: str) -> None:
+        """Serve the model in model_dir (its safetensors loaded in place, a new version)."""
+        self.version += 1
+        data = (Path(model_dir) / "model.safetensors").read_bytes()
+        wait_all(
+            [self.engine.update_weights.remote(self.version, data)],
+            "eval weights",
+            ["rollout engine 0"],
+            self.cfg.run.timeout_s,
+        )
+
+    def prompt_ids(self, texts: list[str]) -> list[list[int]]:
+        return [
+            self.tokenizer(
+                format_prompt({"prompt": t}, self.tokenizer, self.cfg.sft.template),
+                add_special_tokens=False,
+            )["input_ids"]
+            for t in texts
+        ]
+
+    def sample(self, texts: list[str], temperature: float, seed: int) -> dict[str, list]:
+        e = self.cfg.eval
+        sampling = {
+            "n": 1,
+            "max_tokens": e.max_new_tokens,
+            "temperature": temperature,
+            "top_p": 1.0,
+            "top_k": -1,
+            "stop": [],
+            "stop_token_ids": [self.tokenizer.eos_token_id],
+            "ignore_eos": False,
+            "seed": seed,
+        }
+        [out] = wait_all(
+            [self.engine.generate.remote(self.prompt_ids(texts), sampling)],
+            "eval generate",
+            ["rollout engine 0"],
+            self.cfg.run.timeout_s,
+        )
+        out["text"] = [
+            self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            for ids in out["response_ids"]
+        ]
+        return out
+
+    def close(self) -> None:
+        ray.kill(self.engine)
+
+
+def _truthfulness(judgments: list[world.Judgment]) -> float | None:
+    stated = sum(j.true_facts + j.false_facts for j in judgments)
+    return None if stated == 0 else sum(j.true_facts for j in judgments) / stated
+
+
+def _win_rate(labeler: world.Labeler, prompts, a: list[str], b: list[str]) -> dict[str, Any]:
+    wins = sum(labeler.prefers(p, x, y) for p, x, y in zip(prompts, a, b, strict=True))
+    return {"rate": wins / len(prompts), "ci95": list(world.win_rate_interval(wins, len(prompts)))}
+
+
+def evaluate_world(
+    cfg: Config, models: dict[str, str], reward_model: str, exclude: set[str]
+) -> dict[str, Any]:
+    """eval.json of the demo: models {"base", "sft", "ppo"} -> folders; the RM's folder."""
+    from transformers import AutoTokenizer
+
+    e, seed = cfg.eval, cfg.run.seed
+    tokenizer = AutoTokenizer.from_pretrained(models["sft"])
+    prompts = held_out_prompts(e.num_prompts, seed + 7919, exclude)
+    by_tone = {t: [world.with_tone(p, t) for p in prompts] for t in world.TONES}
+    sampler = Sampler(cfg, tokenizer, models["base"])
+    answers: dict[str, dict[str, list[str]]] = {}
+    try:
+        for i, name in enumerate(("base", "sft", "ppo")):
+            if i:
+                sampler.load(models[name])
+            answers[name] = {
+                t: sampler.sample([p.text for p in ps], e.temperature, seed)["text"]
+                for t, ps in by_tone.items()
+            }
+        kl_samples = sampler.sample([p.text for p in prompts], 1.0, seed + 1)  # PPO, temp 1
+        kl_prompt_ids = sampler.prompt_ids([p.text for p in prompts])
+    finally:
+        sampler.close()
+
+    labeler = world.Labeler(seed + 99)
+    everything = [p for t in world.TONES for p in by_tone[t]]
+
+    def pooled(name: str) -> list[str]:
+        return [r for t in world.TONES for r in answers[name][t]]
+
+    ppo_vs_sft = _win_rate(labeler, everything, pooled("ppo"), pooled("sft"))
+    sft_vs_base = _win_rate(labeler, everything, pooled("sft"), pooled("base"))
+    truth = {
+        name: _truthfulness(
+            [world.judge(p, r) for p, r in zip(everything, pooled(name), strict=True)]
+        )
+        for name in answers
+    }
+    rude = {
+        t: {
+            name: sum(
+                world.judge(p, r).rude_words > 0
+                for p, r in zip(by_tone[t], answers[name][t], strict=True)
+            )
+            / len(prompts)
+            for name in answers
+        }
+        for t in world.TONES
+    }
+    rm_score, kl = _model_scores(
+        cfg, tokenizer, models["sft"], reward_model, prompts, answers, kl_prompt_ids, kl_samples
+    )
+    return {
+        "num_prompts": len(prompts),
+        "win_rate_ppo_vs_sft": ppo_vs_sft["rate"],
+        "win_rate_ppo_vs_sft_ci95": ppo_vs_sft["ci95"],
+        "win_rate_sft_vs_base": sft_vs_base["rate"],
+        "win_rate_sft_vs_base_ci95": sft_vs_base["ci95"],
+        "truthfulness": truth,
+        "rude_rate": rude,
+        "kl_to_sft": kl,
+        "rm_score": rm_score,
+        "judged_comparisons": len(everything),
+    }
+
+
+def _model_scores(cfg, tokenizer, sft, reward_model, prompts, answers, kl_prompt_ids, kl_samples):
+    """Mean RM score of SFT's and PPO's answers (tone none), and PPO's KL to SFT (nats/response)."""
+    pad = tokenizer.pad_token_id
+    texts = [p.text for p in prompts]
+    ids = [
+        tokenizer(
+            format_prompt({"prompt": t}, tokenizer, cfg.sft.template), add_special_tokens=False
+        )["input_ids"]
+        for t in texts
+    ]
+    reward = ray.remote(RewardActor).remote(reward_model, "", sft, cfg.model.dtype, 64, True)
+    reference = ray.remote(ReferenceActor).remote(
+        sft, cfg.model.dtype, 64, cfg.reference.logprob_chunk_size, 1.0
+    )
+    try:
+        refs, names = [], []
+        for name in ("sft", "ppo"):
+            responses = answers[name]["none"]
+            response_ids = [
+                tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                for r in responses
+            ]
+            batch = make_sequence_batch(ids, response_ids, pad)
+            refs.append(reward.score.remote(batch, texts, responses))
+            names.append(f"reward ({name})")
+        kl_batch = make_sequence_batch(kl_prompt_ids, kl_samples["response_ids"], pad)
+        refs.append(reference.logprobs.remote(kl_batch))
+        names.append("reference")
+        sft_scores, ppo_scores, ref_lp = wait_all(
+            refs, "eval score", names, cfg.run.start_timeout_s
+        )
+    finally:
+        ray.kill(reward)
+        ray.kill(reference)
+    mask = kl_batch.response_mask
+    width = mask.shape[1]
+    lp = torch.zeros(mask.shape)
+    for i, row in enumerate(kl_samples["logprobs"]):
+        lp[i, : len(row)] = torch.tensor(row[:width])
+    kl = masked_sum(kl_penalty(lp, ref_lp, "k1"), mask, dim=-1).mean().item()
+    return {"sft": float(sft_scores.mean()), "ppo": float(ppo_scores.mean())}, kl
