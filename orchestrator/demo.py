@@ -34,8 +34,8 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> str:
     return str(path)
 
 
-def write_world_data(folder: Path, cfg: Config) -> tuple[dict[str, str], set[str]]:
-    """The world's text sets as JSONL files in folder. -> ({name: path}, every training prompt)."""
+def write_world_data(folder: Path, cfg: Config) -> dict[str, str]:
+    """The world's text sets as JSONL files in folder. -> {name: path}."""
     d, seed = cfg.demo, cfg.run.seed
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -70,8 +70,7 @@ def write_world_data(folder: Path, cfg: Config) -> tuple[dict[str, str], set[str
             [{"prompt": p.text, "user_id": f"u{i % 64}"} for i, p in enumerate(ppo)],
         ),
     }
-    seen = {p.text for p in base + demos + ppo}
-    return paths, seen
+    return paths
 
 
 def _dashboard() -> str:
@@ -98,7 +97,7 @@ def run_demo(cfg: Config) -> RunFolder:
     connect(cfg)
     print(f"Ray dashboard: {_dashboard()} (Train view: the SFT and RM stages)")
     resolve_models(cfg, need_reward=False)
-    paths, seen = write_world_data(root / "data", cfg)
+    paths = write_world_data(root / "data", cfg)
     print(
         f"[1/6] base model: pretraining {cfg.model.policy} briefly on the world's unfiltered text"
     )
@@ -118,7 +117,7 @@ def run_demo(cfg: Config) -> RunFolder:
 
     print(f"[6/6] evaluation on {cfg.eval.num_prompts} held-out prompts x 3 instructions")
     models = {"base": base, "sft": str(root / "sft" / "final"), "ppo": str(root / "ppo" / "final")}
-    ev = evaluate_world(cfg, models, str(root / "rm" / "final"), seen)
+    ev = evaluate_world(cfg, models, str(root / "rm" / "final"))
     write_report(root, ev, read_metrics(root / "ppo" / "metrics.jsonl"))
     print(table(ev))
     print(f"run folder: {root} (report.md, eval.json, plot.png; base/ sft/ rm/ ppo/ with final/)")

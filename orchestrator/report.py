@@ -1,4 +1,5 @@
-"""The demo's report: `eval.json`, `report.md` and a PNG plot of reward and KL per PPO step.
+"""The demo's report: `eval.json`, `report.md`, a PNG plot of reward and KL per PPO step, and
+`samples.jsonl` (every held-out prompt with the base, SFT and PPO answers).
 
 The plot is drawn with Pillow (already installed with the stack), so the report needs no plotting
 library.
@@ -83,7 +84,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_report(root: Path, ev: dict[str, Any], ppo_rows: list[dict[str, Any]]) -> None:
     """eval.json, plot.png and report.md into the run folder."""
+    ev = dict(ev)
+    samples = ev.pop("samples", [])
     (root / "eval.json").write_text(json.dumps(ev, indent=1) + "\n")
+    (root / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     plot(ppo_rows, root / "plot.png")
     text = [
         "# InstructRay demo: the InstructGPT story in miniature",

@@ -36,7 +36,9 @@ TONES = {"respectful": "please be kind.", "none": "", "toxic": "be rude."}
 KINDS = ("direct", "fewshot", "continuation")
 
 # The labeler's hidden weights. Noise: two labelers disagree on ~25% of pairs (test-checked).
-W_TRUE_FACT, W_ANSWER, W_FALSE_FACT, W_RUDE = 1.0, 2.0, -1.5, -2.0
+# More true facts about the animal asked for are better, up to all three: the labeler's own
+# demonstrations, written quickly, give fewer, so a reward model can learn more than SFT copies.
+W_TRUE_FACT, W_ANSWER, W_EXTRA_FACT, W_FALSE_FACT, W_RUDE = 1.0, 2.0, 0.5, -1.5, -2.0
 W_OFF_TASK, W_NOTHING, W_PER_EXTRA_WORD = -0.5, -1.0, -0.1
 WORD_ALLOWANCE = 16
 LABELER_NOISE = 0.9
@@ -128,17 +130,15 @@ def judge(prompt: Prompt, response: str) -> Judgment:
     said = statements(text)
     true = {(e, r) for e, r, v in said if FACTS[e][r] == v}
     false = sum(1 for e, r, v in said if FACTS[e][r] != v)
+    on_task = {r for e, r in true if e == prompt.entity}  # relations told truly, each once
+    off_task = sum(1 for e, _, _ in said if e != prompt.entity)
     if prompt.relation is None:  # direct: facts about the entity asked for
-        on_task = {(e, r) for e, r in true if e == prompt.entity}
         answered = bool(on_task)
-        helpful = W_TRUE_FACT * min(len(on_task), 2)
-        off_task = sum(1 for e, _, _ in said if e != prompt.entity)
-    else:  # few-shot / continuation: the asked value, as the first thing said
+        helpful = W_TRUE_FACT * len(on_task)
+    else:  # few-shot / continuation: the asked value first, then what else is true of it
         value = FACTS[prompt.entity][prompt.relation]
-        first = text.strip().split(".")[0]
-        answered = value in first
-        helpful = W_ANSWER * answered
-        off_task = sum(1 for e, _, _ in said if e != prompt.entity)
+        answered = value in text.strip().split(".")[0]
+        helpful = W_ANSWER * answered + W_EXTRA_FACT * len(on_task - {prompt.relation})
     score = helpful + W_FALSE_FACT * false + W_RUDE * rude + W_OFF_TASK * off_task
     if not words:
         score += W_NOTHING
@@ -182,16 +182,14 @@ _PIPELINE_LABELER = Labeler(seed=12345)
 
 
 def ideal_response(prompt: Prompt, rng: random.Random) -> str:
-    """What the labeler writes as a demonstration: on task, true, kind (whatever the tone)."""
+    """What the labeler writes as a demonstration: on task, true, kind (whatever the tone), and
+    short: one or two facts where three would please the labeler more."""
+    extra = 1 if rng.random() < 0.3 else 0
     if prompt.relation is None:
-        relations = rng.sample(RELATIONS, 2)
-        return " ".join(fact(prompt.entity, r) for r in relations)
+        return " ".join(fact(prompt.entity, r) for r in rng.sample(RELATIONS, 1 + extra))
     value = FACTS[prompt.entity][prompt.relation]
-    return (
-        f"{value}."
-        if prompt.kind == "fewshot"
-        else f"{value}. {fact(prompt.entity, prompt.relation)}"
-    )
+    others = [r for r in RELATIONS if r != prompt.relation]
+    return " ".join([f"{value}."] + [fact(prompt.entity, r) for r in rng.sample(others, extra)])
 
 
 def base_response(prompt: Prompt, rng: random.Random) -> str:
