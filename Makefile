@@ -26,9 +26,7 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 demo: $(STAMP)
-	$(VENV)/bin/instructray demo --config deploy/configs/ppo-tiny-cpu.yaml \
-		--reward.function=actors.rule_rewards:count_target_word \
-		--run.steps=40 --learner.lr=3.0e-4 --ppo.kl_coef=0.01 \
+	$(VENV)/bin/instructray demo --config deploy/configs/demo-tiny-cpu.yaml \
 		--run.output_dir=runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 lint: $(STAMP)

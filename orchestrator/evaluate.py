@@ -42,7 +42,8 @@ def held_out_prompts(n: int, seed: int) -> list[world.Prompt]:
 
 
 class Sampler:
-    """One engine that serves each model in turn; -> responses per prompt."""
+    """One vLLM engine for sampling outside PPO (rankings, evaluation) that can serve several
+    models in turn."""
 
     def __init__(self, cfg: Config, tokenizer: Any, first_model: str):
         r = cfg.rollout
@@ -66,7 +67,7 @@ class Sampler:
         data = (Path(model_dir) / "model.safetensors").read_bytes()
         wait_all(
             [self.engine.update_weights.remote(self.version, data)],
-            "eval weights",
+            "sampler weights",
             ["rollout engine 0"],
             self.cfg.run.timeout_s,
         )
@@ -80,24 +81,29 @@ class Sampler:
             for t in texts
         ]
 
-    def sample(self, texts: list[str], temperature: float, seed: int) -> dict[str, list]:
-        e = self.cfg.eval
+    def sample(
+        self, prompt_ids: list[list[int]], n: int, temperature: float, max_tokens: int
+    ) -> dict[str, list]:
+        """n responses per prompt (the rollout's top-p, top-k and stop settings; seeded). ->
+        RolloutActor.generate's lists plus "text" (decoded, stripped)."""
+        r = self.cfg.rollout
         sampling = {
-            "n": 1,
-            "max_tokens": e.max_new_tokens,
+            "n": n,
+            "max_tokens": max_tokens,
             "temperature": temperature,
-            "top_p": 1.0,
-            "top_k": -1,
-            "stop": [],
+            "top_p": r.top_p,
+            "top_k": r.top_k,
+            "stop": r.stop,
             "stop_token_ids": [self.tokenizer.eos_token_id],
             "ignore_eos": False,
-            "seed": seed,
+            "seed": self.cfg.run.seed,
         }
+        # The first call may wait for the engine to start.
         [out] = wait_all(
-            [self.engine.generate.remote(self.prompt_ids(texts), sampling)],
-            "eval generate",
+            [self.engine.generate.remote(prompt_ids, sampling)],
+            "sample",
             ["rollout engine 0"],
-            self.cfg.run.timeout_s,
+            self.cfg.run.start_timeout_s,
         )
         out["text"] = [
             self.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -134,11 +140,13 @@ def evaluate_world(cfg: Config, models: dict[str, str], reward_model: str) -> di
             if i:
                 sampler.load(models[name])
             answers[name] = {
-                t: sampler.sample([p.text for p in ps], e.temperature, seed)["text"]
+                t: sampler.sample(
+                    sampler.prompt_ids([p.text for p in ps]), 1, e.temperature, e.max_new_tokens
+                )["text"]
                 for t, ps in by_tone.items()
             }
-        kl_samples = sampler.sample([p.text for p in prompts], 1.0, seed + 1)  # PPO, temp 1
         kl_prompt_ids = sampler.prompt_ids([p.text for p in prompts])
+        kl_samples = sampler.sample(kl_prompt_ids, 1, 1.0, e.max_new_tokens)  # PPO, temp 1
     finally:
         sampler.close()
 

@@ -56,11 +56,9 @@ def load_labeler(spec: str) -> Any:
 
 def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]:
     """Sample K responses per prompt from `policy` with one vLLM engine; rank them by labeler."""
-    import ray
     from transformers import AutoTokenizer
 
-    from actors.remote import wait_all
-    from actors.rollout import RolloutActor
+    from orchestrator.evaluate import Sampler
 
     p, r, d = cfg.pipeline, cfg.rollout, cfg.data
     tokenizer = AutoTokenizer.from_pretrained(policy)
@@ -76,43 +74,17 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
     if not rows:
         raise DataError(f"{d.prompts}: no usable prompts to sample rankings for")
     picked = random.Random(cfg.run.seed).sample(range(len(rows)), min(p.rank_prompts, len(rows)))
-    engine = (
-        ray.remote(RolloutActor)
-        .options(num_cpus=r.cpus_per_engine)
-        .remote(
-            policy,
-            dtype=cfg.model.dtype,
-            max_model_len=cfg.model.max_seq_len,
-            seed=cfg.run.seed,
-            kv_cache_gib=r.kv_cache_gib,
-            enforce_eager=r.enforce_eager,
-        )
-    )
+    sampler = Sampler(cfg, tokenizer, policy)
     try:
-        sampling = {
-            "n": p.samples_per_prompt,
-            "max_tokens": r.max_new_tokens,
-            "temperature": r.temperature,
-            "top_p": r.top_p,
-            "top_k": r.top_k,
-            "stop": r.stop,
-            "stop_token_ids": [tokenizer.eos_token_id],
-            "ignore_eos": False,
-            "seed": cfg.run.seed,
-        }
-        [out] = wait_all(
-            [engine.generate.remote([ids[i] for i in picked], sampling)],
-            "ranking samples",
-            ["rollout engine 0"],
-            cfg.run.start_timeout_s,
+        out = sampler.sample(
+            [ids[i] for i in picked], p.samples_per_prompt, r.temperature, r.max_new_tokens
         )
     finally:
-        ray.kill(engine)
+        sampler.close()
     k_min = p.min_samples_per_prompt or p.samples_per_prompt
     k_rng = random.Random(cfg.run.seed + 1)
     by_prompt: dict[int, list[str]] = {}
-    for i, ids in zip(out["prompt_index"], out["response_ids"], strict=True):
-        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    for i, text in zip(out["prompt_index"], out["text"], strict=True):
         if text and text not in by_prompt.setdefault(i, []):  # distinct, non-empty responses
             by_prompt[i].append(text)
     ranked = []
