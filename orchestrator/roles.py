@@ -34,7 +34,9 @@ def resolve_models(cfg: Config, need_reward: bool = True) -> Config:
             continue
         if is_tiny(spec):
             setattr(m, key, resolve(spec, cache))
-        elif (spec.startswith((".", "/")) or Path(spec).exists()) and not Path(spec).exists():
+        elif Path(spec).exists():
+            setattr(m, key, str(Path(spec).resolve()))  # actors run in other directories
+        elif spec.startswith((".", "/")):
             raise FileNotFoundError(f"model.{key}: {spec} does not exist")
     m.reference = m.reference or m.policy
     m.tokenizer = m.tokenizer or m.policy

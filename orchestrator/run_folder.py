@@ -31,7 +31,9 @@ class RunFolder:
     """Writes one run's folder."""
 
     def __init__(self, cfg: Config):
-        self.path = Path(cfg.run.output_dir)
+        # Absolute: stage folders become model paths that actors and Ray Train workers open
+        # from their own working directories.
+        self.path = Path(cfg.run.output_dir).resolve()
         if (self.path / "final").exists() and not cfg.run.resume:
             raise FileExistsError(
                 f"{self.path} already holds a finished run (final/); choose another "
