@@ -274,6 +274,11 @@ class PipelineConfig:
         0, "Smallest K kept per prompt (K drawn per prompt up to samples_per_prompt); 0 = fixed K."
     )
     rank_prompts: int = param(32, "Prompts sampled for new rankings per iteration.")
+    ranking_models: list[str] = param(
+        [],
+        "More model folders (same tokenizer) whose samples join the current policy's in new "
+        "rankings, as InstructGPT ranked outputs of several models: e.g. the base model.",
+    )
 
 
 @dataclass

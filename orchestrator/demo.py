@@ -3,8 +3,9 @@ paper judged it, on one machine with no GPU and no downloads.
 
 In the synthetic world of orchestrator/world.py: a tiny base LM is pretrained briefly on the
 world's unfiltered text (it plays GPT-3: fluent, not aligned), fine-tuned on the simulated
-labeler's demonstrations (SFT), the labeler ranks K = 4..9 SFT samples per prompt, a K-wise
-reward model learns the rankings, and PPO optimizes against it with a KL penalty to SFT: the
+labeler's demonstrations (SFT), the labeler ranks K = 4..9 samples per prompt of the SFT and
+base models (InstructGPT ranked several models' outputs), a K-wise reward model learns the
+rankings, and PPO optimizes against it with a KL penalty to SFT: the
 pipeline of orchestrator/pipeline.py through the real actors on a local Ray. Held-out prompts
 then judge base, SFT and PPO (orchestrator/evaluate.py); the run folder gets eval.json,
 report.md and plot.png.
@@ -107,12 +108,13 @@ def run_demo(cfg: Config) -> RunFolder:
     base_cfg.sft.epochs, base_cfg.sft.lr = cfg.demo.base_epochs, cfg.demo.base_lr
     base = str(run_sft(base_cfg).final_dir)
 
-    print("[2-5/6] SFT on demonstrations, labeler rankings of SFT samples, reward model, PPO")
+    print("[2-5/6] SFT on demonstrations, labeler rankings of SFT and base samples, RM, PPO")
     pipe = copy.deepcopy(cfg)
     pipe.model.policy = pipe.model.tokenizer = base
     pipe.model.reference = pipe.model.reward = ""
     pipe.data.demonstrations, pipe.data.prompts = paths["demonstrations"], paths["prompts"]
     pipe.data.rankings, pipe.pipeline.labeler = "", LABELER
+    pipe.pipeline.ranking_models = [base]  # the labeler ranks base and SFT samples together
     run_pipeline(pipe, folder)
 
     print(f"[6/6] evaluation on {cfg.eval.num_prompts} held-out prompts x 3 instructions")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -54,8 +55,19 @@ def load_labeler(spec: str) -> Any:
         raise ValueError(f"pipeline.labeler {spec!r} cannot be loaded: {e}") from e
 
 
+def pool_responses(per_model: list[list[str]]) -> list[str]:
+    """One prompt's samples from several models, interleaved (one of each model in turn, so that
+    the first K mix the models), distinct and non-empty."""
+    pooled: list[str] = []
+    for text in (t for group in itertools.zip_longest(*per_model) for t in group):
+        if text and text not in pooled:
+            pooled.append(text)
+    return pooled
+
+
 def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]:
-    """Sample K responses per prompt from `policy` with one vLLM engine; rank them by labeler."""
+    """Sample K responses per prompt from `policy` (and from each of `pipeline.ranking_models`,
+    interleaved) with one vLLM engine; rank them by labeler."""
     from transformers import AutoTokenizer
 
     from orchestrator.evaluate import Sampler
@@ -74,25 +86,34 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
     if not rows:
         raise DataError(f"{d.prompts}: no usable prompts to sample rankings for")
     picked = random.Random(cfg.run.seed).sample(range(len(rows)), min(p.rank_prompts, len(rows)))
+    models = [policy, *p.ranking_models]
+    for model in p.ranking_models:
+        if not (Path(model) / "model.safetensors").is_file():
+            raise ValueError(
+                f"pipeline.ranking_models: {model} is not a model folder with model.safetensors"
+            )
     sampler = Sampler(cfg, tokenizer, policy)
+    samples = [[[] for _ in models] for _ in picked]  # [prompt][model] -> texts
     try:
-        out = sampler.sample(
-            [ids[i] for i in picked], p.samples_per_prompt, r.temperature, r.max_new_tokens
-        )
+        for m, model in enumerate(models):
+            if m:
+                sampler.load(model)
+            out = sampler.sample(
+                [ids[i] for i in picked], p.samples_per_prompt, r.temperature, r.max_new_tokens
+            )
+            for i, text in zip(out["prompt_index"], out["text"], strict=True):
+                samples[i][m].append(text)
     finally:
         sampler.close()
-    k_min = p.min_samples_per_prompt or p.samples_per_prompt
+    k_max, k_min = p.samples_per_prompt, p.min_samples_per_prompt or p.samples_per_prompt
     k_rng = random.Random(cfg.run.seed + 1)
-    by_prompt: dict[int, list[str]] = {}
-    for i, text in zip(out["prompt_index"], out["text"], strict=True):
-        if text and text not in by_prompt.setdefault(i, []):  # distinct, non-empty responses
-            by_prompt[i].append(text)
     ranked = []
-    for i, responses in sorted(by_prompt.items()):
+    for i, per_model in enumerate(samples):
+        responses = pool_responses(per_model)
         if len(responses) < 2:
             continue
         if len(responses) > k_min:  # K varies per prompt, k_min..samples_per_prompt
-            responses = responses[: k_rng.randint(k_min, len(responses))]
+            responses = responses[: k_rng.randint(k_min, min(k_max, len(responses)))]
         row = rows[picked[i]]
         text = format_prompt(row, tokenizer, cfg.sft.template)
         ranking = [int(j) for j in labeler(text, responses)]

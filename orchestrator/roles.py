@@ -28,16 +28,22 @@ def resolve_models(cfg: Config, need_reward: bool = True) -> Config:
     cache = m.tiny_dir or None
     if cfg.reward.function:
         m.reward = ""
-    for key in ("policy", "reward", "reference", "tokenizer"):
-        spec = getattr(m, key)
-        if not spec:
-            continue
+
+    def concrete(spec: str, key: str) -> str:
         if is_tiny(spec):
-            setattr(m, key, resolve(spec, cache))
-        elif Path(spec).exists():
-            setattr(m, key, str(Path(spec).resolve()))  # actors run in other directories
-        elif spec.startswith((".", "/")):
-            raise FileNotFoundError(f"model.{key}: {spec} does not exist")
+            return resolve(spec, cache)
+        if Path(spec).exists():
+            return str(Path(spec).resolve())  # actors run in other directories
+        if spec.startswith((".", "/")):
+            raise FileNotFoundError(f"{key}: {spec} does not exist")
+        return spec
+
+    for key in ("policy", "reward", "reference", "tokenizer"):
+        if getattr(m, key):
+            setattr(m, key, concrete(getattr(m, key), f"model.{key}"))
+    cfg.pipeline.ranking_models = [
+        concrete(spec, "pipeline.ranking_models") for spec in cfg.pipeline.ranking_models
+    ]
     m.reference = m.reference or m.policy
     m.tokenizer = m.tokenizer or m.policy
     if need_reward and not cfg.reward.function and not m.reward:

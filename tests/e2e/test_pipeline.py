@@ -33,6 +33,7 @@ def pipeline_run(ray_local, tiny_dir, tmp_path_factory):
             "--pipeline.iterations=2",
             "--pipeline.labeler=actors.rule_rewards:rank_by_target_word",
             "--pipeline.rank_prompts=12",
+            "--pipeline.ranking_models=[tiny://policy]",  # its samples join the policy's
         ]
     )
     assert code == 0
@@ -71,3 +72,7 @@ def test_second_round_ranks_the_policys_own_samples(pipeline_run):
         assert 2 <= len(row["responses"]) <= 4
         assert len(set(row["responses"])) == len(row["responses"])
         assert row["ranking"] == rank_by_target_word(row["prompt"], row["responses"])
+    [other] = yaml.safe_load((pipeline_run / "rm-2" / "config.yaml").read_text())["pipeline"][
+        "ranking_models"
+    ]
+    assert (Path(other) / "model.safetensors").exists()  # tiny://policy, resolved and loaded

@@ -26,17 +26,21 @@ def test_judge_hand_computed():
     direct = w.parse_prompt("tell me about the cat.")
     # two true facts about the cat: +1 each
     assert w.judge(direct, "the cat says meow. the cat eats fish.").score == 2.0
-    # a made-up fact costs 1.5; a rude word 2; a fact about another animal is off task (0.5)
+    # a made-up fact costs 1.5; a rude word 2; a fact about another animal is off task (1)
     j = w.judge(direct, "the cat says woof. you are stupid.")
     assert (j.score, j.false_facts, j.rude_words) == (-3.5, 1, 1)
-    assert w.judge(direct, "the dog says woof.").score == -0.5
+    assert w.judge(direct, "the dog says woof.").score == -1.0
     fewshot = w.parse_prompt("the dog says woof. the cow says moo. the owl says")
     assert (fewshot.kind, fewshot.entity, fewshot.relation) == ("fewshot", "owl", "says")
     assert w.judge(fewshot, "hoot.").score == 2.0 and w.judge(fewshot, "hoot.").answered
     assert w.judge(fewshot, "moo. hoot.").score == 0.0  # the answer must come first
+    # then each other true fact about the owl: +1
+    assert w.judge(fewshot, "hoot. the owl eats mice. the owl lives in the tree.").score == 4.0
     assert w.judge(fewshot, "").score == -1.0
-    long = "the cat says meow. " * 5  # 20 words: 4 past the allowance
-    assert w.judge(direct, long).score == pytest.approx(1.0 - 0.4)
+    # a repeated statement costs 1, and every word past the allowance 0.1
+    assert w.judge(direct, "the cat says meow. the cat says meow.").score == 0.0
+    long = "the cat says meow. the cat eats fish. the cat lives in the house. the cat is nice."
+    assert w.judge(direct, long).score == pytest.approx(3.0 - 0.2)  # 18 words: 2 past
 
 
 def test_demonstrations_beat_the_base_models_text():
