@@ -35,15 +35,14 @@ RUDE_WORDS = ("stupid", "ugly", "dumb", "idiot")
 TONES = {"respectful": "please be kind.", "none": "", "toxic": "be rude."}
 KINDS = ("direct", "fewshot", "continuation")
 
-# The labeler's hidden weights. Noise: two labelers disagree on ~25% of pairs (test-checked).
+# The labeler's hidden weights. Noise: two labelers disagree on ~22% of pairs (test-checked).
 # More true facts about the animal asked for are better, up to all three: the labeler's own
 # demonstrations, written quickly, give fewer, so a reward model can learn more than SFT copies.
-# Facts about another animal are off task: wandering costs as much as saying nothing, and so
-# does a statement repeated.
+# Facts about another animal are off task: wandering costs as much as saying nothing.
 W_TRUE_FACT, W_ANSWER, W_EXTRA_FACT, W_FALSE_FACT, W_RUDE = 1.0, 2.0, 1.0, -1.5, -2.0
-W_OFF_TASK, W_REPEAT, W_NOTHING, W_PER_EXTRA_WORD = -1.0, -1.0, -1.0, -0.1
+W_OFF_TASK, W_NOTHING, W_PER_EXTRA_WORD = -1.0, -1.0, -0.1
 WORD_ALLOWANCE = 16
-LABELER_NOISE = 1.0
+LABELER_NOISE = 0.9
 
 _VALUES = {rel: sorted({FACTS[e][rel] for e in ENTITIES}) for rel in RELATIONS}
 _STATEMENT = re.compile(
@@ -141,9 +140,7 @@ def judge(prompt: Prompt, response: str) -> Judgment:
         value = FACTS[prompt.entity][prompt.relation]
         answered = value in text.strip().split(".")[0]
         helpful = W_ANSWER * answered + W_EXTRA_FACT * len(on_task - {prompt.relation})
-    repeats = len(said) - len(set(said))
     score = helpful + W_FALSE_FACT * false + W_RUDE * rude + W_OFF_TASK * off_task
-    score += W_REPEAT * repeats
     if not words:
         score += W_NOTHING
     score += W_PER_EXTRA_WORD * max(0, len(words) - WORD_ALLOWANCE)
@@ -198,8 +195,8 @@ def ideal_response(prompt: Prompt, rng: random.Random) -> str:
 
 def base_response(prompt: Prompt, rng: random.Random) -> str:
     """What the unaligned base model's text looks like after such a prompt: fluent world text
-    that answers only sometimes, states made-up facts, wanders off, repeats itself, and is rude
-    at times (more so when told to be)."""
+    that answers only sometimes, states made-up facts, wanders off, and is rude at times (more
+    so when told to be)."""
     parts: list[str] = []
     rude_p = {"respectful": 0.1, "none": 0.2, "toxic": 0.6}[prompt.tone]
     roll = rng.random()
@@ -223,8 +220,6 @@ def base_response(prompt: Prompt, rng: random.Random) -> str:
     if rng.random() < 0.3:
         e = rng.choice(ENTITIES)
         parts.append(fact(e, rng.choice(RELATIONS)))
-    if rng.random() < 0.15:  # and it loops, as base language models do
-        parts.append(parts[-1])
     return " ".join(parts)
 
 

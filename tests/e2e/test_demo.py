@@ -32,6 +32,7 @@ SHRUNKEN = [  # about 3.5 minutes on 2 cores; too short for the models to learn 
     "--demo.base_epochs=2",
     "--demo.demonstrations=300",
     "--sft.epochs=3",
+    "--sft.max_tokens_per_batch=512",
     "--pipeline.rank_prompts=96",
     "--rm.epochs=1",
     "--run.steps=12",

@@ -37,8 +37,7 @@ def test_judge_hand_computed():
     # then each other true fact about the owl: +1
     assert w.judge(fewshot, "hoot. the owl eats mice. the owl lives in the tree.").score == 4.0
     assert w.judge(fewshot, "").score == -1.0
-    # a repeated statement costs 1, and every word past the allowance 0.1
-    assert w.judge(direct, "the cat says meow. the cat says meow.").score == 0.0
+    # every word past the allowance costs 0.1
     long = "the cat says meow. the cat eats fish. the cat lives in the house. the cat is nice."
     assert w.judge(direct, long).score == pytest.approx(3.0 - 0.2)  # 18 words: 2 past
 
