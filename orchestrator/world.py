@@ -164,11 +164,12 @@ class Labeler:
         return sorted(range(len(responses)), key=lambda i: -scores[i])
 
     def prefers(self, prompt: Prompt, a: str, b: str) -> float:
-        """1 if a wins, 0 if b wins, 0.5 for a tie (equal hidden scores, noise aside)."""
-        sa, sb = judge(prompt, a).score, judge(prompt, b).score
-        if sa == sb:
+        """1 if a wins, 0 if b wins, 0.5 for a tie (equal hidden scores, noise aside). Every
+        call draws the same noise, tie or not, so one comparison never shifts the next."""
+        na, nb = self.noisy_score(prompt, a), self.noisy_score(prompt, b)
+        if judge(prompt, a).score == judge(prompt, b).score:
             return 0.5
-        return float(self.noisy_score(prompt, a) > self.noisy_score(prompt, b))
+        return float(na > nb)
 
 
 def rank_responses(prompt: str, responses: list[str]) -> list[int]:

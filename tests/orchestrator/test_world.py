@@ -75,3 +75,12 @@ def test_with_tone_keeps_the_request():
     assert w.parse_prompt(kind.text) == kind and w.with_tone(kind, "none").text.startswith(
         "continue"
     )
+
+
+def test_a_tie_draws_noise_like_any_comparison():
+    # so that one comparison's outcome (say PPO vs SFT) never shifts the next (SFT vs base)
+    p = w.parse_prompt("tell me about the cat.")
+    tied, apart = w.Labeler(5), w.Labeler(5)
+    assert tied.prefers(p, "the cat says meow.", "the cat eats fish.") == 0.5
+    apart.prefers(p, "the cat says meow.", "the cat says woof.")
+    assert tied.rng.random() == apart.rng.random()
