@@ -210,7 +210,11 @@ def load_model(
     config = deepspeed_config(learner_cfg, 1, 1, dtype)
     with _partitioned_construction(config):
         return auto_cls.from_pretrained(
-            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, **kwargs
+            path,
+            dtype=getattr(torch, dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,  # never unpickle a .bin checkpoint
+            **kwargs,
         )
 
 

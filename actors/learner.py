@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import time
 from typing import Any
 
 import ray
@@ -31,6 +32,7 @@ from actors.sequences import SequenceBatch, make_sequence_batch
 from actors.weight_sync import open_group, send_weights
 from kernels import aggregate_loss, masked_mean, policy_loss, value_loss
 from orchestrator.config import Config
+from orchestrator.metrics import report_throughput
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +209,7 @@ class LearnerActor:
                 f"learner rank {self.rank} got {n} rows, not a positive multiple of "
                 f"ppo.minibatch_size = {p.minibatch_size}"
             )
+        start = time.perf_counter()
         rng = random.Random(f"{self.cfg.run.seed}/{self.rank}/{self.train_calls}")
         self.train_calls += 1
         self.policy.train()
@@ -220,6 +223,9 @@ class LearnerActor:
                 stats = {**self._policy_step(mb, exp, rows), **self._critic_step(mb, exp, rows)}
                 for key, value in stats.items():
                     totals.setdefault(key, []).append(value)
+        if self.rank == 0:  # the group's tokens/s, ranks holding equal shares
+            tokens = int(batch.attention_mask.sum()) * p.ppo_epochs * self.world_size
+            report_throughput("learner", tokens, time.perf_counter() - start)
         return self._mean_over_ranks({k: sum(v) / len(v) for k, v in totals.items()})
 
     def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
+
+from orchestrator.metrics import report_throughput
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ class RolloutActor:
             enforce_eager=enforce_eager,
             tensor_parallel_size=tensor_parallel_size,
             worker_extension_cls=EXTENSION,
+            load_format="safetensors",  # never unpickle a .bin checkpoint
             # A cached prefix would outlive a weight update and serve stale KV.
             enable_prefix_caching=False,
             # Log-probs of the raw model (log-softmax of logits, temperature 1, before top-k/p):
@@ -150,7 +154,10 @@ class RolloutActor:
             for i in range(len(prompt_ids))
         ]
         prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
+        start = time.perf_counter()
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        new_tokens = sum(len(s.token_ids) for r in outputs for s in r.outputs)
+        report_throughput("rollout", new_tokens, time.perf_counter() - start)
         result: dict[str, list] = {
             "prompt_index": [],
             "response_ids": [],

@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from actors.sequences import SequenceBatch, make_sequence_batch, response_logprobs, sequence_scores
+from orchestrator.metrics import report_throughput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SCORE_STATS_FILE = "score_stats.json"  # {"mean", "std"} saved beside a trained reward model
@@ -104,7 +106,9 @@ class RewardActor:
             if not hasattr(raw, "__len__"):
                 raise ValueError(f"reward function returned {type(raw).__name__}, expected a list")
             return check_scores(raw, n, prompts)
+        start = time.perf_counter()
         scores = check_scores(self._model_scores(batch, prompts, responses), n, prompts)
+        report_throughput("reward", int(batch.attention_mask.sum()), time.perf_counter() - start)
         return (scores - self.mean) / self.std
 
 
@@ -131,7 +135,7 @@ class ReferenceActor:
     @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         """ref_logprobs of the response tokens. -> (B, R) float32."""
-        n = batch.input_ids.shape[0]
+        n, start = batch.input_ids.shape[0], time.perf_counter()
         chunks = [
             response_logprobs(
                 self.model,
@@ -141,4 +145,6 @@ class ReferenceActor:
             )
             for i in range(0, n, self.batch_size)
         ]
+        tokens = int(batch.attention_mask.sum())
+        report_throughput("reference", tokens, time.perf_counter() - start)
         return torch.cat(chunks).float() * batch.response_mask

@@ -32,7 +32,7 @@ from actors.engine import (
 from actors.sequences import make_sequence_batch
 from kernels import kwise_ranking_loss, sft_loss
 from orchestrator.config import Config
-from orchestrator.run_folder import append_metrics
+from orchestrator.metrics import MetricsLog
 
 logger = logging.getLogger(__name__)
 
@@ -296,12 +296,13 @@ def train_loop(config: dict[str, Any]) -> None:
     plan = task.plan(train)
     steps_per_epoch = len(shard(plan, rank, world, cfg.run.seed, 0))
     step = first_epoch * steps_per_epoch
+    log = MetricsLog(cfg, run_dir, role="learner", stage=stage) if rank == 0 else None
     if first_epoch == 0:  # where training starts from: held-out numbers before any step
         first = {"step": 0, "epoch": 0, **config.get("first_metrics", {})}
         if held_out:
             first.update(evaluate(task, held_out))
         if rank == 0:
-            append_metrics(run_dir / "metrics.jsonl", first)
+            log.log(first)
     bar = None
     if rank == 0:
         from tqdm import tqdm
@@ -321,17 +322,19 @@ def train_loop(config: dict[str, Any]) -> None:
             metrics["timing/step"] = time.perf_counter() - start
             step += 1
             if rank == 0:
-                append_metrics(run_dir / "metrics.jsonl", {"step": step, "epoch": epoch, **metrics})
+                log.log({"step": step, "epoch": epoch, **metrics})
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
         report = {"step": step, "epoch": epoch + 1}
         if held_out:
             report.update(evaluate(task, held_out))
         if rank == 0:
-            append_metrics(run_dir / "metrics.jsonl", report)
+            log.log(report)
         _report_with_checkpoint(task, cfg, report, epoch + 1, rank)
     if bar is not None:
         bar.close()
+    if log is not None:
+        log.close()
     # final/: all ranks gather (ZeRO-3), rank 0 writes it, last of all.
     model = task.hf_model()
     extra = task.extra_files(train)

@@ -23,7 +23,7 @@ def run_bench(cfg: Config) -> RunFolder:
     or repeated), every response rollout.max_new_tokens long (ignore_eos)."""
     cfg.rollout.ignore_eos = True
     policy_spec = cfg.model.policy  # before Roles.start resolves tiny:// to a folder
-    folder = RunFolder(cfg)
+    folder = RunFolder(cfg, stage="bench")
     roles = Roles.start(cfg)
     n = cfg.data.max_prompt_tokens
     roles.prompts.token_ids = [(ids * n)[:n] for ids in roles.prompts.token_ids]
@@ -35,6 +35,7 @@ def run_bench(cfg: Config) -> RunFolder:
             folder.log(metrics)
             rows.append(metrics)
     finally:
+        folder.close()
         roles.shutdown()
     measured = summarize(rows[1:] if len(rows) > 1 else rows)
     r = cfg.rollout

@@ -1,4 +1,5 @@
-"""`instructray {sft,rm,ppo,pipeline,eval,demo,bench} --config FILE [--section.key=value ...]`."""
+"""`instructray {sft,rm,ppo,pipeline,eval,demo,bench} --config FILE [--section.key=value ...]`,
+and the Ray job commands `instructray {submit,status,logs,stop}` (orchestrator/jobs.py)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
         description="InstructGPT-style RLHF (SFT, reward model, PPO) on Ray.",
     )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    parser.epilog = (
+        "Ray jobs: instructray submit STAGE --config FILE [--follow]; "
+        "instructray {status,logs,stop} JOB (see `instructray submit --help`)."
+    )
     for stage, (doc, _) in STAGES.items():
         p = sub.add_parser(
             stage,
@@ -90,8 +95,24 @@ def _resolve(target: str):
         raise
 
 
+JOB_COMMANDS = ("submit", "status", "logs", "stop")
+
+
+def _job_command(argv: list[str]) -> int:
+    from orchestrator import jobs
+
+    try:
+        return jobs.main(argv, list(STAGES), _normalize_overrides)
+    except (jobs.JobError, *USER_ERRORS) as e:
+        print(f"instructray {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in JOB_COMMANDS:
+        return _job_command(argv)
     args, rest = _parser().parse_known_args(argv)
     try:
         cfg = load_config(args.config, _normalize_overrides(rest))

@@ -298,6 +298,10 @@ class RunConfig:
         900.0, "Longest wait for the actors to start (model loads, vLLM engine start)."
     )
     name: str = param("", "Run label for metrics; empty = the output folder's name.")
+    tensorboard: bool = param(True, "Also write metrics as TensorBoard events (run folder).")
+    wandb_project: str = param(
+        "", "Also log metrics to this W&B project (needs wandb; WANDB_MODE=offline works)."
+    )
     max_failures: int = param(
         1, "Restarts of a failed SFT / RM worker group (Ray Train FailureConfig); -1 = no limit."
     )

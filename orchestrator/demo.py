@@ -23,6 +23,7 @@ from typing import Any
 from orchestrator import world
 from orchestrator.cluster import connect
 from orchestrator.config import Config
+from orchestrator.metrics import run_label
 from orchestrator.run_folder import RunFolder, read_metrics
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def run_demo(cfg: Config) -> RunFolder:
     )
     base_cfg = copy.deepcopy(cfg)
     base_cfg.run.output_dir = str(root / "base")
+    base_cfg.run.name = run_label(cfg)
     base_cfg.data.demonstrations = paths["base"]
     base_cfg.sft.epochs, base_cfg.sft.lr = cfg.demo.base_epochs, cfg.demo.base_lr
     base = str(run_sft(base_cfg).final_dir)

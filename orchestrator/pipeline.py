@@ -28,6 +28,7 @@ from typing import Any
 from orchestrator.config import Config
 from orchestrator.converters import convert_rankings
 from orchestrator.data import DataError, format_prompt, load_rows, row_problem
+from orchestrator.metrics import run_label
 from orchestrator.ppo import run_ppo
 from orchestrator.run_folder import RunFolder
 from orchestrator.supervised import run_rm, run_sft
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 def _stage(cfg: Config, root: Path, name: str, **models: str) -> Config:
     stage = copy.deepcopy(cfg)
+    stage.run.name = run_label(cfg)  # the stages' metrics carry the pipeline's run label
     stage.run.output_dir = str(root / name)
     for key, value in models.items():
         setattr(stage.model, key, value)

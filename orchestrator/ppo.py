@@ -44,6 +44,26 @@ def compute_advantages(
     return {"rewards": rewards, "kl": kl, "advantages": advantages, "returns": returns}
 
 
+def split_by_load(loads: list[float], parts: int) -> list[range]:
+    """Contiguous ranges of items, one per part, with near-equal total load and none empty
+    (while there are items enough): cut where the running total is nearest each k/parts share."""
+    n, total = len(loads), float(sum(loads))
+    cuts, running, i = [0], 0.0, 0
+    for k in range(1, parts):
+        target = total * k / parts
+        # Advance while taking the next item brings the running total nearer the target, and
+        # leave at least one item for each later part.
+        while i < n - (parts - k) and abs(running + loads[i] - target) <= abs(running - target):
+            running += loads[i]
+            i += 1
+        if i == cuts[-1] and i < n - (parts - k):  # never an empty part when avoidable
+            running += loads[i]
+            i += 1
+        cuts.append(i)
+    cuts.append(n)
+    return [range(a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
 def split_evenly(n: int, parts: int) -> list[range]:
     """n items into `parts` contiguous ranges whose sizes differ by at most one."""
     base, extra = divmod(n, parts)
@@ -77,7 +97,9 @@ class PPOTrainer:
         """Sample rollout.samples_per_prompt responses per prompt, prompts shared by the engines."""
         r, prompts = self.cfg.rollout, self.roles.prompts
         engines = self.roles.engines
-        parts = split_evenly(len(prompt_idx), len(engines))
+        # Balanced by load: each prompt costs its tokens plus the most its samples may add.
+        loads = [len(prompts.token_ids[i]) + r.max_new_tokens for i in prompt_idx]
+        parts = split_by_load(loads, len(engines))
         refs = []
         for e, (engine, part) in enumerate(zip(engines, parts, strict=True)):
             sampling = {
@@ -283,9 +305,10 @@ def run_ppo(cfg: Config) -> RunFolder:
     """`instructray ppo`: start the actors, run run.steps PPO steps, save final/."""
     from tqdm import tqdm
 
-    folder = RunFolder(cfg)
+    folder = RunFolder(cfg, stage="ppo")
     roles = Roles.start(cfg)
     try:
+        folder.write_json("placement.json", roles.placement.nodes())
         trainer = PPOTrainer(cfg, roles)
         bar = tqdm(range(cfg.run.steps), desc="ppo", unit="step", dynamic_ncols=True)
         for step in bar:
@@ -294,5 +317,6 @@ def run_ppo(cfg: Config) -> RunFolder:
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
         roles.learner.save_pretrained(str(folder.final_dir))
     finally:
+        folder.close()
         roles.shutdown()
     return folder

@@ -7,7 +7,6 @@ looks finished.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,22 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config, dump_config
-
-
-def append_metrics(path: Path, metrics: dict[str, Any]) -> None:
-    """Append one flat JSON object; NaN/inf become null so the line stays valid JSON."""
-    clean = {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-        for k, v in metrics.items()
-    }
-    with Path(path).open("a") as f:
-        f.write(json.dumps(clean) + "\n")
+from orchestrator.metrics import MetricsLog
 
 
 class RunFolder:
     """Writes one run's folder."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, stage: str = ""):
         # Absolute: stage folders become model paths that actors and Ray Train workers open
         # from their own working directories.
         self.path = Path(cfg.run.output_dir).resolve()
@@ -42,14 +32,28 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, self.path / "config.yaml")
         self.metrics_path = self.path / "metrics.jsonl"
+        self.stage = stage
+        self._cfg = cfg
+        self._metrics: MetricsLog | None = None  # opened on the first row
 
     @property
     def final_dir(self) -> Path:
         return self.path / "final"
 
     def log(self, metrics: dict[str, Any]) -> None:
-        """Append one step's flat metrics to metrics.jsonl."""
-        append_metrics(self.metrics_path, metrics)
+        """One step's flat metrics: metrics.jsonl, the Ray dashboard, TensorBoard, W&B."""
+        if self._metrics is None:
+            self._metrics = MetricsLog(self._cfg, self.path, stage=self.stage)
+        self._metrics.log(metrics)
+
+    def write_json(self, name: str, data: Any) -> None:
+        (self.path / name).write_text(json.dumps(data, indent=1) + "\n")
+
+    def close(self) -> None:
+        """Flush and close the metric sinks (TensorBoard, W&B)."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.metrics_path)

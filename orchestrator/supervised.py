@@ -46,7 +46,7 @@ def run_supervised(cfg: Config, stage: str) -> RunFolder:
 
     from actors.supervised import train_loop
 
-    folder = RunFolder(cfg)
+    folder = RunFolder(cfg, stage=stage)
     resolve_models(cfg, need_reward=False)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
     loader = load_demonstrations if stage == "sft" else load_rankings

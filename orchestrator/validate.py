@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -73,6 +74,57 @@ def _check_ppo(cfg: Config, errors: list[str]) -> None:
         _positive(errors, ppo__kl_target=p.kl_target, ppo__kl_horizon=p.kl_horizon)
 
 
+def _check_gpus(cfg: Config, errors: list[str]) -> None:
+    """GPU arithmetic every stage relies on. A run is on GPUs when learner.gpus_per_rank > 0."""
+    learner, r = cfg.learner, cfg.rollout
+    gpus = learner.gpus_per_rank
+    if gpus < 0:
+        errors.append(f"learner.gpus_per_rank must be >= 0, got {gpus}")
+    elif gpus != int(gpus):
+        # Two ranks with half a GPU each may share one device, and NCCL refuses two ranks of a
+        # group on one device. run.colocate shares GPUs among roles by itself.
+        errors.append(
+            f"learner.gpus_per_rank = {gpus} is not a whole number of GPUs: ranks could share a "
+            f"device, which NCCL refuses; use 0 (CPU) or 1, 2, ... (run.colocate shares GPUs "
+            f"among the roles itself)"
+        )
+    tp = r.tensor_parallel_size
+    if not isinstance(tp, int) or tp < 1:
+        errors.append(f"rollout.tensor_parallel_size must be a whole number >= 1, got {tp}")
+    elif tp > 1 and gpus <= 0:
+        errors.append(
+            f"rollout.tensor_parallel_size = {tp} needs GPUs but learner.gpus_per_rank = {gpus} "
+            f"(the run is on CPU); use 1 on CPU"
+        )
+    if learner.backend == "nccl" and gpus <= 0:
+        errors.append(
+            f"learner.backend = nccl needs GPUs but learner.gpus_per_rank = {gpus}; use gloo or "
+            f"auto on CPU"
+        )
+    if not 0 < r.gpu_memory_utilization <= 1:
+        errors.append(
+            f"rollout.gpu_memory_utilization must lie in (0, 1], got {r.gpu_memory_utilization}"
+        )
+
+
+def _check_colocated_gpus(cfg: Config, errors: list[str]) -> None:
+    """run.colocate on GPUs: actor i of every role shares bundle i's one GPU, a quarter each."""
+    r, gpus = cfg.rollout, cfg.learner.gpus_per_rank
+    if not (cfg.run.colocate and gpus > 0):
+        return
+    if r.tensor_parallel_size != 1 or gpus != 1:
+        errors.append(
+            f"run.colocate shares one GPU among one actor of each role: needs "
+            f"rollout.tensor_parallel_size = 1 and learner.gpus_per_rank = 1, got "
+            f"{r.tensor_parallel_size} and {gpus}"
+        )
+    if r.weight_sync == "nccl":
+        errors.append(
+            "rollout.weight_sync = nccl with run.colocate puts learner rank 0 and rollout engine 0 "
+            "on the same GPU, which NCCL refuses; use object_store"
+        )
+
+
 def validate_config(cfg: Config, stage: str) -> None:
     """Raise ConfigError listing every inconsistency of cfg for the given stage."""
     from orchestrator.config import ConfigError
@@ -102,8 +154,15 @@ def validate_config(cfg: Config, stage: str) -> None:
         errors.append(
             f"reward.function must look like module:function, got '{cfg.reward.function}'"
         )
+    if cfg.run.wandb_project and importlib.util.find_spec("wandb") is None:
+        errors.append(
+            f"run.wandb_project = '{cfg.run.wandb_project}' but wandb is not installed: "
+            f"pip install 'instructray[wandb]', or leave run.wandb_project empty"
+        )
+    _check_gpus(cfg, errors)
     if stage in ("ppo", "pipeline", "demo", "bench"):
         _check_ppo(cfg, errors)
+        _check_colocated_gpus(cfg, errors)
     if stage in ("sft", "pipeline"):
         _positive(errors, sft__epochs=cfg.sft.epochs, sft__lr=cfg.sft.lr)
         _positive(errors, sft__max_tokens_per_batch=cfg.sft.max_tokens_per_batch)

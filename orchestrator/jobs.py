@@ -1,0 +1,221 @@
+"""`instructray submit / status / logs / stop`: Ray job submission for InstructRay stages.
+
+`instructray submit STAGE --config FILE [--section.key=value ...]` checks the config here first
+(a typo fails in a second, not after the cluster started the job), then submits
+`instructray STAGE --config FILE ...` as a Ray job with the runtime_env of
+`deploy/runtime_env.yaml` (this folder uploaded as the job's working directory). The same can be
+done by hand with `ray job submit`; these commands only save typing and print where to look.
+
+The cluster is `--address`, else RAY_ADDRESS, else http://127.0.0.1:8265 (the dashboard of a
+local head, or the head's dashboard tunnelled to this machine). With token authentication on,
+Ray's client sends the token of RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+RUNTIME_ENV = Path("deploy/runtime_env.yaml")
+# Arguments that look like credentials: they would be readable by anyone who can list jobs.
+SECRET_WORDS = re.compile(r"api[_-]?key|token|secret|password|passwd|credential", re.IGNORECASE)
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class JobError(Exception):
+    """A job command failed; the message says why in one line."""
+
+
+def address_of(explicit: str | None) -> str:
+    """The job API address: the flag, else RAY_ADDRESS when it is an http(s) address, else local."""
+    import os
+
+    if explicit:
+        return explicit
+    env = os.environ.get("RAY_ADDRESS", "")
+    return env if env.startswith(("http://", "https://")) else DEFAULT_ADDRESS
+
+
+def client(address: str) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # connection refused, 401/403 without a token, wrong version
+        raise JobError(f"cannot reach the Ray job API at {address}: {_one_line(e)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:400]
+
+
+def load_runtime_env(path: Path) -> dict[str, Any]:
+    """deploy/runtime_env.yaml as a dict (a clear error when it is missing or not a mapping)."""
+    if not path.exists():
+        raise JobError(f"runtime_env file {path} does not exist (run from the repository root)")
+    env = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(env, dict):
+        raise JobError(f"{path}: a runtime_env must be a YAML mapping")
+    return env
+
+
+def check_no_secrets(args: list[str]) -> None:
+    """Refuse entrypoint arguments that look like credentials."""
+    for arg in args:
+        if SECRET_WORDS.search(arg.split("=", 1)[0]):
+            raise JobError(
+                f"refusing to put '{arg.split('=', 1)[0]}' on the job's command line, which "
+                f"anyone who can list jobs can read; set it in the cluster's environment"
+            )
+
+
+def entrypoint(stage: str, config: str | None, overrides: list[str]) -> str:
+    """The job's command: `instructray STAGE --config FILE overrides...`, quoted for a shell."""
+    parts = ["instructray", stage]
+    if config:
+        parts += ["--config", config]
+    return shlex.join(parts + overrides)
+
+
+def submit(
+    stage: str,
+    config: str | None,
+    overrides: list[str],
+    address: str,
+    runtime_env_path: Path = RUNTIME_ENV,
+    submission_id: str | None = None,
+) -> str:
+    """Check the config locally, submit the stage as a Ray job; returns the job id."""
+    from orchestrator.config import load_config
+
+    check_no_secrets(overrides)
+    cfg = load_config(config, overrides)
+    cfg.validate(stage)
+    runtime_env = load_runtime_env(runtime_env_path)
+    if config and not Path(config).is_absolute():
+        # Relative config paths resolve inside the uploaded working directory.
+        working_dir = Path(runtime_env.get("working_dir", "."))
+        if not (working_dir / config).exists():
+            raise JobError(
+                f"config {config} is not inside the job's working directory {working_dir}; "
+                f"give a path under it"
+            )
+    return client(address).submit_job(
+        entrypoint=entrypoint(stage, config, overrides),
+        runtime_env=runtime_env,
+        submission_id=submission_id,
+        metadata={"instructray_stage": stage},
+    )
+
+
+def status(job_id: str, address: str) -> str:
+    try:
+        return str(client(address).get_job_status(job_id).value)
+    except JobError:
+        raise
+    except Exception as e:
+        raise JobError(f"job {job_id}: {_one_line(e)}") from None
+
+
+def logs(job_id: str, address: str, follow: bool = False) -> None:
+    c = client(address)
+    try:
+        if not follow:
+            sys.stdout.write(c.get_job_logs(job_id))
+            return
+
+        async def tail() -> None:
+            async for lines in c.tail_job_logs(job_id):
+                sys.stdout.write(lines)
+                sys.stdout.flush()
+
+        asyncio.run(tail())
+    except Exception as e:
+        raise JobError(f"job {job_id}: {_one_line(e)}") from None
+
+
+def stop(job_id: str, address: str, timeout_s: float = 60.0) -> str:
+    """Ask the job to stop (SIGTERM to its driver) and wait for a final state."""
+    c = client(address)
+    try:
+        c.stop_job(job_id)
+        deadline = time.monotonic() + timeout_s
+        while (state := str(c.get_job_status(job_id).value)) not in TERMINAL:
+            if time.monotonic() > deadline:
+                raise JobError(f"job {job_id} is still {state} {timeout_s:.0f} s after stop")
+            time.sleep(1)
+    except JobError:
+        raise
+    except Exception as e:
+        raise JobError(f"job {job_id}: {_one_line(e)}") from None
+    return state
+
+
+def _parser(stages: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instructray", description="Ray job commands.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser(
+        "submit",
+        help="submit a stage as a Ray job",
+        description="instructray submit STAGE --config FILE [--section.key=value ...]: check the "
+        "config here, then run `instructray STAGE ...` as a Ray job on the cluster.",
+    )
+    s.add_argument("stage", choices=stages)
+    s.add_argument("--config", metavar="FILE", help="YAML config, relative to this folder")
+    s.add_argument("--address", help=f"job API (default: RAY_ADDRESS or {DEFAULT_ADDRESS})")
+    s.add_argument("--runtime-env", default=str(RUNTIME_ENV), help="runtime_env YAML")
+    s.add_argument("--submission-id", help="job id to use (default: Ray picks one)")
+    s.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    for name, doc in (
+        ("status", "print a job's state"),
+        ("logs", "print a job's logs"),
+        ("stop", "stop a job (its driver gets SIGTERM)"),
+    ):
+        p = sub.add_parser(name, help=doc, description=f"instructray {name} JOB: {doc}.")
+        p.add_argument("job_id", metavar="JOB")
+        p.add_argument("--address", help=f"job API (default: RAY_ADDRESS or {DEFAULT_ADDRESS})")
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="stream until the job ends")
+    return parser
+
+
+def main(argv: list[str], stages: list[str], normalize: Any) -> int:
+    """Run one job command; returns the exit code (a failed followed job returns 1)."""
+    args, rest = _parser(stages).parse_known_args(argv)
+    address = address_of(args.address)
+    if args.command != "submit" and rest:
+        raise JobError(f"unexpected arguments: {' '.join(rest)}")
+    if args.command == "submit":
+        job_id = submit(
+            args.stage,
+            args.config,
+            normalize(rest),
+            address,
+            Path(args.runtime_env),
+            args.submission_id,
+        )
+        print(f"submitted job {job_id} to {address}")
+        print(f"  dashboard: {address}/#/jobs/{job_id}")
+        print(f"  logs:      instructray logs {job_id} --follow   (or: ray job logs {job_id} -f)")
+        print(f"  stop:      instructray stop {job_id}")
+        if args.follow:
+            logs(job_id, address, follow=True)
+            state = status(job_id, address)
+            print(f"job {job_id}: {state}")
+            return 0 if state == "SUCCEEDED" else 1
+    elif args.command == "status":
+        print(status(args.job_id, address))
+    elif args.command == "logs":
+        logs(args.job_id, address, args.follow)
+    elif args.command == "stop":
+        print(stop(args.job_id, address))
+    return 0

@@ -1,0 +1,284 @@
+"""A Ray cluster as users run one: `ray start --head` (its own temp dir, loopback, token auth),
+the tiny pipeline submitted with `ray job submit`, its metrics scraped from the Prometheus
+endpoints Ray lists, and `instructray submit / status / logs / stop` against the same head.
+The test stops exactly the processes it started (the head's process group)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Head:
+    address: str  # the job API (dashboard) URL
+    env: dict[str, str]  # what a client on this machine needs: the token's path, PATH
+    temp_dir: Path
+    run_dir: Path
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            list(args), env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+
+    def prometheus_targets(self) -> list[str]:
+        """The metrics endpoints Ray lists for Prometheus' file-based service discovery."""
+        path = self.temp_dir / "prom_metrics_service_discovery.json"
+        if not path.exists():
+            return []
+        return [t for group in json.loads(path.read_text()) for t in group["targets"]]
+
+
+@pytest.fixture(scope="module")
+def head(tiny_dir):
+    # Short: Ray's Unix socket paths live under the temp dir and must stay under ~100 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="irjob-", dir="/tmp"))
+    token = tmp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    gcs, dash, metrics, agent, agent_grpc, rt_agent, client = _free_ports(7)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token),
+        RAY_metrics_report_interval_ms="1000",  # gauges reach Prometheus within a second
+        RAY_USAGE_STATS_ENABLED="0",
+        # The job's driver joins by the head's address; Ray would rewrite a loopback address to
+        # the machine's IP, where this head does not listen. "0" keeps it on loopback.
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+    )
+    log = (tmp / "head.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={rt_agent}",
+            f"--ray-client-server-port={client}",
+            f"--metrics-export-port={metrics}",
+            f"--temp-dir={tmp / 'ray'}",
+            "--num-cpus=8",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopped as one, nothing else touched
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=5)
+                break
+            except urllib.error.HTTPError as e:  # it answers: up (401 without the token)
+                assert e.code == 401, e
+                break
+            except OSError as e:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"ray start --head did not come up: {e}\n{(tmp / 'head.log').read_text()}"
+                    ) from None
+                time.sleep(1)
+        yield Head(address, env, tmp / "ray", tmp / "run")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of this group is left
+        except ProcessLookupError:
+            pass
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scrape(targets: list[str]) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """`instructray_` samples of every target: metric name -> [(labels, value)]."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for target in targets:
+        try:
+            body = urllib.request.urlopen(f"http://{target}/metrics", timeout=5).read().decode()
+        except OSError:
+            continue
+        for line in body.splitlines():
+            m = SAMPLE.match(line)
+            if m and "instructray_" in m["name"]:
+                labels = dict(LABEL.findall(m["labels"] or ""))
+                out.setdefault(m["name"], []).append((labels, float(m["value"])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline_job(head, tiny_dir):
+    """The tiny pipeline through `ray job submit`, its metrics scraped while it runs."""
+    from ray.job_submission import JobSubmissionClient
+
+    job_id = f"pipeline-{secrets.token_hex(4)}"
+    submitted = head.run(
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        f"--address={head.address}",
+        f"--submission-id={job_id}",
+        "--runtime-env=deploy/runtime_env.yaml",
+        "--no-wait",
+        "--",
+        "instructray",
+        "pipeline",
+        "--config=deploy/configs/pipeline-tiny-cpu.yaml",
+        f"--model.tiny_dir={tiny_dir}",
+        f"--run.output_dir={head.run_dir}",
+        "--run.name=jobtest",
+        "--run.steps=3",
+        "--sft.epochs=1",
+        "--rm.epochs=1",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    token = Path(head.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    client = JobSubmissionClient(head.address, headers={"Authorization": f"Bearer {token}"})
+    seen: dict[str, list[tuple[dict[str, str], float]]] = {}
+    deadline = time.monotonic() + 600
+    while (state := str(client.get_job_status(job_id).value)) not in TERMINAL:
+        assert time.monotonic() < deadline, f"job {job_id} still {state} after 600 s"
+        for name, samples in scrape(head.prometheus_targets()).items():
+            seen.setdefault(name, []).extend(samples)
+        time.sleep(1)
+    logs = client.get_job_logs(job_id)
+    assert state == "SUCCEEDED", logs[-3000:]
+    return job_id, logs, seen
+
+
+def _values(seen, name: str, **labels: str) -> list[float]:
+    return [
+        v
+        for got, v in seen.get(f"ray_{name}", [])
+        if all(got.get(k) == want for k, want in labels.items())
+    ]
+
+
+def test_ray_job_submit_runs_the_tiny_pipeline(pipeline_job, head):
+    job_id, logs, _ = pipeline_job
+    for stage in ("sft", "rm", "ppo"):
+        assert (head.run_dir / stage / "final" / "model.safetensors").exists(), stage
+    assert "ppo" in logs  # the job's own output reached Ray's job logs
+    cli_logs = head.run(str(BIN / "ray"), "job", "logs", f"--address={head.address}", job_id)
+    assert cli_logs.returncode == 0 and "ppo" in cli_logs.stdout
+
+
+def test_prometheus_shows_the_runs_metrics_with_sane_values(pipeline_job):
+    _, _, seen = pipeline_job
+    driver = {"run": "jobtest", "role": "driver", "stage": "ppo"}
+    rewards = _values(seen, "instructray_reward_mean", **driver)
+    assert rewards and all(math.isfinite(v) for v in rewards)
+    assert all(v >= 0 for v in _values(seen, "instructray_kl_mean", **driver))
+    assert _values(seen, "instructray_kl_mean", **driver)
+    assert all(0 < v < 60 for v in _values(seen, "instructray_timing_generate", **driver))
+    diffs = _values(seen, "instructray_weight_sync_max_logprob_diff", **driver)
+    assert diffs and max(diffs) < 1e-3
+    assert max(_values(seen, "instructray_weight_sync_version", **driver)) >= 1
+    for role in ("rollout", "reward", "reference", "learner"):  # each actor's own tokens/s
+        tps = _values(seen, "instructray_tokens_per_s", run="jobtest", role=role)
+        assert tps and min(tps) > 0, role
+    sft_loss = _values(seen, "instructray_train_loss", run="jobtest", role="learner", stage="sft")
+    assert sft_loss and all(math.isfinite(v) and v > 0 for v in sft_loss)
+
+
+def test_every_grafana_panel_shows_a_metric_the_run_exported(pipeline_job):
+    _, _, seen = pipeline_job
+    dashboard = json.loads((ROOT / "deploy/grafana/instructray.json").read_text())
+    names = {
+        m
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for m in re.findall(r"ray_instructray_\w+", target["expr"])
+    }
+    assert names
+    missing = sorted(n for n in names if n not in seen)
+    assert not missing, f"dashboard panels query metrics nobody exported: {missing}"
+
+
+def test_instructray_status_logs_submit_and_stop(pipeline_job, head, tiny_dir):
+    job_id, _, _ = pipeline_job
+    status = head.run(str(BIN / "instructray"), "status", job_id, f"--address={head.address}")
+    assert status.returncode == 0 and status.stdout.strip() == "SUCCEEDED", status.stderr
+    logs = head.run(str(BIN / "instructray"), "logs", job_id, f"--address={head.address}")
+    assert logs.returncode == 0 and "ppo" in logs.stdout
+
+    submitted = head.run(
+        str(BIN / "instructray"),
+        "submit",
+        "ppo",
+        "--config",
+        "deploy/configs/ppo-tiny-cpu.yaml",
+        f"--address={head.address}",
+        f"--model.tiny_dir={tiny_dir}",
+        f"--run.output_dir={head.run_dir / 'stopped'}",
+        "--run.steps=1000",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    new_id = re.search(r"submitted job (\S+)", submitted.stdout)[1]
+    assert "dashboard:" in submitted.stdout
+    stopped = head.run(str(BIN / "instructray"), "stop", new_id, f"--address={head.address}")
+    assert stopped.returncode == 0 and stopped.stdout.strip() == "STOPPED", stopped.stderr
+    assert not (head.run_dir / "stopped" / "final").exists()
+
+
+def test_job_api_refuses_a_client_without_the_token(head):
+    env = {**head.env, "RAY_AUTH_TOKEN_PATH": str(head.temp_dir.parent / "no-such-token")}
+    env.pop("RAY_AUTH_TOKEN", None)
+    denied = subprocess.run(
+        [str(BIN / "instructray"), "status", "anything", f"--address={head.address}"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert denied.returncode == 2
+    assert "instructray status: error:" in denied.stderr
