@@ -11,6 +11,7 @@ import logging
 import random
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -37,6 +38,7 @@ from orchestrator.metrics import report_throughput
 logger = logging.getLogger(__name__)
 
 EXPERIENCE_KEYS = ("old_logprobs", "advantages", "returns", "old_values")  # each (B, R)
+CHECKPOINT_TAG = "state"  # DeepSpeed's sub-folder name inside each engine's checkpoint folder
 
 
 def _free_port() -> int:
@@ -284,6 +286,35 @@ class LearnerActor:
             tokenizer = m.tokenizer or m.policy
             save_hf_folder(causal_lm, state, tokenizer, path, m.trust_remote_code)
 
+    def save_checkpoint(self, path: str) -> None:
+        """Full training state under path (all ranks call; each writes its ZeRO shards): DeepSpeed
+        state of policy and critic (weights, optimizer, scheduler), this rank's counters and RNG."""
+        self.policy.save_checkpoint(f"{path}/policy", tag=CHECKPOINT_TAG)
+        self.critic.save_checkpoint(f"{path}/critic", tag=CHECKPOINT_TAG)
+        state = {"train_calls": self.train_calls, "torch_rng": torch.get_rng_state()}
+        torch.save(state, f"{path}/rank-{self.rank}.pt")
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore what save_checkpoint wrote (same number of ranks)."""
+        rank_file = Path(path) / f"rank-{self.rank}.pt"
+        if not rank_file.exists():
+            raise ValueError(
+                f"checkpoint {path} has no state for learner rank {self.rank}: it was written by "
+                f"a run with fewer ranks (learner.num_ranks must match)"
+            )
+        for engine, name in ((self.policy, "policy"), (self.critic, "critic")):
+            loaded, _ = engine.load_checkpoint(
+                f"{path}/{name}",
+                tag=CHECKPOINT_TAG,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+            )
+            if loaded is None:
+                raise ValueError(f"checkpoint {path}/{name} could not be loaded")
+        state = torch.load(rank_file, weights_only=True)
+        self.train_calls = int(state["train_calls"])
+        torch.set_rng_state(state["torch_rng"])
+
 
 class LearnerGroup:
     """Driver-side handle on the learner ranks; holds actor handles only."""
@@ -392,6 +423,13 @@ class LearnerGroup:
     def save_pretrained(self, path: str) -> None:
         """Hugging Face folder of the policy at path (on rank 0's node)."""
         self._wait("save_pretrained", [a.save_pretrained.remote(path) for a in self.actors])
+
+    def save_checkpoint(self, path: str) -> None:
+        """Every rank's training state under path (a folder all ranks can reach)."""
+        self._wait("save_checkpoint", [a.save_checkpoint.remote(path) for a in self.actors])
+
+    def load_checkpoint(self, path: str) -> None:
+        self._wait("load_checkpoint", [a.load_checkpoint.remote(path) for a in self.actors])
 
     def shutdown(self) -> None:
         """Kill the ranks (idempotent)."""

@@ -18,6 +18,20 @@ from orchestrator.metrics import RUN_ENV, run_label
 logger = logging.getLogger(__name__)
 
 
+# Ray's single-machine switch (meant for laptops): "0" makes every Ray process of a local Ray
+# bind 127.0.0.1. Without it GCS, raylets, workers and agents listen on all interfaces even when
+# the node address is 127.0.0.1 (measured with Ray 2.60).
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def loopback_only() -> None:
+    """Make the next local Ray this process starts serve this machine only."""
+    from ray._private import ray_constants
+
+    os.environ[LOCAL_ONLY_ENV] = "0"  # for Ray's own child processes, read as they import
+    ray_constants.ENABLE_RAY_CLUSTER = False  # for this process, which read it at import
+
+
 def connect(cfg: Config) -> str:
     """Join `run.ray_address` / RAY_ADDRESS, or start a local Ray on loopback. Returns a label."""
     if ray.is_initialized():
@@ -29,6 +43,7 @@ def connect(cfg: Config) -> str:
     # address="local" never joins a stale cluster recorded by an earlier `ray start`. Logical CPUs
     # cover every actor even on a 2-core laptop: the roles take turns, they rarely compute at once.
     wanted = sum(r.get("CPU", 0.0) for reqs in role_requests(cfg).values() for r in reqs)
+    loopback_only()
     ray.init(
         address="local",
         num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)),

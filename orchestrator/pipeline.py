@@ -142,30 +142,45 @@ def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
     resolve_models(cfg, need_reward=False)
 
     logger.info("pipeline 1/%d: sft", 1 + 2 * iterations)
-    sft = str(run_sft(_stage(cfg, root, "sft")).final_dir)
+    sft = _run_or_reuse(run_sft, _stage(cfg, root, "sft"))
     rows, policy = _rankings_rows(cfg), sft
     for it in range(1, iterations + 1):
         suffix = "" if it == 1 else f"-{it}"
         rm_cfg = _stage(cfg, root, f"rm{suffix}", policy=sft, tokenizer=sft)
         if it > 1 or from_samples:  # old rankings plus the current policy's, ranked
-            rows = rows + new_rankings(cfg, policy, labeler)
             rankings = root / f"rankings{suffix}.jsonl"
-            rankings.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            if cfg.run.resume and rankings.exists():  # ranked before the run was stopped
+                rows = [json.loads(x) for x in rankings.read_text().splitlines() if x]
+            else:
+                rows = rows + new_rankings(cfg, policy, labeler)
+                tmp = rankings.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                tmp.replace(rankings)
             rm_cfg.data.rankings, rm_cfg.data.rankings_format = str(rankings), "auto"
         logger.info("pipeline %d/%d: rm%s", 2 * it, 1 + 2 * iterations, suffix)
-        rm = str(run_rm(rm_cfg).final_dir)
+        rm = _run_or_reuse(run_rm, rm_cfg)
         logger.info("pipeline %d/%d: ppo%s", 2 * it + 1, 1 + 2 * iterations, suffix)
         ppo_cfg = _stage(
             cfg, root, f"ppo{suffix}", policy=policy, reference=sft, reward=rm, tokenizer=sft
         )
         ppo_cfg.reward.function = ""
-        policy = str(run_ppo(ppo_cfg).final_dir)
+        policy = _run_or_reuse(run_ppo, ppo_cfg)
     # Last: the pipeline's own final, a relative link to the last PPO stage's model.
     link = root / "final"
     if link.is_symlink() or link.exists():
         link.unlink()
     os.symlink(os.path.relpath(policy, root), link)
     return folder
+
+
+def _run_or_reuse(run: Any, stage: Config) -> str:
+    """Run a stage; with run.resume, a stage that already wrote final/ is kept as it is (and a
+    PPO stage stopped midway continues from its latest checkpoint). -> its final/ folder."""
+    final = Path(stage.run.output_dir) / "final"
+    if stage.run.resume and final.exists():
+        logger.info("pipeline: %s already finished; kept", final.parent.name)
+        return str(final.resolve())
+    return str(run(stage).final_dir)
 
 
 def _rankings_rows(cfg: Config) -> list[dict[str, Any]]:

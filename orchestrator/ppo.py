@@ -10,13 +10,18 @@ The driver holds no model (a tokenizer only) and moves ObjectRefs, not tensors, 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
 import kernels
 from actors.remote import RemoteError, wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
+from orchestrator.checkpoints import Checkpoints, read_driver_state
 from orchestrator.config import Config
 from orchestrator.roles import Roles
 from orchestrator.run_folder import PhaseTimer, RunFolder
@@ -87,9 +92,39 @@ class PPOTrainer:
             else kernels.FixedKLController(p.kl_coef)
         )
         self.version = 0
+        self.steps_done = 0
         self.probe: list[list[int]] | None = None
         if cfg.rollout.weight_sync != "object_store":
             self.open_weight_group()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        """Write the learner's state and an HF export into folder; -> the driver's state."""
+        self.roles.learner.save_checkpoint(str(folder / "learner"))
+        self.roles.learner.save_pretrained(str(folder / "hf"))
+        return {
+            "step": self.steps_done,
+            "version": self.version,
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "sampler": self.roles.sampler.state_dict(),
+            "probe": self.probe,
+        }
+
+    def load(self, folder: Path) -> int:
+        """Restore a checkpoint and bring every engine to its weights; -> the next step."""
+        state = read_driver_state(folder)
+        self.roles.learner.load_checkpoint(str(folder / "learner"))
+        self.roles.sampler.load_state_dict(state["sampler"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.probe = state["probe"]
+        self.steps_done = state["step"]
+        self.version = state["version"] - 1
+        max_diff = self.sync_weights()  # the engines serve the checkpoint's weights, verified
+        logger.info(
+            "ppo: engines at weight version %d (max log-prob diff %.3g)", self.version, max_diff
+        )
+        return self.steps_done
 
     # ------------------------------------------------------------------ phases
 
@@ -264,6 +299,7 @@ class PPOTrainer:
             train_metrics = self.roles.learner.train(experience)
         with timer("sync"):
             max_diff = self.sync_weights()
+        self.steps_done = step + 1
         seq_kl = (exp["kl"] * mask).sum(-1)  # (B,)
         kl_coef = self.kl_ctl.value
         self.kl_ctl.update(seq_kl.mean().item(), len(seq_kl))
@@ -301,20 +337,74 @@ def _names(role: str, refs: list) -> list[str]:
     return [f"{role} {i}" for i in range(len(refs))]
 
 
+class RunStopped(RemoteError):
+    """The run was asked to stop (SIGTERM, e.g. `ray job stop`); a checkpoint was written."""
+
+
+class _StopOnSigterm:
+    """While active, SIGTERM only sets a flag; the loop checkpoints after the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        logger.warning("SIGTERM: stopping after this step, with a checkpoint")
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
 def run_ppo(cfg: Config) -> RunFolder:
-    """`instructray ppo`: start the actors, run run.steps PPO steps, save final/."""
+    """`instructray ppo`: start the actors, run run.steps PPO steps, save final/.
+
+    Checkpoints every run.save_every steps and on SIGTERM; run.resume continues from one."""
     from tqdm import tqdm
 
     folder = RunFolder(cfg, stage="ppo")
+    checkpoints = Checkpoints(folder.path, cfg.run.keep_last)
+    resume_from = checkpoints.resolve(cfg.run.resume)  # a bad path fails before any actor starts
     roles = Roles.start(cfg)
     try:
         folder.write_json("placement.json", roles.placement.nodes())
         trainer = PPOTrainer(cfg, roles)
-        bar = tqdm(range(cfg.run.steps), desc="ppo", unit="step", dynamic_ncols=True)
-        for step in bar:
-            metrics = trainer.step(step)
-            folder.log(metrics)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
+        first = 0
+        if resume_from is not None:
+            first = trainer.load(resume_from)
+            logger.info("ppo: resumed from %s at step %d", resume_from, first)
+        folder.truncate_metrics(first)  # rows of steps after the checkpoint (or a failed start)
+        bar = tqdm(
+            range(first, cfg.run.steps),
+            desc="ppo",
+            unit="step",
+            dynamic_ncols=True,
+            initial=first,
+            total=cfg.run.steps,
+        )
+        with _StopOnSigterm() as stop:
+            for step in bar:
+                metrics = trainer.step(step)
+                folder.log(metrics)
+                bar.set_postfix(
+                    reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}"
+                )
+                done = step + 1
+                every = cfg.run.save_every
+                if stop.requested or (every and done % every == 0):
+                    path = checkpoints.save(done, trainer.save)
+                    logger.info("ppo: checkpoint %s", path)
+                if stop.requested and done < cfg.run.steps:
+                    raise RunStopped(
+                        f"ppo: stopped by SIGTERM after step {done} of {cfg.run.steps}; "
+                        f"checkpoint {path}; continue with --run.resume=auto"
+                    )
         roles.learner.save_pretrained(str(folder.final_dir))
     finally:
         folder.close()

@@ -46,6 +46,15 @@ class RunFolder:
             self._metrics = MetricsLog(self._cfg, self.path, stage=self.stage)
         self._metrics.log(metrics)
 
+    def truncate_metrics(self, step: int) -> None:
+        """Drop the rows of steps >= step (written after the checkpoint a run resumes from)."""
+        if not self.metrics_path.exists():
+            return
+        rows = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) < step]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(self.metrics_path)
+
     def write_json(self, name: str, data: Any) -> None:
         (self.path / name).write_text(json.dumps(data, indent=1) + "\n")
 

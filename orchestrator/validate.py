@@ -177,6 +177,11 @@ def validate_config(cfg: Config, stage: str) -> None:
                 ", or a pipeline.labeler to rank the SFT model's samples" if stage != "rm" else ""
             )
             errors.append(f"data.rankings is empty: give a file or a Hub data set{hint}")
+    if stage in ("pipeline", "demo") and cfg.run.resume not in ("", "auto"):
+        errors.append(
+            f"run.resume = {cfg.run.resume}: a {stage} resumes with auto (finished stages are "
+            f"kept, a stopped PPO stage continues from its latest checkpoint)"
+        )
     if stage == "pipeline":
         pl = cfg.pipeline
         if pl.iterations < 1:

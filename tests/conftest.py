@@ -44,6 +44,9 @@ def ray_local(tmp_path_factory):
     """
     import ray
 
+    from orchestrator.cluster import loopback_only
+
+    loopback_only()  # every port of this Ray on 127.0.0.1, as the embedded default has it
     ray.init(
         address="local",
         num_cpus=8,

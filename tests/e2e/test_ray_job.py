@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from testdata import metrics_of
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
@@ -138,6 +139,36 @@ def head(tiny_dir):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _client(head: Head):
+    from ray.job_submission import JobSubmissionClient
+
+    token = Path(head.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    return JobSubmissionClient(head.address, headers={"Authorization": f"Bearer {token}"})
+
+
+def _submit(head: Head, job_id: str, *command: str) -> None:
+    done = head.run(
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        f"--address={head.address}",
+        f"--submission-id={job_id}",
+        "--runtime-env=deploy/runtime_env.yaml",
+        "--no-wait",
+        "--",
+        *command,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _wait_for(client, job_id: str, timeout_s: float = 600) -> str:
+    deadline = time.monotonic() + timeout_s
+    while (state := str(client.get_job_status(job_id).value)) not in TERMINAL:
+        assert time.monotonic() < deadline, f"job {job_id} still {state} after {timeout_s} s"
+        time.sleep(1)
+    return state
+
+
 def scrape(targets: list[str]) -> dict[str, list[tuple[dict[str, str], float]]]:
     """`instructray_` samples of every target: metric name -> [(labels, value)]."""
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
@@ -157,8 +188,6 @@ def scrape(targets: list[str]) -> dict[str, list[tuple[dict[str, str], float]]]:
 @pytest.fixture(scope="module")
 def pipeline_job(head, tiny_dir):
     """The tiny pipeline through `ray job submit`, its metrics scraped while it runs."""
-    from ray.job_submission import JobSubmissionClient
-
     job_id = f"pipeline-{secrets.token_hex(4)}"
     submitted = head.run(
         str(BIN / "ray"),
@@ -180,8 +209,7 @@ def pipeline_job(head, tiny_dir):
         "--rm.epochs=1",
     )
     assert submitted.returncode == 0, submitted.stderr
-    token = Path(head.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
-    client = JobSubmissionClient(head.address, headers={"Authorization": f"Bearer {token}"})
+    client = _client(head)
     seen: dict[str, list[tuple[dict[str, str], float]]] = {}
     deadline = time.monotonic() + 600
     while (state := str(client.get_job_status(job_id).value)) not in TERMINAL:
@@ -249,6 +277,10 @@ def test_instructray_status_logs_submit_and_stop(pipeline_job, head, tiny_dir):
     assert status.returncode == 0 and status.stdout.strip() == "SUCCEEDED", status.stderr
     logs = head.run(str(BIN / "instructray"), "logs", job_id, f"--address={head.address}")
     assert logs.returncode == 0 and "ppo" in logs.stdout
+    followed = head.run(
+        str(BIN / "instructray"), "logs", job_id, "--follow", f"--address={head.address}"
+    )  # a finished job: the stream ends with its last line
+    assert followed.returncode == 0 and "ppo" in followed.stdout
 
     submitted = head.run(
         str(BIN / "instructray"),
@@ -282,3 +314,38 @@ def test_job_api_refuses_a_client_without_the_token(head):
     )
     assert denied.returncode == 2
     assert "instructray status: error:" in denied.stderr
+
+
+def test_ray_job_stop_leaves_a_checkpoint_the_run_resumes_from(head, tiny_dir):
+    from orchestrator.checkpoints import Checkpoints, read_driver_state
+
+    out, client = head.run_dir / "sigterm", _client(head)
+    ppo = [
+        "instructray",
+        "ppo",
+        "--config=deploy/configs/ppo-tiny-cpu.yaml",
+        f"--model.tiny_dir={tiny_dir}",
+        f"--run.output_dir={out}",
+    ]
+    job_id = f"sigterm-{secrets.token_hex(4)}"
+    _submit(head, job_id, *ppo, "--run.steps=1000")
+    deadline = time.monotonic() + 300
+    while not (out / "metrics.jsonl").exists() or len(metrics_of(out)) < 2:
+        assert str(client.get_job_status(job_id).value) in ("PENDING", "RUNNING")
+        assert time.monotonic() < deadline, "the PPO job made no 2 steps in 300 s"
+        time.sleep(0.5)
+    stopped = head.run(str(BIN / "ray"), "job", "stop", f"--address={head.address}", job_id)
+    assert stopped.returncode == 0, stopped.stderr
+    assert _wait_for(client, job_id, 180) == "STOPPED"
+    logs = client.get_job_logs(job_id)
+    assert "stopped by SIGTERM after step" in logs, logs[-2000:]
+    latest = Checkpoints(out, 2).latest()
+    assert latest is not None and not (out / "final").exists()
+    step = read_driver_state(latest)["step"]
+    assert step >= 2 and [r["step"] for r in metrics_of(out)] == list(range(step))
+
+    again = f"resume-{secrets.token_hex(4)}"
+    _submit(head, again, *ppo, f"--run.steps={step + 2}", "--run.resume=auto")
+    assert _wait_for(client, again) == "SUCCEEDED", client.get_job_logs(again)[-3000:]
+    assert [r["step"] for r in metrics_of(out)] == list(range(step + 2))
+    assert (out / "final" / "model.safetensors").exists()
