@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -11,6 +11,10 @@ import ray
 
 class RemoteError(RuntimeError):
     """A remote call failed or did not answer in time; the message names phase and actor."""
+
+
+class ActorRestarted(RuntimeError):
+    """Raised by a restarted actor that lacks state the caller expects (e.g. weights)."""
 
 
 def _cause(err: Exception) -> str:
@@ -27,11 +31,14 @@ def wait_all(
     names: Sequence[str],
     timeout_s: float,
     fetch: Sequence[bool] | None = None,
+    retry: Callable[[int], Any] | None = None,
 ) -> list[Any]:
     """Results of refs within timeout_s; names[i] labels refs[i] in errors ("rollout engine 0").
 
     The first remote error fails at once (the others may be blocked in a collective waiting for
-    it). Where fetch[i] is False, refs[i] is returned unfetched once it is ready.
+    it). Where fetch[i] is False, refs[i] is returned unfetched once it is ready. With retry,
+    the death of the actor behind refs[i] calls retry(i), which brings the restarted actor back
+    and returns a new ref for the same work (its wait starts afresh).
     """
     fetch = fetch or [True] * len(refs)
     index = {ref: i for i, ref in enumerate(refs)}
@@ -50,8 +57,33 @@ def wait_all(
             continue
         try:
             results[i] = ray.get(ready[0], timeout=max(left, 1.0))  # ready: returns at once
-        except ray.exceptions.RayActorError as e:
-            raise RemoteError(f"{phase}: {names[i]} died: {_cause(e)}") from None
         except ray.exceptions.RayError as e:
-            raise RemoteError(f"{phase}: {names[i]} failed: {_cause(e)}") from None
+            died = isinstance(e, ray.exceptions.RayActorError)
+            restarted = isinstance(getattr(e, "cause", None), ActorRestarted)
+            if retry is None or not (died or restarted):
+                what = "died" if died else "failed"
+                raise RemoteError(f"{phase}: {names[i]} {what}: {_cause(e)}") from None
+            again = retry(i)  # the actor is back: the same work again, with a fresh wait
+            index[again] = i
+            pending.append(again)
+            deadline = max(deadline, time.monotonic() + timeout_s)
     return [results[i] for i in range(len(refs))]
+
+
+def wait_alive(actor: Any, phase: str, name: str, timeout_s: float) -> None:
+    """Wait until a restarting actor serves again (its constructor ran) or fail naming it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=max(left, 1.0))
+            return
+        except ray.exceptions.ActorUnavailableError:  # still restarting: ask again shortly
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        except ray.exceptions.GetTimeoutError:
+            break
+        except ray.exceptions.RayActorError as e:
+            raise RemoteError(f"{phase}: {name} died: {_cause(e)}") from None
+    raise RemoteError(f"{phase}: {name} did not come back within {timeout_s:g} s")

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from actors.faults import maybe_die
+from actors.remote import ActorRestarted
 from orchestrator.metrics import report_throughput
 
 logger = logging.getLogger(__name__)
@@ -135,6 +137,12 @@ class RolloutActor:
         """
         from vllm import SamplingParams
 
+        maybe_die("rollout", "generate")
+        if sampling.get("version", self._version) != self._version:
+            raise ActorRestarted(
+                f"engine holds weight version {self._version}, the driver expects "
+                f"{sampling['version']} (restarted since the last sync)"
+            )
         _check_lengths(prompt_ids, self.max_model_len, "prompt")
         seed = sampling["seed"]
         base = dict(
@@ -195,6 +203,7 @@ class RolloutActor:
 
     def update_weights(self, version: int, weights: bytes) -> int:
         """Load a full policy state dict (safetensors bytes) as `version`; versions must rise."""
+        maybe_die("rollout", "sync")
         self._check_version(version)
         self._llm.collective_rpc("load_weights_from_bytes", args=(weights,))
         self._version = version

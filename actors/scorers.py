@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from actors.faults import maybe_die
 from actors.sequences import SequenceBatch, make_sequence_batch, response_logprobs, sequence_scores
 from orchestrator.metrics import report_throughput
 
@@ -97,6 +98,7 @@ class RewardActor:
 
     def score(self, batch: SequenceBatch, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """One score per sequence, normalized with the RM's saved stats when asked. -> (B,)."""
+        maybe_die("reward", "score")
         n = batch.input_ids.shape[0]
         if self.fn is not None:
             try:
@@ -135,6 +137,7 @@ class ReferenceActor:
     @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         """ref_logprobs of the response tokens. -> (B, R) float32."""
+        maybe_die("reference", "score")
         n, start = batch.input_ids.shape[0], time.perf_counter()
         chunks = [
             response_logprobs(

@@ -12,6 +12,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.faults import ENV as FAULT_ENV
 from orchestrator.config import Config
 from orchestrator.metrics import RUN_ENV, run_label
 
@@ -91,6 +92,7 @@ class Slot:
     bundle: int
     resources: dict[str, float]
     env: dict[str, str] = field(default_factory=dict)  # the actor's environment variables
+    max_restarts: int = 0  # Ray restarts a dead actor (its constructor runs again) this often
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for `ActorClass.options(...)`."""
@@ -101,6 +103,7 @@ class Slot:
             "num_cpus": self.resources.get("CPU", 0),
             "num_gpus": self.resources.get("GPU", 0),
             "scheduling_strategy": strategy,
+            "max_restarts": self.max_restarts,
         }
         env = dict(self.env)
         if not options["num_gpus"]:
@@ -119,6 +122,12 @@ def _merge(bundles: list[dict[str, float]], index: int, request: dict[str, float
         bundles[index][k] = bundles[index].get(k, 0.0) + v
 
 
+def _restarts(cfg: Config, role: str) -> int:
+    """Rollout, reward and reference actors are restarted in the run; learner ranks are not
+    (a rank that dies stops the run; it resumes from its latest checkpoint)."""
+    return 0 if role == "learner" else max(cfg.run.max_actor_restarts, 0)
+
+
 class Placement:
     """Placement groups for all roles; `slots[role][i]` places actor i of that role."""
 
@@ -127,6 +136,8 @@ class Placement:
         self.slots: dict[str, list[Slot]] = {}
         requests = role_requests(cfg)
         env = {RUN_ENV: run_label(cfg)}  # actors label their own metrics with the run
+        if os.environ.get(FAULT_ENV):  # tests inject faults through it (actors/faults.py)
+            env[FAULT_ENV] = os.environ[FAULT_ENV]
         if cfg.run.colocate:
             bundles: list[dict[str, float]] = []
             for reqs in requests.values():
@@ -135,7 +146,7 @@ class Placement:
             pg = placement_group(bundles, strategy="PACK", name="instructray-colocated")
             self.groups.append(pg)
             self.slots = {
-                role: [Slot(pg, i, r, env) for i, r in enumerate(reqs)]
+                role: [Slot(pg, i, r, env, _restarts(cfg, role)) for i, r in enumerate(reqs)]
                 for role, reqs in requests.items()
             }
         else:
@@ -143,7 +154,9 @@ class Placement:
                 strategy = cfg.rollout.placement_strategy if role == "rollout" else "PACK"
                 pg = placement_group(list(reqs), strategy=strategy, name=f"instructray-{role}")
                 self.groups.append(pg)
-                self.slots[role] = [Slot(pg, i, r, env) for i, r in enumerate(reqs)]
+                self.slots[role] = [
+                    Slot(pg, i, r, env, _restarts(cfg, role)) for i, r in enumerate(reqs)
+                ]
         self._wait(requests, cfg.run.timeout_s)
 
     def _wait(self, requests: dict[str, list[dict[str, float]]], timeout_s: float) -> None:

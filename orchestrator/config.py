@@ -302,6 +302,9 @@ class RunConfig:
     wandb_project: str = param(
         "", "Also log metrics to this W&B project (needs wandb; WANDB_MODE=offline works)."
     )
+    max_actor_restarts: int = param(
+        3, "Restarts of rollout, reward and reference actors in one PPO run before it stops."
+    )
     max_failures: int = param(
         1, "Restarts of a failed SFT / RM worker group (Ray Train FailureConfig); -1 = no limit."
     )

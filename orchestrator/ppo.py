@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 import kernels
-from actors.remote import RemoteError, wait_all
+from actors.faults import kills_at
+from actors.remote import RemoteError, wait_alive, wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
 from orchestrator.checkpoints import Checkpoints, read_driver_state
 from orchestrator.config import Config
@@ -97,6 +98,85 @@ class PPOTrainer:
         if cfg.rollout.weight_sync != "object_store":
             self.open_weight_group()
 
+    # ------------------------------------------------------------------ faults
+
+    def _start(self, role: str, method: str, args: list[tuple]) -> tuple[list[Any], Any]:
+        """Call `method` on actor i of role with args[i] -> (refs, call), call(i) redoes one."""
+        actors = self._actors(role)
+
+        def call(i: int) -> Any:
+            return getattr(actors[i], method).remote(*args[i])
+
+        return [call(i) for i in range(len(args))], call
+
+    def _wait(self, role: str, phase: str, refs: list[Any], call: Any) -> list[Any]:
+        """Results of _start's refs; an actor that died or restarted is recovered and redone."""
+        name = "rollout engine" if role == "rollout" else role
+        return wait_all(
+            refs, phase, _names(name, refs), self.cfg.run.timeout_s, self._retry(role, call)
+        )
+
+    def _retry(self, role: str, call: Any) -> Any:
+        """A wait_all retry: recover actor i of role after it died, then redo its call."""
+
+        def retry(i: int) -> Any:
+            self._recover(role, i)
+            return call(i)
+
+        return retry
+
+    def actor_restarts(self) -> int:
+        """Restarts of the rollout, reward and reference actors so far, as Ray's GCS counts them
+        (also those Ray made before any call noticed)."""
+        from ray._private.state import actors as actor_table
+
+        total = 0
+        for role in ("rollout", "reward", "reference"):
+            for actor in self._actors(role):
+                total += int(actor_table(actor._actor_id.hex()).get("NumRestarts", 0))
+        return total
+
+    def _inject(self, phase: str, step: int) -> None:
+        """Test hook (actors/faults.py): kill actor 0 of a role as the step enters phase."""
+        import ray
+
+        for role in kills_at(phase, step):
+            ray.kill(self._actors(role)[0], no_restart=False)
+
+    def _actors(self, role: str) -> list[Any]:
+        return {
+            "rollout": self.roles.engines,
+            "reward": self.roles.rewards,
+            "reference": self.roles.references,
+            "learner": self.roles.learner.actors,
+        }[role]
+
+    def _recover(self, role: str, i: int) -> None:
+        """Wait for Ray to restart actor i of role (its constructor reloads the model); a rollout
+        engine then receives the current weights, under the current version, before it serves."""
+        actor = self._actors(role)[i]
+        name = f"{'rollout engine' if role == 'rollout' else role} {i}"
+        logger.warning("%s died or was restarted; recovering it", name)
+        timeout = self.cfg.run.start_timeout_s
+        try:
+            wait_alive(actor, "restart", name, timeout)
+        except RemoteError as e:
+            raise RemoteError(
+                f"{e} (restarted up to run.max_actor_restarts = "
+                f"{self.cfg.run.max_actor_restarts} times); continue from the latest checkpoint "
+                f"with --run.resume=auto"
+            ) from None
+        if role == "rollout" and self.version > 0:
+            if self.cfg.rollout.weight_sync != "object_store":
+                raise RemoteError(
+                    f"{name} was restarted but cannot rejoin the broadcast weight group; use "
+                    f"rollout.weight_sync = object_store to survive engine failures"
+                )
+            weights = self.roles.learner.export_weights()
+            wait_all(
+                [actor.update_weights.remote(self.version, weights)], "restart", [name], timeout
+            )
+
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, folder: Path) -> dict[str, Any]:
@@ -135,8 +215,8 @@ class PPOTrainer:
         # Balanced by load: each prompt costs its tokens plus the most its samples may add.
         loads = [len(prompts.token_ids[i]) + r.max_new_tokens for i in prompt_idx]
         parts = split_by_load(loads, len(engines))
-        refs = []
-        for e, (engine, part) in enumerate(zip(engines, parts, strict=True)):
+        calls = []
+        for e, part in enumerate(parts):
             sampling = {
                 "n": r.samples_per_prompt,
                 "max_tokens": r.max_new_tokens,
@@ -147,11 +227,12 @@ class PPOTrainer:
                 "stop_token_ids": [self.roles.tokenizer.eos_token_id],
                 "ignore_eos": r.ignore_eos,
                 "seed": self.cfg.run.seed * 100_003 + step * 1009 + e,
+                "version": self.version,  # a restarted engine holds older weights: it refuses
             }
-            ids = [prompts.token_ids[prompt_idx[i]] for i in part]
-            refs.append(engine.generate.remote(ids, sampling))
-        names = [f"rollout engine {e}" for e in range(len(engines))]
-        outs = wait_all(refs, "generate", names, self.cfg.run.timeout_s)
+            calls.append(([prompts.token_ids[prompt_idx[i]] for i in part], sampling))
+
+        refs, call = self._start("rollout", "generate", calls)
+        outs = self._wait("rollout", "generate", refs, call)
         keys = ("response_ids", "logprobs", "finish_reasons")
         merged: dict[str, list] = {k: [] for k in ("prompt", "prompt_ids", *keys)}
         for out, part in zip(outs, parts, strict=True):
@@ -175,25 +256,25 @@ class PPOTrainer:
         self, batch: SequenceBatch, prompts: list[str], responses: list[str], with_logprobs: bool
     ):
         """Reward scores, reference log-probs, values (and old log-probs), in parallel."""
-        timeout, n = self.cfg.run.timeout_s, batch.input_ids.shape[0]
+        n = batch.input_ids.shape[0]
         reward_parts = split_evenly(n, len(self.roles.rewards))
         ref_parts = split_evenly(n, len(self.roles.references))
-        reward_refs = [
-            a.score.remote(
+        reward_args = [
+            (
                 batch.select(slice(part.start, part.stop)),
                 prompts[part.start : part.stop],
                 responses[part.start : part.stop],
             )
-            for a, part in zip(self.roles.rewards, reward_parts, strict=True)
+            for part in reward_parts
         ]
-        ref_refs = [
-            a.logprobs.remote(batch.select(slice(part.start, part.stop)))
-            for a, part in zip(self.roles.references, ref_parts, strict=True)
-        ]
+        ref_args = [(batch.select(slice(part.start, part.stop)),) for part in ref_parts]
+
+        reward_refs, reward_call = self._start("reward", "score", reward_args)
+        ref_refs, ref_call = self._start("reference", "logprobs", ref_args)
         # The learner call blocks; the scorers above already run meanwhile.
         learner_out = self.roles.learner.logprobs_and_values(batch, with_logprobs)
-        scores = wait_all(reward_refs, "score", _names("reward", reward_refs), timeout)
-        ref_lp = wait_all(ref_refs, "reference", _names("reference", ref_refs), timeout)
+        scores = self._wait("reward", "score", reward_refs, reward_call)
+        ref_lp = self._wait("reference", "reference", ref_refs, ref_call)
         return torch.cat(scores), torch.cat(ref_lp), learner_out
 
     def open_weight_group(self) -> None:
@@ -216,26 +297,29 @@ class PPOTrainer:
         """Push the learner's weights to every engine (new version), then verify; -> max diff."""
         self.version += 1
         engines, learner = self.roles.engines, self.roles.learner
+        retry = None
         if self.cfg.rollout.weight_sync == "object_store":
             weights = learner.export_weights()  # ObjectRef: one copy in the object store
             refs = [e.update_weights.remote(self.version, weights) for e in engines]
             names = _names("rollout engine", refs)
+            # A restarted engine gets this version while it recovers; then only confirm it.
+            retry = self._retry("rollout", lambda i: engines[i].version.remote())
         else:
             refs = [e.receive_weights.remote(self.version) for e in engines]
             sends = learner.broadcast_weights(self.version)
             names = _names("rollout engine", refs) + _names("learner rank", sends)
             refs += sends
-        wait_all(refs, "weight sync", names, self.cfg.run.timeout_s)
+        wait_all(refs, "weight sync", names, self.cfg.run.timeout_s, retry=retry)
         return self.verify_sync()
 
     def verify_sync(self) -> float:
         """Max |engine - learner| log-prob over the probe batch; stops the run past threshold."""
         assert self.probe is not None
-        refs = [e.prompt_logprobs.remote(self.probe) for e in self.roles.engines]
-        learner_lp = self.roles.learner.probe_logprobs(self.probe)
-        engine_lps = wait_all(
-            refs, "sync check", _names("rollout engine", refs), self.cfg.run.timeout_s
+        refs, call = self._start(
+            "rollout", "prompt_logprobs", [(self.probe,)] * len(self.roles.engines)
         )
+        learner_lp = self.roles.learner.probe_logprobs(self.probe)
+        engine_lps = self._wait("rollout", "sync check", refs, call)
         diff = 0.0
         for engine_lp in engine_lps:
             for a, b in zip(engine_lp, learner_lp, strict=True):
@@ -255,6 +339,7 @@ class PPOTrainer:
         timer, cfg = PhaseTimer(), self.cfg
         tok = self.roles.tokenizer
         start = time.perf_counter()
+        self._inject("generate", step)
         with timer("generate"):
             prompt_idx = self.roles.sampler.next_batch()
             gen = self.generate(step, prompt_idx)
@@ -270,6 +355,7 @@ class PPOTrainer:
             first["data/prompts"] = len(prompts)
             first.update({f"data/skipped/{k}": v for k, v in prompts.skipped.items()})
             first.update({f"data/curation/{k}": v for k, v in prompts.curation.items()})
+        self._inject("score", step)
         with timer("score"):
             from_rollout = self.old_logprobs_from_rollout()
             scores, ref_logprobs, learner_out = self.score(
@@ -288,6 +374,7 @@ class PPOTrainer:
                 mask,
                 self.kl_ctl.value,
             )
+        self._inject("train", step)
         with timer("train"):
             experience = {
                 **vars(batch),
@@ -297,6 +384,7 @@ class PPOTrainer:
                 "returns": exp["returns"],
             }
             train_metrics = self.roles.learner.train(experience)
+        self._inject("sync", step)
         with timer("sync"):
             max_diff = self.sync_weights()
         self.steps_done = step + 1
@@ -317,6 +405,7 @@ class PPOTrainer:
             / len(lengths),
             **train_metrics,
             "weight_sync/version": self.version,
+            "actor_restarts": self.actor_restarts(),
             "weight_sync/max_logprob_diff": max_diff,
             **first,
             **timer.metrics(),
