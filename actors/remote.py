@@ -13,6 +13,14 @@ class RemoteError(RuntimeError):
     """A remote call failed or did not answer in time; the message names phase and actor."""
 
 
+class ActorDied(RemoteError):
+    """An actor's process died during a call; `phase` and `name` say which and where."""
+
+    def __init__(self, message: str, phase: str, name: str):
+        super().__init__(message)
+        self.phase, self.name = phase, name
+
+
 class ActorRestarted(RuntimeError):
     """Raised by a restarted actor that lacks state the caller expects (e.g. weights)."""
 
@@ -60,9 +68,11 @@ def wait_all(
         except ray.exceptions.RayError as e:
             died = isinstance(e, ray.exceptions.RayActorError)
             restarted = isinstance(getattr(e, "cause", None), ActorRestarted)
+            if died and retry is None:
+                message = f"{phase}: {names[i]} died: {_cause(e)}"
+                raise ActorDied(message, phase, names[i]) from None
             if retry is None or not (died or restarted):
-                what = "died" if died else "failed"
-                raise RemoteError(f"{phase}: {names[i]} {what}: {_cause(e)}") from None
+                raise RemoteError(f"{phase}: {names[i]} failed: {_cause(e)}") from None
             again = retry(i)  # the actor is back: the same work again, with a fresh wait
             index[again] = i
             pending.append(again)

@@ -20,7 +20,7 @@ import torch
 
 import kernels
 from actors.faults import kills_at
-from actors.remote import RemoteError, wait_alive, wait_all
+from actors.remote import ActorDied, RemoteError, wait_alive, wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
 from orchestrator.checkpoints import Checkpoints, read_driver_state
 from orchestrator.config import Config
@@ -113,7 +113,7 @@ class PPOTrainer:
         """Results of _start's refs; an actor that died or restarted is recovered and redone."""
         name = "rollout engine" if role == "rollout" else role
         return wait_all(
-            refs, phase, _names(name, refs), self.cfg.run.timeout_s, self._retry(role, call)
+            refs, phase, _names(name, refs), self.cfg.run.timeout_s, retry=self._retry(role, call)
         )
 
     def _retry(self, role: str, call: Any) -> Any:
@@ -135,6 +135,21 @@ class PPOTrainer:
             for actor in self._actors(role):
                 total += int(actor_table(actor._actor_id.hex()).get("NumRestarts", 0))
         return total
+
+    def rebuild_learner(self, checkpoint: Path) -> int:
+        """A learner rank died: start a new group in the same placement bundles, load the
+        checkpoint into it and bring the engines to its weights; -> the step to redo from."""
+        from actors.learner import LearnerGroup
+
+        if self.cfg.rollout.weight_sync != "object_store":
+            raise RemoteError(
+                "a rebuilt learner cannot rejoin the broadcast weight group; use "
+                "rollout.weight_sync = object_store to survive learner failures"
+            )
+        self.roles.learner.shutdown()
+        slots = self.roles.placement.slots["learner"]
+        self.roles.learner = LearnerGroup(self.cfg, [s.options() for s in slots])
+        return self.load(checkpoint)
 
     def _inject(self, phase: str, step: int) -> None:
         """Test hook (actors/faults.py): kill actor 0 of a role as the step enters phase."""
@@ -199,7 +214,8 @@ class PPOTrainer:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.probe = state["probe"]
         self.steps_done = state["step"]
-        self.version = state["version"] - 1
+        # Engines only take rising versions: after a rebuilt learner they already hold newer ones.
+        self.version = max(self.version, state["version"] - 1)
         max_diff = self.sync_weights()  # the engines serve the checkpoint's weights, verified
         logger.info(
             "ppo: engines at weight version %d (max log-prob diff %.3g)", self.version, max_diff
@@ -451,6 +467,26 @@ class _StopOnSigterm:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _rebuild_learner(
+    cfg: Config, trainer: PPOTrainer, checkpoints: Checkpoints, error: ActorDied, count: int
+) -> int:
+    """A learner rank died: rebuild the group from the latest checkpoint; -> the step to redo
+    from. Without a checkpoint, or past run.max_actor_restarts, the run stops saying so."""
+    latest = checkpoints.latest()
+    if latest is None:
+        raise RemoteError(
+            f"{error}; no checkpoint to rebuild the learner from (set run.save_every to "
+            f"survive learner failures)"
+        ) from None
+    if count > cfg.run.max_actor_restarts:
+        raise RemoteError(
+            f"{error}; the learner was already rebuilt {count - 1} time(s) "
+            f"(run.max_actor_restarts); continue with --run.resume=auto"
+        ) from None
+    logger.warning("%s; rebuilding the learner from %s", error, latest)
+    return trainer.rebuild_learner(latest)
+
+
 def run_ppo(cfg: Config) -> RunFolder:
     """`instructray ppo`: start the actors, run run.steps PPO steps, save final/.
 
@@ -470,17 +506,29 @@ def run_ppo(cfg: Config) -> RunFolder:
             logger.info("ppo: resumed from %s at step %d", resume_from, first)
         folder.truncate_metrics(first)  # rows of steps after the checkpoint (or a failed start)
         bar = tqdm(
-            range(first, cfg.run.steps),
             desc="ppo",
             unit="step",
             dynamic_ncols=True,
             initial=first,
             total=cfg.run.steps,
         )
+        rebuilds = 0
         with _StopOnSigterm() as stop:
-            for step in bar:
-                metrics = trainer.step(step)
+            step = first
+            while step < cfg.run.steps:
+                try:
+                    metrics = trainer.step(step)
+                except ActorDied as e:
+                    if not e.phase.startswith("learner"):
+                        raise
+                    rebuilds += 1
+                    step = _rebuild_learner(cfg, trainer, checkpoints, e, rebuilds)
+                    folder.truncate_metrics(step)  # the steps after the checkpoint are redone
+                    bar.n = step
+                    continue
+                metrics["learner_rebuilds"] = rebuilds
                 folder.log(metrics)
+                bar.update(1)
                 bar.set_postfix(
                     reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}"
                 )
@@ -494,6 +542,8 @@ def run_ppo(cfg: Config) -> RunFolder:
                         f"ppo: stopped by SIGTERM after step {done} of {cfg.run.steps}; "
                         f"checkpoint {path}; continue with --run.resume=auto"
                     )
+                step = done
+            bar.close()
         roles.learner.save_pretrained(str(folder.final_dir))
     finally:
         folder.close()

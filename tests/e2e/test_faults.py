@@ -96,6 +96,32 @@ def test_a_learner_rank_that_dies_stops_the_run_naming_it(
     (tmp_path / "markers").mkdir()
     monkeypatch.setenv(ENV, f"kill:learner:train:1@{tmp_path / 'markers'}")
     cfg = config(tiny_dir, tmp_path / "run", "--run.steps=3")
-    with pytest.raises(RemoteError, match=r"learner train: rank 0 died"):
+    with pytest.raises(RemoteError, match=r"learner train: rank 0 died.*set run\.save_every"):
         run_ppo(cfg)
     assert not (tmp_path / "run" / "final").exists()
+
+
+LEARNER_FAULTS = [
+    "kill:learner:generate:2",
+    "kill:learner:score:5",
+    "kill:learner:train:8",
+    "kill:learner:sync:11",
+]
+
+
+def test_a_learner_killed_in_each_phase_is_rebuilt_from_its_checkpoint(
+    runs, tiny_dir, tmp_path, monkeypatch
+):
+    clean, _, _ = runs
+    (tmp_path / "markers").mkdir()
+    monkeypatch.setenv(ENV, ",".join(LEARNER_FAULTS) + f"@{tmp_path / 'markers'}")
+    out = tmp_path / "run"
+    run_ppo(config(tiny_dir, out, "--run.save_every=1", "--run.max_actor_restarts=4"))
+    assert len(list((tmp_path / "markers").iterdir())) == len(LEARNER_FAULTS)
+    rows = metrics_of(out)
+    assert [r["step"] for r in rows] == list(range(STEPS))  # redone steps replace their rows
+    assert rows[-1]["learner_rebuilds"] == len(LEARNER_FAULTS)
+    a = load_file(str(clean / "final" / "model.safetensors"))
+    b = load_file(str(out / "final" / "model.safetensors"))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
