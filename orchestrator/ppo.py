@@ -513,7 +513,8 @@ def run_ppo(cfg: Config) -> RunFolder:
             total=cfg.run.steps,
         )
         rebuilds = 0
-        with _StopOnSigterm() as stop:
+        # The bar closes before an error is printed, so the error stays the last line.
+        with bar, _StopOnSigterm() as stop:
             step = first
             while step < cfg.run.steps:
                 try:
@@ -543,7 +544,6 @@ def run_ppo(cfg: Config) -> RunFolder:
                         f"checkpoint {path}; continue with --run.resume=auto"
                     )
                 step = done
-            bar.close()
         roles.learner.save_pretrained(str(folder.final_dir))
     finally:
         folder.close()

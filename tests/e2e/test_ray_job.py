@@ -244,8 +244,8 @@ def test_prometheus_shows_the_runs_metrics_with_sane_values(pipeline_job):
     driver = {"run": "jobtest", "role": "driver", "stage": "ppo"}
     rewards = _values(seen, "instructray_reward_mean", **driver)
     assert rewards and all(math.isfinite(v) for v in rewards)
-    assert all(v >= 0 for v in _values(seen, "instructray_kl_mean", **driver))
-    assert _values(seen, "instructray_kl_mean", **driver)
+    kl = _values(seen, "instructray_kl_mean", **driver)  # k1: a batch mean may dip below 0
+    assert kl and all(math.isfinite(v) and -1 < v < 10 for v in kl)
     assert all(0 < v < 60 for v in _values(seen, "instructray_timing_generate", **driver))
     diffs = _values(seen, "instructray_weight_sync_max_logprob_diff", **driver)
     assert diffs and max(diffs) < 1e-3
