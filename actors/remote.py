@@ -45,8 +45,9 @@ def wait_all(
 
     The first remote error fails at once (the others may be blocked in a collective waiting for
     it). Where fetch[i] is False, refs[i] is returned unfetched once it is ready. With retry,
-    the death of the actor behind refs[i] calls retry(i), which brings the restarted actor back
-    and returns a new ref for the same work (its wait starts afresh).
+    the death of the actor behind refs[i] (or its ActorRestarted refusal) calls retry(i), which
+    brings the restarted actor back and returns a new ref for the same work (a fresh wait).
+    Without retry, a death raises ActorDied.
     """
     fetch = fetch or [True] * len(refs)
     index = {ref: i for i, ref in enumerate(refs)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shlex
 import sys
@@ -37,8 +38,6 @@ class JobError(Exception):
 
 def address_of(explicit: str | None) -> str:
     """The job API address: the flag, else RAY_ADDRESS when it is an http(s) address, else local."""
-    import os
-
     if explicit:
         return explicit
     env = os.environ.get("RAY_ADDRESS", "")

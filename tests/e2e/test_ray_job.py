@@ -189,15 +189,9 @@ def scrape(targets: list[str]) -> dict[str, list[tuple[dict[str, str], float]]]:
 def pipeline_job(head, tiny_dir):
     """The tiny pipeline through `ray job submit`, its metrics scraped while it runs."""
     job_id = f"pipeline-{secrets.token_hex(4)}"
-    submitted = head.run(
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        f"--address={head.address}",
-        f"--submission-id={job_id}",
-        "--runtime-env=deploy/runtime_env.yaml",
-        "--no-wait",
-        "--",
+    _submit(
+        head,
+        job_id,
         "instructray",
         "pipeline",
         "--config=deploy/configs/pipeline-tiny-cpu.yaml",
@@ -208,7 +202,6 @@ def pipeline_job(head, tiny_dir):
         "--sft.epochs=1",
         "--rm.epochs=1",
     )
-    assert submitted.returncode == 0, submitted.stderr
     client = _client(head)
     seen: dict[str, list[tuple[dict[str, str], float]]] = {}
     deadline = time.monotonic() + 600
