@@ -39,15 +39,15 @@ def wait_all(
     names: Sequence[str],
     timeout_s: float,
     fetch: Sequence[bool] | None = None,
-    retry: Callable[[int], Any] | None = None,
+    retry: Callable[[int, Exception], Any] | None = None,
 ) -> list[Any]:
     """Results of refs within timeout_s; names[i] labels refs[i] in errors ("rollout engine 0").
 
     The first remote error fails at once (the others may be blocked in a collective waiting for
     it). Where fetch[i] is False, refs[i] is returned unfetched once it is ready. With retry,
-    the death of the actor behind refs[i] (or its ActorRestarted refusal) calls retry(i), which
-    brings the restarted actor back and returns a new ref for the same work (a fresh wait).
-    Without retry, a death raises ActorDied.
+    the death of the actor behind refs[i] (or its ActorRestarted refusal) calls retry(i, error),
+    which brings the restarted actor back (or raises) and returns a new ref for the same work
+    (a fresh wait). Without retry, a death raises ActorDied.
     """
     fetch = fetch or [True] * len(refs)
     index = {ref: i for i, ref in enumerate(refs)}
@@ -74,7 +74,7 @@ def wait_all(
                 raise ActorDied(message, phase, names[i]) from None
             if retry is None or not (died or restarted):
                 raise RemoteError(f"{phase}: {names[i]} failed: {_cause(e)}") from None
-            again = retry(i)  # the actor is back: the same work again, with a fresh wait
+            again = retry(i, e)  # the actor is back: the same work again, with a fresh wait
             index[again] = i
             pending.append(again)
             deadline = max(deadline, time.monotonic() + timeout_s)

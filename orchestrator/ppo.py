@@ -119,7 +119,14 @@ class PPOTrainer:
     def _retry(self, role: str, call: Any) -> Any:
         """A wait_all retry: recover actor i of role after it died, then redo its call."""
 
-        def retry(i: int) -> Any:
+        def retry(i: int, error: Exception) -> Any:
+            # An engine's weight update fails too when the learner rank that exported the weights
+            # died: that is the learner's failure (rebuilt from a checkpoint), not the engine's.
+            dead = getattr(error, "actor_id", None)
+            ranks = [a._actor_id.hex() for a in self.roles.learner.actors]
+            if dead in ranks:
+                name = f"rank {ranks.index(dead)}"
+                raise ActorDied(f"learner sync: {name} died", "learner sync", name) from None
             self._recover(role, i)
             return call(i)
 
