@@ -165,14 +165,36 @@ def build_engine(
     if learner_cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     config = deepspeed_config(learner_cfg, micro_batch_size, grad_accum, dtype)
-    config["optimizer"] = _optimizer_config(learner_cfg, lr)
+    groups = _param_groups(model, learner_cfg.weight_decay)
+    optimizer = None
+    if learner_cfg.zero_stage == 0 and dtype == "float32":
+        # The one DeepSpeed path that steps on non-finite gradients; ZeRO-1/2/3, bf16 and fp16
+        # skip such a step themselves.
+        optimizer = SkipNonFiniteAdamW(groups, lr=lr, weight_decay=learner_cfg.weight_decay)
+    else:
+        config["optimizer"] = _optimizer_config(learner_cfg, lr)
     engine, *_ = deepspeed.initialize(
         model=model,
-        model_parameters=_param_groups(model, learner_cfg.weight_decay),
+        model_parameters=groups,
+        optimizer=optimizer,
         config=config,
         lr_scheduler=functools.partial(_warmup_scheduler, warmup_steps=learner_cfg.warmup_steps),
     )
     return engine
+
+
+class SkipNonFiniteAdamW(torch.optim.AdamW):
+    """AdamW that leaves the weights and its state alone when a gradient is not finite, and says
+    so in `overflow`, which DeepSpeed reads (no scheduler step, `was_step_applied()` False).
+    ZeRO-0 all-reduces the gradients before the step: every rank decides the same."""
+
+    overflow = False
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        self.overflow = not all(bool(torch.isfinite(g).all()) for g in grads)
+        return None if self.overflow else super().step(closure)
 
 
 class _ZeRO3Marker:

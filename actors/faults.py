@@ -1,8 +1,9 @@
-"""Test-only fault injection: actors that die at a chosen call or phase, once each.
+"""Test-only fault injection: actors that die, or compute non-finite numbers, once each.
 
 INSTRUCTRAY_FAULT="FAULT[,FAULT...]@MARKER_DIR", each FAULT one of
 - `ROLE:METHOD:N`: the first actor of ROLE to reach its N-th call of METHOD (counted per
   process, from 1) exits at once, as a crash would (`os._exit`, no cleanup);
+- `nan:ROLE:METHOD:N`: that call computes a non-finite number (where the method says);
 - `kill:ROLE:PHASE:STEP`: the driver kills actor 0 of ROLE (`ray.kill`, Ray may restart it) as
   PPO step STEP enters PHASE (generate, score, train, sync), while the actor may be idle.
 A marker file in MARKER_DIR makes each fault fire once per run, so a restarted actor serves
@@ -19,20 +20,27 @@ ENV = "INSTRUCTRAY_FAULT"
 _calls: dict[tuple[str, str], int] = {}
 
 
-def maybe_die(role: str, method: str) -> None:
+def inject(role: str, method: str) -> bool:
+    """Count a call of role.method; die here if a fault says so. -> whether this call should
+    compute a non-finite number (a `nan:` fault)."""
     spec = os.environ.get(ENV, "")
     if not spec:
-        return
+        return False
     key = (role, method)
     _calls[key] = _calls.get(key, 0) + 1
     faults, _, marker_dir = spec.partition("@")
+    poison = False
     for fault in faults.split(","):
         if fault.startswith("kill:"):
             continue
-        want_role, want_method, n = fault.split(":")
+        nan = fault.startswith("nan:")
+        want_role, want_method, n = fault.removeprefix("nan:").split(":")
         if (want_role, want_method) == key and int(n) == _calls[key]:
-            if _first(marker_dir, f"{role}-{method}-{n}"):
-                os._exit(1)
+            if _first(marker_dir, fault):
+                if not nan:
+                    os._exit(1)
+                poison = True
+    return poison
 
 
 def kills_at(phase: str, step: int) -> list[str]:

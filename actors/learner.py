@@ -28,6 +28,7 @@ from actors.engine import (
     load_model,
     save_hf_folder,
 )
+from actors.faults import inject
 from actors.remote import wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
 from actors.weight_sync import open_group, send_weights
@@ -65,6 +66,7 @@ class LearnerActor:
         self.policy: Any = None  # DeepSpeedEngine around PolicyLogprobs
         self.critic: Any = None  # DeepSpeedEngine around TokenValues
         self.train_calls = 0
+        self._poison = False  # test hook: the next policy loss of this train call is non-finite
         self.weight_group: Any = None  # rank 0's group with the engines' workers (broadcast sync)
 
     def master_address(self) -> tuple[str, int]:
@@ -165,6 +167,8 @@ class LearnerActor:
         }
         if p.entropy_coef > 0:
             loss = loss - p.entropy_coef * aggregate_loss(entropy, mask, p.loss_agg)
+        if self._poison:  # test hook (actors/faults.py): this rank's loss turns non-finite
+            loss, self._poison = loss * float("nan"), False
         return self._backward_and_step(self.policy, loss, "policy", stats)
 
     def _critic_step(
@@ -184,16 +188,25 @@ class LearnerActor:
         stats = {"value/loss": loss.item(), "value/clipfrac": vf_stats["vf_clipfrac"].item()}
         return self._backward_and_step(self.critic, p.vf_coef * loss, "value", stats)
 
-    @staticmethod
     def _backward_and_step(
-        engine: Any, loss: torch.Tensor, name: str, stats: dict[str, float]
+        self, engine: Any, loss: torch.Tensor, name: str, stats: dict[str, float]
     ) -> dict[str, float]:
+        """Backward of one micro-batch; at a boundary the optimizer steps, or skips the step when
+        any rank's gradients are not finite (the decision is the group's: every rank skips)."""
         boundary = engine.is_gradient_accumulation_boundary()  # before step() moves it on
+        if not torch.isfinite(loss):
+            # Every gradient this loss reaches turns non-finite (NaN * 0 is NaN), so the
+            # group's gradient check sees it whatever the loss is made of.
+            loss = loss * float("nan")
         engine.backward(loss)  # scales by 1 / grad_accum; averages gradients over the ranks
         engine.step()  # optimizer step (clipped) and warm-up only at a boundary
-        norm = engine.get_global_grad_norm() if boundary else None  # None under ZeRO-0 fp32
-        if norm is not None:
-            stats[f"{name}/grad_norm"] = float(norm)
+        if boundary:
+            stats[f"{name}/optimizer_steps"] = 1.0
+            applied = engine.was_step_applied()
+            stats[f"{name}/skipped_steps"] = 0.0 if applied else 1.0
+            norm = engine.get_global_grad_norm()  # None under ZeRO-0 fp32
+            if applied and norm is not None:
+                stats[f"{name}/grad_norm"] = float(norm)
         return stats
 
     def train(self, experience: dict[str, Any]) -> dict[str, float]:
@@ -214,6 +227,7 @@ class LearnerActor:
         start = time.perf_counter()
         rng = random.Random(f"{self.cfg.run.seed}/{self.rank}/{self.train_calls}")
         self.train_calls += 1
+        self._poison = self.rank == 0 and inject("learner", "train")
         self.policy.train()
         self.critic.train()
         totals: dict[str, list[float]] = {}
@@ -228,7 +242,8 @@ class LearnerActor:
         if self.rank == 0:  # the group's tokens/s, ranks holding equal shares
             tokens = int(batch.attention_mask.sum()) * p.ppo_epochs * self.world_size
             report_throughput("learner", tokens, time.perf_counter() - start)
-        return self._mean_over_ranks({k: sum(v) / len(v) for k, v in totals.items()})
+        counts = {k: sum(v) for k, v in totals.items() if k.endswith("_steps")}
+        return self._mean_over_ranks({k: sum(v) / len(v) for k, v in totals.items()} | counts)
 
     def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
         keys = sorted(metrics)  # same keys on every rank: same number of steps everywhere

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.faults import maybe_die
+from actors.faults import inject
 from actors.remote import ActorRestarted
 from orchestrator.metrics import report_throughput
 
@@ -137,7 +137,7 @@ class RolloutActor:
         """
         from vllm import SamplingParams
 
-        maybe_die("rollout", "generate")
+        inject("rollout", "generate")
         if sampling.get("version", self._version) != self._version:
             raise ActorRestarted(
                 f"engine holds weight version {self._version}, the driver expects "
@@ -195,15 +195,15 @@ class RolloutActor:
             for out, ids in zip(outputs, sequences, strict=True)
         ]
 
-    def _check_version(self, version: int) -> None:
-        if version <= self._version:
+    def _check_version(self, version: int, again: bool = False) -> None:
+        if version < self._version or (version == self._version and not again):
             raise ValueError(
                 f"weight version {version} is not newer than the engine's version {self._version}"
             )
 
     def update_weights(self, version: int, weights: bytes) -> int:
         """Load a full policy state dict (safetensors bytes) as `version`; versions must rise."""
-        maybe_die("rollout", "sync")
+        inject("rollout", "sync")
         self._check_version(version)
         self._llm.collective_rpc("load_weights_from_bytes", args=(weights,))
         self._version = version
@@ -225,9 +225,11 @@ class RolloutActor:
             "join_weight_group", args=(host, port, rank_offset, world_size, backend, timeout_s)
         )
 
-    def receive_weights(self, version: int) -> int:
-        """Load the weights learner rank 0 broadcasts now (joined group) as `version`."""
-        self._check_version(version)
+    def receive_weights(self, version: int, again: bool = False) -> int:
+        """Load the weights learner rank 0 broadcasts now (joined group) as `version`; with
+        again, also the version the engine holds (a broadcast redone after a restart)."""
+        inject("rollout", "sync")
+        self._check_version(version, again)
         self._llm.collective_rpc("receive_weights", args=(version,))
         self._version = version
         logger.info("rollout engine received weights version %d by broadcast", version)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from actors.faults import maybe_die
+from actors.faults import inject
 from actors.sequences import SequenceBatch, make_sequence_batch, response_logprobs, sequence_scores
 from orchestrator.metrics import report_throughput
 
@@ -98,7 +98,7 @@ class RewardActor:
 
     def score(self, batch: SequenceBatch, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """One score per sequence, normalized with the RM's saved stats when asked. -> (B,)."""
-        maybe_die("reward", "score")
+        inject("reward", "score")
         n = batch.input_ids.shape[0]
         if self.fn is not None:
             try:
@@ -137,7 +137,7 @@ class ReferenceActor:
     @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         """ref_logprobs of the response tokens. -> (B, R) float32."""
-        maybe_die("reference", "score")
+        poison = inject("reference", "score")  # test hook: a non-finite first row
         n, start = batch.input_ids.shape[0], time.perf_counter()
         chunks = [
             response_logprobs(
@@ -150,4 +150,7 @@ class ReferenceActor:
         ]
         tokens = int(batch.attention_mask.sum())
         report_throughput("reference", tokens, time.perf_counter() - start)
-        return torch.cat(chunks).float() * batch.response_mask
+        out = torch.cat(chunks).float() * batch.response_mask
+        if poison:
+            out[0] = float("nan")
+        return out

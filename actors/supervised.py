@@ -15,6 +15,7 @@ import math
 import random
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,12 @@ from actors.engine import (
     load_model,
     save_hf_folder,
 )
+from actors.faults import inject
 from actors.sequences import make_sequence_batch
 from kernels import kwise_ranking_loss, sft_loss
 from orchestrator.config import Config
 from orchestrator.metrics import MetricsLog
+from orchestrator.run_folder import truncate_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -281,21 +284,21 @@ def train_loop(config: dict[str, Any]) -> None:
     train, held_out = ray.get(config["train"]), ray.get(config["eval"])
 
     model_path, first_epoch = config["model_path"], 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a restarted group: continue after the last finished epoch
-        with checkpoint.as_directory() as d:
-            first_epoch = json.loads((Path(d) / PROGRESS_FILE).read_text())["epochs_done"]
-            resumed = Path(tempfile.mkdtemp(prefix=f"{stage}-resume-"))
-            for f in Path(d).iterdir():
-                if f.is_file():
-                    (resumed / f.name).write_bytes(f.read_bytes())
-            model_path = str(resumed)
-        logger.info("%s: resuming from a checkpoint after epoch %d", stage, first_epoch)
+    # This job's newest epoch checkpoint (after a restart: also one Ray Train had not registered
+    # when the worker died), else run.resume's: continue after its last finished epoch.
+    found = epoch_checkpoints(Path(config["storage"]).glob("checkpoint_*"))
+    if config["resume"]:
+        found += epoch_checkpoints([Path(config["resume"])])
+    if found:
+        first_epoch, _, model_path = max(found)
+        logger.info("%s: resuming after epoch %d from %s", stage, first_epoch, model_path)
     task = TASKS[stage](cfg, model_path, config["pad_id"])
     epochs = cfg.sft.epochs if stage == "sft" else cfg.rm.epochs
     plan = task.plan(train)
     steps_per_epoch = len(shard(plan, rank, world, cfg.run.seed, 0))
     step = first_epoch * steps_per_epoch
+    if rank == 0 and first_epoch:  # rows written after the checkpoint are written again
+        truncate_metrics(run_dir / "metrics.jsonl", step + 1)
     log = MetricsLog(cfg, run_dir, role="learner", stage=stage) if rank == 0 else None
     if first_epoch == 0:  # where training starts from: held-out numbers before any step
         first = {"step": 0, "epoch": 0, **config.get("first_metrics", {})}
@@ -310,6 +313,7 @@ def train_loop(config: dict[str, Any]) -> None:
         bar = tqdm(total=epochs * steps_per_epoch, initial=step, desc=stage, unit="step")
     for epoch in range(first_epoch, epochs):
         for batch in shard(plan, rank, world, cfg.run.seed, epoch):
+            inject(stage, "step")  # test hook (actors/faults.py): a worker crash
             start = time.perf_counter()
             loss, stats, _ = task.loss([train[i] for i in batch])
             task.engine.backward(loss)
@@ -348,6 +352,18 @@ def train_loop(config: dict[str, Any]) -> None:
             cfg.model.trust_remote_code,
             extra,
         )
+
+
+def epoch_checkpoints(folders: Iterable[Path]) -> list[tuple[int, float, str]]:
+    """The complete epoch checkpoints (model saved, progress file present) among folders
+    -> [(epochs done, modified time, folder)]."""
+    out = []
+    for folder in folders:
+        progress = folder / PROGRESS_FILE
+        if progress.is_file() and (folder / "model.safetensors").is_file():
+            epochs = json.loads(progress.read_text())["epochs_done"]
+            out.append((epochs, progress.stat().st_mtime, str(folder.resolve())))
+    return out
 
 
 def _report_with_checkpoint(

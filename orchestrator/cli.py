@@ -11,12 +11,16 @@ import sys
 from actors.remote import RemoteError
 from orchestrator.config import ConfigError, describe_fields, load_config
 from orchestrator.data import DataError
+from orchestrator.numerics import NonFiniteError
 
 # stage -> (one-line description, "module:function" that runs it with a validated Config)
 STAGES: dict[str, tuple[str, str]] = {
     "sft": ("supervised fine-tuning on demonstrations", "orchestrator.supervised:run_sft"),
     "rm": ("train the K-wise ranking reward model", "orchestrator.supervised:run_rm"),
-    "ppo": ("PPO against the reward model with KL to the SFT model", "orchestrator.ppo:run_ppo"),
+    "ppo": (
+        "PPO against the reward model with KL to the SFT model",
+        "orchestrator.ppo_run:run_ppo",
+    ),
     "pipeline": ("SFT -> RM -> PPO in one run folder", "orchestrator.pipeline:run_pipeline"),
     "eval": ("evaluate a policy on held-out prompts", "orchestrator.evaluate:run_eval"),
     "demo": ("the InstructGPT story in miniature", "orchestrator.demo:run_demo"),
@@ -37,6 +41,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     UserError,
     DataError,
     RemoteError,
+    NonFiniteError,
     FileNotFoundError,
     FileExistsError,
     ValueError,

@@ -128,6 +128,14 @@ def _restarts(cfg: Config, role: str) -> int:
     return 0 if role == "learner" else max(cfg.run.max_actor_restarts, 0)
 
 
+def actor_env(cfg: Config) -> dict[str, str]:
+    """Environment variables of every actor and Ray Train worker of a run."""
+    env = {RUN_ENV: run_label(cfg)}  # they label their own metrics with the run
+    if os.environ.get(FAULT_ENV):  # tests inject faults through it (actors/faults.py)
+        env[FAULT_ENV] = os.environ[FAULT_ENV]
+    return env
+
+
 class Placement:
     """Placement groups for all roles; `slots[role][i]` places actor i of that role."""
 
@@ -135,9 +143,7 @@ class Placement:
         self.groups: list[PlacementGroup] = []
         self.slots: dict[str, list[Slot]] = {}
         requests = role_requests(cfg)
-        env = {RUN_ENV: run_label(cfg)}  # actors label their own metrics with the run
-        if os.environ.get(FAULT_ENV):  # tests inject faults through it (actors/faults.py)
-            env[FAULT_ENV] = os.environ[FAULT_ENV]
+        env = actor_env(cfg)
         if cfg.run.colocate:
             bundles: list[dict[str, float]] = []
             for reqs in requests.values():

@@ -215,6 +215,12 @@ class PPOConfig:
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = param(
         "token_mean", "How token losses become one number."
     )
+    max_skipped_steps: int = param(
+        3,
+        "Steps in a row skipped for non-finite numbers (experience, or the loss or gradients of "
+        "every policy optimizer step) before the run stops with a checkpoint and batch "
+        "statistics; 0 = never stop.",
+    )
 
 
 @dataclass

@@ -29,7 +29,7 @@ from orchestrator.config import Config
 from orchestrator.converters import convert_rankings
 from orchestrator.data import DataError, format_prompt, load_rows, row_problem
 from orchestrator.metrics import run_label
-from orchestrator.ppo import run_ppo
+from orchestrator.ppo_run import run_ppo
 from orchestrator.run_folder import RunFolder
 from orchestrator.supervised import run_rm, run_sft
 

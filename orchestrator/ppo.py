@@ -9,10 +9,10 @@ The driver holds no model (a tokenizer only) and moves ObjectRefs, not tensors, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import signal
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,11 @@ import kernels
 from actors.faults import kills_at
 from actors.remote import ActorDied, RemoteError, wait_alive, wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
-from orchestrator.checkpoints import Checkpoints, read_driver_state
+from orchestrator.checkpoints import read_driver_state
 from orchestrator.config import Config
+from orchestrator.numerics import ROWS_SHOWN, batch_statistics, nonfinite_fields
 from orchestrator.roles import Roles
-from orchestrator.run_folder import PhaseTimer, RunFolder
+from orchestrator.run_folder import PhaseTimer
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ class PPOTrainer:
         )
         self.version = 0
         self.steps_done = 0
+        self.max_diff = 0.0  # of the last weight sync
+        self.skipped_steps = 0  # PPO steps skipped for non-finite numbers, in the run
+        self.skip_streak = 0  # ... in a row, up to the last step
+        self.skipped: dict[str, Any] | None = None  # the last step's diagnostics, when skipped
         self.probe: list[list[int]] | None = None
         if cfg.rollout.weight_sync != "object_store":
             self.open_weight_group()
@@ -148,14 +153,11 @@ class PPOTrainer:
         checkpoint into it and bring the engines to its weights; -> the step to redo from."""
         from actors.learner import LearnerGroup
 
-        if self.cfg.rollout.weight_sync != "object_store":
-            raise RemoteError(
-                "a rebuilt learner cannot rejoin the broadcast weight group; use "
-                "rollout.weight_sync = object_store to survive learner failures"
-            )
         self.roles.learner.shutdown()
         slots = self.roles.placement.slots["learner"]
         self.roles.learner = LearnerGroup(self.cfg, [s.options() for s in slots])
+        if self.cfg.rollout.weight_sync != "object_store":
+            self._reform_weight_group()  # the new rank 0 and every engine
         return self.load(checkpoint)
 
     def _inject(self, phase: str, step: int) -> None:
@@ -188,12 +190,11 @@ class PPOTrainer:
                 f"{self.cfg.run.max_actor_restarts} times); continue from the latest checkpoint "
                 f"with --run.resume=auto"
             ) from None
-        if role == "rollout" and self.version > 0:
-            if self.cfg.rollout.weight_sync != "object_store":
-                raise RemoteError(
-                    f"{name} was restarted but cannot rejoin the broadcast weight group; use "
-                    f"rollout.weight_sync = object_store to survive engine failures"
-                )
+        if role == "rollout" and self.cfg.rollout.weight_sync != "object_store":
+            self._reform_weight_group()  # the restarted engine left the old one
+            if self.version > 0:
+                self._broadcast(self.version, again=True)
+        elif role == "rollout" and self.version > 0:
             weights = self.roles.learner.export_weights()
             wait_all(
                 [actor.update_weights.remote(self.version, weights)], "restart", [name], timeout
@@ -211,6 +212,8 @@ class PPOTrainer:
             "kl_ctl": self.kl_ctl.state_dict(),
             "sampler": self.roles.sampler.state_dict(),
             "probe": self.probe,
+            "skipped_steps": self.skipped_steps,
+            "skip_streak": self.skip_streak,
         }
 
     def load(self, folder: Path) -> int:
@@ -221,6 +224,7 @@ class PPOTrainer:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.probe = state["probe"]
         self.steps_done = state["step"]
+        self.skipped_steps, self.skip_streak = state["skipped_steps"], state["skip_streak"]
         # Engines only take rising versions: after a rebuilt learner they already hold newer ones.
         self.version = max(self.version, state["version"] - 1)
         max_diff = self.sync_weights()  # the engines serve the checkpoint's weights, verified
@@ -314,26 +318,57 @@ class PPOTrainer:
             for i, e in enumerate(engines)
         ]
         names = ["learner rank 0"] + _names("rollout engine", engines)
-        wait_all(refs, "weight group", names, timeout)
+        with _learner_deaths("learner weight group"):
+            wait_all(refs, "weight group", names, timeout)
 
     def sync_weights(self) -> float:
         """Push the learner's weights to every engine (new version), then verify; -> max diff."""
         self.version += 1
-        engines, learner = self.roles.engines, self.roles.learner
-        retry = None
+        engines = self.roles.engines
         if self.cfg.rollout.weight_sync == "object_store":
-            weights = learner.export_weights()  # ObjectRef: one copy in the object store
+            weights = self.roles.learner.export_weights()  # ObjectRef: one copy in the store
             refs = [e.update_weights.remote(self.version, weights) for e in engines]
-            names = _names("rollout engine", refs)
             # A restarted engine gets this version while it recovers; then only confirm it.
             retry = self._retry("rollout", lambda i: engines[i].version.remote())
+            names = _names("rollout engine", refs)
+            wait_all(refs, "weight sync", names, self.cfg.run.timeout_s, retry=retry)
         else:
-            refs = [e.receive_weights.remote(self.version) for e in engines]
-            sends = learner.broadcast_weights(self.version)
-            names = _names("rollout engine", refs) + _names("learner rank", sends)
-            refs += sends
-        wait_all(refs, "weight sync", names, self.cfg.run.timeout_s, retry=retry)
+            try:
+                self._broadcast(self.version)
+            except RemoteError as e:  # a member died, or a send or receive broke with it
+                if isinstance(e, ActorDied) and e.phase.startswith("learner"):
+                    raise  # the learner is rebuilt, and the group with it
+                self._reform_weight_group(e)
+                self._broadcast(self.version, again=True)
         return self.verify_sync()
+
+    def _broadcast(self, version: int, again: bool = False) -> None:
+        """Learner rank 0 broadcasts the weights to every engine as version (again: engines
+        that hold it already take it once more: a broadcast redone after a restart)."""
+        engines = self.roles.engines
+        refs = [e.receive_weights.remote(version, again) for e in engines]
+        sends = self.roles.learner.broadcast_weights(version)
+        names = _names("rollout engine", refs) + _names("learner rank", sends)
+        with _learner_deaths("learner sync"):
+            wait_all(refs + sends, "weight sync", names, self.cfg.run.timeout_s)
+
+    def _reform_weight_group(self, error: Exception | None = None) -> None:
+        """A member of the broadcast group died: wait for every engine to serve again (a
+        restarted one, or one whose half-done receive fails by the group's timeout), then form
+        a new group. Restarts stay bounded by run.max_actor_restarts."""
+        if error is not None:
+            logger.warning("%s; forming the weight group again", error)
+        for i, engine in enumerate(self.roles.engines):
+            name = f"rollout engine {i}"
+            try:
+                wait_alive(engine, "weight group", name, self.cfg.run.start_timeout_s)
+            except RemoteError as e:
+                raise RemoteError(
+                    f"{e} (restarted up to run.max_actor_restarts = "
+                    f"{self.cfg.run.max_actor_restarts} times); continue from the latest "
+                    f"checkpoint with --run.resume=auto"
+                ) from None
+        self.open_weight_group()
 
     def verify_sync(self) -> float:
         """Max |engine - learner| log-prob over the probe batch; stops the run past threshold."""
@@ -354,6 +389,22 @@ class PPOTrainer:
                 f"log-prob on the probe batch (limit rollout.sync_max_logprob_diff = {limit:g})"
             )
         return diff
+
+    def _count_skip(self, step: int, reason: str, stats: dict, prompts: list[str]) -> None:
+        """Count a skipped step (reason set) or end a run of them; keep its diagnostics."""
+        self.skipped = None
+        if not reason:
+            self.skip_streak = 0
+            return
+        self.skipped_steps += 1
+        self.skip_streak += 1
+        rows = sorted({r for s in stats.values() for r in s["rows"]})[:ROWS_SHOWN]
+        self.skipped = {
+            "step": step,
+            "non_finite": reason,
+            "statistics": stats,
+            "prompts": {str(r): prompts[r] for r in rows},
+        }
 
     # ------------------------------------------------------------------ one step
 
@@ -397,23 +448,36 @@ class PPOTrainer:
                 mask,
                 self.kl_ctl.value,
             )
-        self._inject("train", step)
-        with timer("train"):
-            experience = {
-                **vars(batch),
-                "old_logprobs": learner_out["old_logprobs"],
-                "old_values": learner_out["values"],
-                "advantages": exp["advantages"],
-                "returns": exp["returns"],
-            }
-            train_metrics = self.roles.learner.train(experience)
-        self._inject("sync", step)
-        with timer("sync"):
-            max_diff = self.sync_weights()
+            fields = {"scores": scores, "ref_logprobs": ref_logprobs, **learner_out, **exp}
+            stats = batch_statistics(fields, mask)
+            reason = nonfinite_fields(stats)
+        train_metrics: dict[str, float] = {}
+        if reason:  # nothing trains on it; the weights stay as they are
+            logger.warning("ppo step %d skipped: non-finite %s", step, reason)
+        else:
+            self._inject("train", step)
+            with timer("train"):
+                experience = {
+                    **vars(batch),
+                    "old_logprobs": learner_out["old_logprobs"],
+                    "old_values": learner_out["values"],
+                    "advantages": exp["advantages"],
+                    "returns": exp["returns"],
+                }
+                train_metrics = self.roles.learner.train(experience)
+            n = train_metrics["policy/optimizer_steps"]
+            if train_metrics["policy/skipped_steps"] == n:
+                reason = f"loss or gradients in all {n:g} policy optimizer steps"
+                logger.warning("ppo step %d skipped: non-finite %s", step, reason)
+            self._inject("sync", step)
+            with timer("sync"):
+                self.max_diff = self.sync_weights()
+        self._count_skip(step, reason, stats, gen["prompt"])
         self.steps_done = step + 1
         seq_kl = (exp["kl"] * mask).sum(-1)  # (B,)
         kl_coef = self.kl_ctl.value
-        self.kl_ctl.update(seq_kl.mean().item(), len(seq_kl))
+        if torch.isfinite(seq_kl).all():
+            self.kl_ctl.update(seq_kl.mean().item(), len(seq_kl))
         lengths = mask.sum(-1)
         elapsed = time.perf_counter() - start
         return {
@@ -427,9 +491,10 @@ class PPOTrainer:
             "response_length/clipped_ratio": sum(r == "length" for r in gen["finish_reasons"])
             / len(lengths),
             **train_metrics,
+            "train/skipped_steps": self.skipped_steps,
             "weight_sync/version": self.version,
             "actor_restarts": self.actor_restarts(),
-            "weight_sync/max_logprob_diff": max_diff,
+            "weight_sync/max_logprob_diff": self.max_diff,
             **first,
             **timer.metrics(),
             "timing/step": round(elapsed, 4),
@@ -445,114 +510,17 @@ def pad_rows(rows: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@contextlib.contextmanager
+def _learner_deaths(phase: str) -> Iterator[None]:
+    """A dead learner rank inside: raise it as the learner's (a phase starting "learner"),
+    which the run answers by rebuilding the learner from its latest checkpoint."""
+    try:
+        yield
+    except ActorDied as e:
+        if not e.name.startswith("learner"):
+            raise
+        raise ActorDied(f"{phase}: {e.name} died", phase, e.name) from None
+
+
 def _names(role: str, refs: list) -> list[str]:
     return [f"{role} {i}" for i in range(len(refs))]
-
-
-class RunStopped(RemoteError):
-    """The run was asked to stop (SIGTERM, e.g. `ray job stop`); a checkpoint was written."""
-
-
-class _StopOnSigterm:
-    """While active, SIGTERM only sets a flag; the loop checkpoints after the current step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _StopOnSigterm:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        logger.warning("SIGTERM: stopping after this step, with a checkpoint")
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _rebuild_learner(
-    cfg: Config, trainer: PPOTrainer, checkpoints: Checkpoints, error: ActorDied, count: int
-) -> int:
-    """A learner rank died: rebuild the group from the latest checkpoint; -> the step to redo
-    from. Without a checkpoint, or past run.max_actor_restarts, the run stops saying so."""
-    latest = checkpoints.latest()
-    if latest is None:
-        raise RemoteError(
-            f"{error}; no checkpoint to rebuild the learner from (set run.save_every to "
-            f"survive learner failures)"
-        ) from None
-    if count > cfg.run.max_actor_restarts:
-        raise RemoteError(
-            f"{error}; the learner was already rebuilt {count - 1} time(s) "
-            f"(run.max_actor_restarts); continue with --run.resume=auto"
-        ) from None
-    logger.warning("%s; rebuilding the learner from %s", error, latest)
-    return trainer.rebuild_learner(latest)
-
-
-def run_ppo(cfg: Config) -> RunFolder:
-    """`instructray ppo`: start the actors, run run.steps PPO steps, save final/.
-
-    Checkpoints every run.save_every steps and on SIGTERM; run.resume continues from one."""
-    from tqdm import tqdm
-
-    folder = RunFolder(cfg, stage="ppo")
-    checkpoints = Checkpoints(folder.path, cfg.run.keep_last)
-    resume_from = checkpoints.resolve(cfg.run.resume)  # a bad path fails before any actor starts
-    roles = Roles.start(cfg)
-    try:
-        folder.write_json("placement.json", roles.placement.nodes())
-        trainer = PPOTrainer(cfg, roles)
-        first = 0
-        if resume_from is not None:
-            first = trainer.load(resume_from)
-            logger.info("ppo: resumed from %s at step %d", resume_from, first)
-        folder.truncate_metrics(first)  # rows of steps after the checkpoint (or a failed start)
-        bar = tqdm(
-            desc="ppo",
-            unit="step",
-            dynamic_ncols=True,
-            initial=first,
-            total=cfg.run.steps,
-        )
-        rebuilds = 0
-        # The bar closes before an error is printed, so the error stays the last line.
-        with bar, _StopOnSigterm() as stop:
-            step = first
-            while step < cfg.run.steps:
-                try:
-                    metrics = trainer.step(step)
-                except ActorDied as e:
-                    if not e.phase.startswith("learner"):
-                        raise
-                    rebuilds += 1
-                    step = _rebuild_learner(cfg, trainer, checkpoints, e, rebuilds)
-                    folder.truncate_metrics(step)  # the steps after the checkpoint are redone
-                    bar.n = step
-                    continue
-                metrics["learner_rebuilds"] = rebuilds
-                folder.log(metrics)
-                bar.update(1)
-                bar.set_postfix(
-                    reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}"
-                )
-                done = step + 1
-                every = cfg.run.save_every
-                if stop.requested or (every and done % every == 0):
-                    path = checkpoints.save(done, trainer.save)
-                    logger.info("ppo: checkpoint %s", path)
-                if stop.requested and done < cfg.run.steps:
-                    raise RunStopped(
-                        f"ppo: stopped by SIGTERM after step {done} of {cfg.run.steps}; "
-                        f"checkpoint {path}; continue with --run.resume=auto"
-                    )
-                step = done
-        roles.learner.save_pretrained(str(folder.final_dir))
-    finally:
-        folder.close()
-        roles.shutdown()
-    return folder

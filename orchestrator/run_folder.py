@@ -47,16 +47,12 @@ class RunFolder:
         self._metrics.log(metrics)
 
     def truncate_metrics(self, step: int) -> None:
-        """Drop the rows of steps >= step (written after the checkpoint a run resumes from)."""
-        if not self.metrics_path.exists():
-            return
-        rows = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) < step]
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(self.metrics_path)
+        truncate_metrics(self.metrics_path, step)
 
     def write_json(self, name: str, data: Any) -> None:
-        (self.path / name).write_text(json.dumps(data, indent=1) + "\n")
+        path = self.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1) + "\n")
 
     def close(self) -> None:
         """Flush and close the metric sinks (TensorBoard, W&B)."""
@@ -66,6 +62,16 @@ class RunFolder:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.metrics_path)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the rows of steps >= step (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    rows = [r for r in read_metrics(path) if r.get("step", 0) < step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

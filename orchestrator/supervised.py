@@ -9,13 +9,14 @@ Train view; `FailureConfig` restarts a failed group from its last epoch checkpoi
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from actors.remote import RemoteError
-from orchestrator.cluster import connect
+from orchestrator.cluster import actor_env, connect
 from orchestrator.config import Config
 from orchestrator.examples import ExampleSet, load_demonstrations, load_rankings
 from orchestrator.roles import resolve_models
@@ -40,7 +41,7 @@ def _scaling(cfg: Config) -> Any:
 
 def run_supervised(cfg: Config, stage: str) -> RunFolder:
     """Train SFT ("sft") or the reward model ("rm") into cfg.run.output_dir/final."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
     from transformers import AutoTokenizer
 
@@ -54,13 +55,17 @@ def run_supervised(cfg: Config, stage: str) -> RunFolder:
     logger.info(
         "%s: %d train and %d held-out examples", stage, len(examples.train), len(examples.eval)
     )
+    run_dir = folder.path.resolve()
+    resume = _resume_from(cfg, run_dir / "ray_train", stage)  # before Ray starts: errors first
     where = connect(cfg)
     logger.info("ray: %s", where)
-    run_dir = folder.path.resolve()
     learner = cfg.learner
     backend = learner.backend
     if backend == "auto":  # by the workers' resources, not by this driver's devices
         backend = "nccl" if learner.gpus_per_rank else "gloo"
+    # One name per job: Ray Train would otherwise pick up an earlier job's state on its own;
+    # run.resume says whether to.
+    name = f"{stage}-{cfg.run.name or run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -73,22 +78,52 @@ def run_supervised(cfg: Config, stage: str) -> RunFolder:
             "pad_id": tokenizer.pad_token_id,
             "run_dir": str(run_dir),
             "first_metrics": examples.metrics(),
+            "resume": resume,
+            "storage": str(run_dir / "ray_train" / name),
         },
         scaling_config=_scaling(cfg),
         torch_config=TorchConfig(backend=backend, timeout_s=int(cfg.run.timeout_s)),
         run_config=RunConfig(
-            name=f"{stage}-{cfg.run.name or run_dir.name}",
+            name=name,
             storage_path=str(run_dir / "ray_train"),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=max(cfg.run.keep_last, 1)),
+            worker_runtime_env={"env_vars": actor_env(cfg)},
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as e:  # Ray Train 2.x raises where 1.x returned result.error
+        raise RemoteError(f"{stage}: training failed: {_one_line(e)}") from None
     if result.error is not None:
         raise RemoteError(f"{stage}: training failed: {_one_line(result.error)}")
     if not (run_dir / "final").exists():
         raise RemoteError(f"{stage}: training ended without writing {run_dir / 'final'}")
     return folder
+
+
+def _resume_from(cfg: Config, storage: Path, stage: str) -> str:
+    """run.resume for SFT / RM: "" -> "", refusing a folder that holds an unfinished run;
+    auto -> the epoch checkpoint with the most epochs done under storage ("" if none); else
+    that checkpoint folder. Resuming restarts the epoch after it (the optimizer starts anew)."""
+    from actors.supervised import epoch_checkpoints
+
+    found = epoch_checkpoints(storage.glob("*/checkpoint_*"))
+    if not cfg.run.resume:
+        if found:
+            raise FileExistsError(
+                f"{storage.parent} holds an unfinished {stage} run (epoch checkpoints in "
+                f"{storage}); continue it with --run.resume=auto or choose another run.output_dir"
+            )
+        return ""
+    if cfg.run.resume == "auto":
+        return max(found)[2] if found else ""
+    if not epoch_checkpoints([Path(cfg.run.resume)]):
+        raise FileNotFoundError(
+            f"run.resume = {cfg.run.resume}: not a complete {stage} epoch checkpoint; give a "
+            f"{storage.name}/<job>/checkpoint_* folder or auto"
+        )
+    return cfg.run.resume
 
 
 def _one_line(error: BaseException) -> str:

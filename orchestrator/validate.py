@@ -70,6 +70,8 @@ def _check_ppo(cfg: Config, errors: list[str]) -> None:
         reference__num_actors=cfg.reference.num_actors,
         reward__num_actors=cfg.reward.num_actors,
     )
+    if p.max_skipped_steps < 0:
+        errors.append(f"ppo.max_skipped_steps must be >= 0, got {p.max_skipped_steps}")
     if p.adaptive_kl:
         _positive(errors, ppo__kl_target=p.kl_target, ppo__kl_horizon=p.kl_horizon)
 

@@ -137,6 +137,21 @@ def zero3(ray_local, tiny_policy, tiny_reward):
     group.shutdown()
 
 
+@pytest.fixture(scope="module")
+def zero0(ray_local, tiny_policy, tiny_reward):
+    # Plain data parallel: the one DeepSpeed path whose non-finite skip is ours (fp32).
+    cfg = _config(
+        tiny_policy,
+        tiny_reward,
+        "--learner.zero_stage=0",
+        "--learner.micro_batch_size=2",
+        "--ppo.minibatch_size=4",
+    )
+    group = LearnerGroup(cfg)
+    yield group
+    group.shutdown()
+
+
 # ---------------------------------------------------------------- config (no Ray)
 
 
@@ -312,3 +327,32 @@ def test_call_past_its_timeout_names_phase_and_ranks(zero3):
         zero3.timeout_s = TIMEOUT_S
     # The late call still finishes; the group answers again afterwards.
     assert len(zero3.probe_logprobs([[5, 6, 7]])[0]) == 2
+
+
+# ---------------------------------------------------------------- non-finite numbers
+
+
+@pytest.mark.parametrize("stage", ["zero0", "zero2", "zero3"])
+def test_nonfinite_loss_skips_the_optimizer_step_on_every_rank(request, stage):
+    group = request.getfixturevalue(stage)
+    batch = _equal_length_batch(2 * group.cfg.ppo.minibatch_size, seed=11)  # one step per rank
+    exp = _experience(batch, group.logprobs_and_values(batch), seed=12)
+    exp["advantages"][0, 0] = float("nan")  # a token of rank 0's first row only
+    before = _export(group)
+    metrics = group.train(exp)
+    # Means over the ranks: 1 = every rank skipped; the critic (no advantages) stepped.
+    assert metrics["policy/optimizer_steps"] == 1
+    assert metrics["policy/skipped_steps"] == 1
+    assert metrics["value/skipped_steps"] == 0
+    assert "policy/grad_norm" not in metrics
+    after = _export(group)
+    for name, tensor in before.items():
+        assert torch.equal(tensor, after[name]), name
+    # Nothing of the bad step lingers: a finite batch steps from the same weights.
+    exp["advantages"][0, 0] = 0.0
+    metrics = group.train(exp)
+    assert metrics["policy/skipped_steps"] == 0
+    assert stage == "zero0" or math.isfinite(metrics["policy/grad_norm"])  # ZeRO-0 has none
+    after = _export(group)
+    assert all(torch.isfinite(t).all() for t in after.values())
+    assert not torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])

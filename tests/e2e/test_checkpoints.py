@@ -15,7 +15,7 @@ from testdata import metrics_of, write_jsonl
 from orchestrator.checkpoints import CheckpointError
 from orchestrator.config import load_config
 from orchestrator.data import tiny_prompts
-from orchestrator.ppo import run_ppo
+from orchestrator.ppo_run import run_ppo
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ from testdata import metrics_of
 from actors.faults import ENV
 from actors.remote import RemoteError
 from orchestrator.config import load_config
-from orchestrator.ppo import run_ppo
+from orchestrator.ppo_run import run_ppo
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 pytestmark = pytest.mark.e2e
@@ -121,6 +121,43 @@ def test_a_learner_killed_in_each_phase_is_rebuilt_from_its_checkpoint(
     rows = metrics_of(out)
     assert [r["step"] for r in rows] == list(range(STEPS))  # redone steps replace their rows
     assert rows[-1]["learner_rebuilds"] == len(LEARNER_FAULTS)
+    a = load_file(str(clean / "final" / "model.safetensors"))
+    b = load_file(str(out / "final" / "model.safetensors"))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+
+
+BROADCAST_FAULTS = [
+    "rollout:generate:2",  # the engine crashes inside generate (step 1)
+    "kill:rollout:sync:4",  # killed as step 4 enters sync: the broadcast breaks
+    "rollout:sync:3",  # the next engine process crashes inside a receive
+    "kill:learner:sync:9",  # learner rank 0, the group's sender, killed as step 9 syncs
+]
+
+
+def test_broadcast_weight_sync_survives_engine_and_learner_deaths(
+    runs, tiny_dir, tmp_path, monkeypatch
+):
+    # weight_sync = gloo: every restart forms the weight group again (learner rank 0 and every
+    # engine), and a broken broadcast is redone; same final weights as the clean run.
+    clean, _, _ = runs
+    (tmp_path / "markers").mkdir()
+    monkeypatch.setenv(ENV, ",".join(BROADCAST_FAULTS) + f"@{tmp_path / 'markers'}")
+    out = tmp_path / "run"
+    run_ppo(
+        config(
+            tiny_dir,
+            out,
+            "--rollout.weight_sync=gloo",
+            "--run.save_every=1",
+            "--run.max_actor_restarts=3",
+        )
+    )
+    assert len(list((tmp_path / "markers").iterdir())) == len(BROADCAST_FAULTS)
+    rows = metrics_of(out)
+    assert [r["step"] for r in rows] == list(range(STEPS))
+    assert rows[-1]["actor_restarts"] == 3 and rows[-1]["learner_rebuilds"] == 1
+    assert all(r["weight_sync/max_logprob_diff"] < 1e-4 for r in rows)
     a = load_file(str(clean / "final" / "model.safetensors"))
     b = load_file(str(out / "final" / "model.safetensors"))
     for name in a:

@@ -14,7 +14,8 @@ from testdata import metrics_of
 from actors.remote import RemoteError
 from orchestrator.cli import main
 from orchestrator.config import load_config
-from orchestrator.ppo import PPOTrainer, run_ppo
+from orchestrator.ppo import PPOTrainer
+from orchestrator.ppo_run import run_ppo
 from orchestrator.roles import Roles
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"

@@ -11,6 +11,8 @@ import pytest
 import torch
 from testdata import metrics_of, write_jsonl
 
+from actors.faults import ENV
+from actors.remote import RemoteError
 from orchestrator.config import load_config
 from orchestrator.supervised import run_rm, run_sft
 
@@ -118,3 +120,47 @@ def test_reward_model_learns_a_ranking_rule(ray_local, tiny_dir, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(out / "final")
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
     assert torch.isfinite(model.score.weight).all()
+
+
+def test_sft_survives_a_worker_crash_and_a_failed_run_resumes(
+    ray_local, tiny_dir, tmp_path, monkeypatch
+):
+    data = write_jsonl(tmp_path / "demos.jsonl", demonstrations())
+    common = (
+        f"--data.demonstrations={data}",
+        "--sft.lr=3e-3",
+        "--sft.epochs=2",
+        "--sft.max_tokens_per_batch=256",
+    )
+    clean = tmp_path / "clean"
+    run_sft(config(tiny_dir, clean, *common).validate("sft"))
+    want = [(r["step"], r["epoch"]) for r in metrics_of(clean)]
+    steps_per_epoch = max(s for s, e in want if e == 0)
+    # A worker crashes in the second step of epoch 2, after rank 0 logged the first one.
+    crash = f"sft:step:{steps_per_epoch + 2}"
+
+    # Inside one job: Ray Train restarts the group from the epoch-1 checkpoint (FailureConfig).
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv(ENV, f"{crash}@{markers}")
+    restarted = tmp_path / "restarted"
+    run_sft(config(tiny_dir, restarted, *common, "--run.max_failures=1").validate("sft"))
+    assert len(list(markers.iterdir())) == 1
+    assert [(r["step"], r["epoch"]) for r in metrics_of(restarted)] == want  # no row twice
+    assert (restarted / "final" / "model.safetensors").is_file()
+
+    # Across jobs: without restarts the job fails; a fresh start in its folder is refused, and
+    # run.resume=auto continues after epoch 1.
+    markers = tmp_path / "markers-2"
+    markers.mkdir()
+    monkeypatch.setenv(ENV, f"{crash}@{markers}")
+    failed = tmp_path / "failed"
+    with pytest.raises(RemoteError, match="sft: training failed"):
+        run_sft(config(tiny_dir, failed, *common, "--run.max_failures=0").validate("sft"))
+    monkeypatch.delenv(ENV)
+    assert not (failed / "final").exists()
+    with pytest.raises(FileExistsError, match="unfinished sft run.*--run.resume=auto"):
+        run_sft(config(tiny_dir, failed, *common).validate("sft"))
+    run_sft(config(tiny_dir, failed, *common, "--run.resume=auto").validate("sft"))
+    assert [(r["step"], r["epoch"]) for r in metrics_of(failed)] == want
+    assert (failed / "final" / "model.safetensors").is_file()

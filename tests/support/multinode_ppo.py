@@ -18,7 +18,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from orchestrator.config import load_config
-from orchestrator.ppo import run_ppo
+from orchestrator.ppo_run import run_ppo
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 
