@@ -4,6 +4,7 @@ INSTRUCTRAY_FAULT="FAULT[,FAULT...]@MARKER_DIR", each FAULT one of
 - `ROLE:METHOD:N`: the first actor of ROLE to reach its N-th call of METHOD (counted per
   process, from 1) exits at once, as a crash would (`os._exit`, no cleanup);
 - `nan:ROLE:METHOD:N`: that call computes a non-finite number (where the method says);
+- `hang:ROLE:METHOD:N`: that call never returns (the caller's timeout must catch it);
 - `kill:ROLE:PHASE:STEP`: the driver kills actor 0 of ROLE (`ray.kill`, Ray may restart it) as
   PPO step STEP enters PHASE (generate, score, train, sync), while the actor may be idle.
 A marker file in MARKER_DIR makes each fault fire once per run, so a restarted actor serves
@@ -14,6 +15,7 @@ call is a no-op.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 ENV = "INSTRUCTRAY_FAULT"
@@ -21,7 +23,7 @@ _calls: dict[tuple[str, str], int] = {}
 
 
 def inject(role: str, method: str) -> bool:
-    """Count a call of role.method; die here if a fault says so. -> whether this call should
+    """Count a call of role.method; die or hang here if a fault says so. -> whether this call should
     compute a non-finite number (a `nan:` fault)."""
     spec = os.environ.get(ENV, "")
     if not spec:
@@ -33,11 +35,12 @@ def inject(role: str, method: str) -> bool:
     for fault in faults.split(","):
         if fault.startswith("kill:"):
             continue
-        nan = fault.startswith("nan:")
-        want_role, want_method, n = fault.removeprefix("nan:").split(":")
+        *kind, want_role, want_method, n = fault.split(":")  # kind: [], ["nan"] or ["hang"]
         if (want_role, want_method) == key and int(n) == _calls[key]:
             if _first(marker_dir, fault):
-                if not nan:
+                if kind == ["hang"]:
+                    time.sleep(1e9)
+                if kind != ["nan"]:
                     os._exit(1)
                 poison = True
     return poison

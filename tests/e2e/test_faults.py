@@ -162,3 +162,17 @@ def test_broadcast_weight_sync_survives_engine_and_learner_deaths(
     b = load_file(str(out / "final" / "model.safetensors"))
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+
+
+def test_a_hung_weight_sync_fails_within_its_timeout_naming_the_engine(
+    ray_local, tiny_dir, tmp_path, monkeypatch
+):
+    (tmp_path / "markers").mkdir()
+    monkeypatch.setenv(ENV, f"hang:rollout:sync:2@{tmp_path / 'markers'}")  # step 1's sync
+    cfg = config(tiny_dir, tmp_path / "run", "--run.steps=3", "--run.timeout_s=20")
+    with pytest.raises(
+        RemoteError, match=r"weight sync: rollout engine 0 did not answer within 20 s"
+    ):
+        run_ppo(cfg)
+    assert [r["step"] for r in metrics_of(tmp_path / "run")] == [0]
+    assert not (tmp_path / "run" / "final").exists()
