@@ -99,6 +99,8 @@ class PPOTrainer:
         self.skipped_steps = 0  # PPO steps skipped for non-finite numbers, in the run
         self.skip_streak = 0  # ... in a row, up to the last step
         self.skipped: dict[str, Any] | None = None  # the last step's diagnostics, when skipped
+        self.at_start: dict[str, Any] = {}  # the driver's state as the current step began
+        self.unsynced: dict[str, Any] | None = None  # a step's metrics while it syncs
         self.probe: list[list[int]] | None = None
         if cfg.rollout.weight_sync != "object_store":
             self.open_weight_group()
@@ -181,37 +183,30 @@ class PPOTrainer:
         actor = self._actors(role)[i]
         name = f"{'rollout engine' if role == 'rollout' else role} {i}"
         logger.warning("%s died or was restarted; recovering it", name)
-        timeout = self.cfg.run.start_timeout_s
-        try:
-            wait_alive(actor, "restart", name, timeout)
-        except RemoteError as e:
-            raise RemoteError(
-                f"{e} (restarted up to run.max_actor_restarts = "
-                f"{self.cfg.run.max_actor_restarts} times); continue from the latest checkpoint "
-                f"with --run.resume=auto"
-            ) from None
+        self._wait_alive(actor, "restart", name)
         if role == "rollout" and self.cfg.rollout.weight_sync != "object_store":
             self._reform_weight_group()  # the restarted engine left the old one
             if self.version > 0:
                 self._broadcast(self.version, again=True)
         elif role == "rollout" and self.version > 0:
             weights = self.roles.learner.export_weights()
-            wait_all(
-                [actor.update_weights.remote(self.version, weights)], "restart", [name], timeout
-            )
+            ref = actor.update_weights.remote(self.version, weights)
+            wait_all([ref], "restart", [name], self.cfg.run.start_timeout_s)
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save(self, folder: Path) -> dict[str, Any]:
-        """Write the learner's state and an HF export into folder; -> the driver's state."""
+    def save(self, folder: Path, at_step_start: bool = False) -> dict[str, Any]:
+        """Write the learner's state and an HF export into folder; -> the driver's state (as of
+        the current step's start with at_step_start: the learner has not trained in it)."""
         self.roles.learner.save_checkpoint(str(folder / "learner"))
         self.roles.learner.save_pretrained(str(folder / "hf"))
+        start = self.at_start if at_step_start else {}
         return {
             "step": self.steps_done,
             "version": self.version,
             "kl_ctl": self.kl_ctl.state_dict(),
-            "sampler": self.roles.sampler.state_dict(),
-            "probe": self.probe,
+            "sampler": start.get("sampler") or self.roles.sampler.state_dict(),
+            "probe": start["probe"] if at_step_start else self.probe,
             "skipped_steps": self.skipped_steps,
             "skip_streak": self.skip_streak,
         }
@@ -359,16 +354,18 @@ class PPOTrainer:
         if error is not None:
             logger.warning("%s; forming the weight group again", error)
         for i, engine in enumerate(self.roles.engines):
-            name = f"rollout engine {i}"
-            try:
-                wait_alive(engine, "weight group", name, self.cfg.run.start_timeout_s)
-            except RemoteError as e:
-                raise RemoteError(
-                    f"{e} (restarted up to run.max_actor_restarts = "
-                    f"{self.cfg.run.max_actor_restarts} times); continue from the latest "
-                    f"checkpoint with --run.resume=auto"
-                ) from None
+            self._wait_alive(engine, "weight group", f"rollout engine {i}")
         self.open_weight_group()
+
+    def _wait_alive(self, actor: Any, phase: str, name: str) -> None:
+        """Wait for Ray to restart actor; past run.max_actor_restarts, RestartsExhausted."""
+        try:
+            wait_alive(actor, phase, name, self.cfg.run.start_timeout_s)
+        except RemoteError as e:
+            raise RestartsExhausted(
+                f"{e} (restarted up to run.max_actor_restarts = "
+                f"{self.cfg.run.max_actor_restarts} times)"
+            ) from None
 
     def verify_sync(self) -> float:
         """Max |engine - learner| log-prob over the probe batch; stops the run past threshold."""
@@ -413,6 +410,9 @@ class PPOTrainer:
         timer, cfg = PhaseTimer(), self.cfg
         tok = self.roles.tokenizer
         start = time.perf_counter()
+        # What a checkpoint of this step's start holds (should an actor fail for good before
+        # the learner trains): the sampler's position and the probe batch.
+        self.at_start = {"sampler": self.roles.sampler.state_dict(), "probe": self.probe}
         self._inject("generate", step)
         with timer("generate"):
             prompt_idx = self.roles.sampler.next_batch()
@@ -469,18 +469,13 @@ class PPOTrainer:
             if train_metrics["policy/skipped_steps"] == n:
                 reason = f"loss or gradients in all {n:g} policy optimizer steps"
                 logger.warning("ppo step %d skipped: non-finite %s", step, reason)
-            self._inject("sync", step)
-            with timer("sync"):
-                self.max_diff = self.sync_weights()
         self._count_skip(step, reason, stats, gen["prompt"])
-        self.steps_done = step + 1
         seq_kl = (exp["kl"] * mask).sum(-1)  # (B,)
         kl_coef = self.kl_ctl.value
         if torch.isfinite(seq_kl).all():
             self.kl_ctl.update(seq_kl.mean().item(), len(seq_kl))
         lengths = mask.sum(-1)
-        elapsed = time.perf_counter() - start
-        return {
+        metrics = {
             "step": step,
             "reward/mean": scores.mean().item(),
             "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
@@ -492,10 +487,22 @@ class PPOTrainer:
             / len(lengths),
             **train_metrics,
             "train/skipped_steps": self.skipped_steps,
+            **first,
+        }
+        # The step is done but for the sync, which a restarted engine gets anyway: should the
+        # sync fail for good, this row and a checkpoint after the step keep it.
+        self.steps_done, self.unsynced = step + 1, metrics
+        if train_metrics:
+            self._inject("sync", step)
+            with timer("sync"):
+                self.max_diff = self.sync_weights()
+        self.unsynced = None
+        elapsed = time.perf_counter() - start
+        return {
+            **metrics,
             "weight_sync/version": self.version,
             "actor_restarts": self.actor_restarts(),
             "weight_sync/max_logprob_diff": self.max_diff,
-            **first,
             **timer.metrics(),
             "timing/step": round(elapsed, 4),
             "throughput/tokens_per_s": (batch.attention_mask.sum().item()) / elapsed,
@@ -508,6 +515,10 @@ def pad_rows(rows: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
     return out
+
+
+class RestartsExhausted(RemoteError):
+    """A rollout, reward or reference actor died more often than run.max_actor_restarts."""
 
 
 @contextlib.contextmanager

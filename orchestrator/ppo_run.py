@@ -4,6 +4,7 @@ learner rank rebuilt from the latest checkpoint; a progress bar with reward and 
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -13,7 +14,7 @@ from actors.remote import ActorDied, RemoteError
 from orchestrator.checkpoints import Checkpoints
 from orchestrator.config import Config
 from orchestrator.numerics import NonFiniteError
-from orchestrator.ppo import PPOTrainer
+from orchestrator.ppo import PPOTrainer, RestartsExhausted
 from orchestrator.roles import Roles
 from orchestrator.run_folder import RunFolder
 
@@ -65,6 +66,23 @@ def _rebuild_learner(
     return trainer.rebuild_learner(latest)
 
 
+def _save_after_failure(
+    trainer: PPOTrainer, checkpoints: Checkpoints, folder: RunFolder, step: int, rebuilds: int
+) -> str:
+    """An actor failed for good in `step`: checkpoint what is done; -> what to tell the user.
+    After training only the sync was left, which a resumed run makes as it loads: the step
+    counts (its row is logged). Before training: the state as the step began."""
+    try:
+        if trainer.unsynced is not None:
+            folder.log({**trainer.unsynced, "learner_rebuilds": rebuilds})
+            path = checkpoints.save(step + 1, trainer.save)
+        else:
+            path = checkpoints.save(step, functools.partial(trainer.save, at_step_start=True))
+    except Exception as e:  # the message of the failure comes first
+        return f"no checkpoint written ({type(e).__name__}: {e})"
+    return f"checkpoint {path}; continue with --run.resume=auto"
+
+
 def run_ppo(cfg: Config) -> RunFolder:
     """`instructray ppo`: start the actors, run run.steps PPO steps, save final/.
 
@@ -105,6 +123,9 @@ def run_ppo(cfg: Config) -> RunFolder:
                     folder.truncate_metrics(step)  # the steps after the checkpoint are redone
                     bar.n = step
                     continue
+                except RestartsExhausted as e:
+                    where = _save_after_failure(trainer, checkpoints, folder, step, rebuilds)
+                    raise RestartsExhausted(f"{e}; {where}") from None
                 metrics["learner_rebuilds"] = rebuilds
                 folder.log(metrics)
                 if trainer.skipped is not None:

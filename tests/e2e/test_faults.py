@@ -79,15 +79,37 @@ def test_faults_change_nothing_in_the_result(runs):
         assert y["reward/mean"] == pytest.approx(x["reward/mean"], abs=1e-6)
 
 
-def test_past_the_restart_bound_the_run_stops_with_a_clear_message(
-    ray_local, tiny_dir, tmp_path, monkeypatch
+@pytest.mark.parametrize(
+    ("fault", "checkpoint"),
+    [
+        ("reward:score:2", 1),  # step 1 before training: a checkpoint of its start
+        ("rollout:sync:2", 2),  # step 1's sync, after training: the step counts
+    ],
+)
+def test_past_the_restart_bound_the_run_stops_with_a_checkpoint_it_resumes_from(
+    runs, tiny_dir, tmp_path, monkeypatch, fault, checkpoint
 ):
+    clean, _, _ = runs
     (tmp_path / "markers").mkdir()
-    monkeypatch.setenv(ENV, f"reward:score:2@{tmp_path / 'markers'}")
-    cfg = config(tiny_dir, tmp_path / "run", "--run.max_actor_restarts=0", "--run.steps=3")
-    with pytest.raises(RemoteError, match=r"reward 0 .*run\.max_actor_restarts = 0"):
+    monkeypatch.setenv(ENV, f"{fault}@{tmp_path / 'markers'}")
+    run = tmp_path / "run"
+    cfg = config(tiny_dir, run, "--run.max_actor_restarts=0", "--run.steps=3")
+    role = "reward 0" if fault.startswith("reward") else "rollout engine 0"
+    with pytest.raises(
+        RemoteError,
+        match=rf"{role} .*run\.max_actor_restarts = 0.*checkpoint .*step-{checkpoint:06d}; "
+        r"continue with --run\.resume=auto",
+    ):
         run_ppo(cfg)
-    assert not (tmp_path / "run" / "final").exists()
+    assert not (run / "final").exists()
+    assert [r["step"] for r in metrics_of(run)] == list(range(checkpoint))
+    monkeypatch.delenv(ENV)
+    run_ppo(config(tiny_dir, run, "--run.steps=3", "--run.resume=auto"))
+    rows, want = metrics_of(run), metrics_of(clean)[:3]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for x, y in zip(want, rows, strict=True):  # as if nothing had happened
+        assert y["reward/mean"] == pytest.approx(x["reward/mean"], abs=1e-6)
+        assert y["kl/mean"] == pytest.approx(x["kl/mean"], abs=1e-6)
 
 
 def test_a_learner_rank_that_dies_stops_the_run_naming_it(
