@@ -312,8 +312,9 @@ def train_loop(config: dict[str, Any]) -> None:
 
         bar = tqdm(total=epochs * steps_per_epoch, initial=step, desc=stage, unit="step")
     for epoch in range(first_epoch, epochs):
-        for batch in shard(plan, rank, world, cfg.run.seed, epoch):
-            inject(stage, "step")  # test hook (actors/faults.py): a worker crash
+        for i, batch in enumerate(shard(plan, rank, world, cfg.run.seed, epoch)):
+            if i == 1:  # test hook (actors/faults.py): a crash once an epoch has logged a step
+                inject(stage, "epoch")
             start = time.perf_counter()
             loss, stats, _ = task.loss([train[i] for i in batch])
             task.engine.backward(loss)

@@ -79,30 +79,31 @@ def test_faults_change_nothing_in_the_result(runs):
         assert y["reward/mean"] == pytest.approx(x["reward/mean"], abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("fault", "checkpoint"),
-    [
-        ("reward:score:2", 1),  # step 1 before training: a checkpoint of its start
-        ("rollout:sync:2", 2),  # step 1's sync, after training: the step counts
-    ],
-)
 def test_past_the_restart_bound_the_run_stops_with_a_checkpoint_it_resumes_from(
-    runs, tiny_dir, tmp_path, monkeypatch, fault, checkpoint
+    runs, tiny_dir, tmp_path, monkeypatch
 ):
     clean, _, _ = runs
-    (tmp_path / "markers").mkdir()
-    monkeypatch.setenv(ENV, f"{fault}@{tmp_path / 'markers'}")
     run = tmp_path / "run"
-    cfg = config(tiny_dir, run, "--run.max_actor_restarts=0", "--run.steps=3")
-    role = "reward 0" if fault.startswith("reward") else "rollout engine 0"
-    with pytest.raises(
-        RemoteError,
-        match=rf"{role} .*run\.max_actor_restarts = 0.*checkpoint .*step-{checkpoint:06d}; "
-        r"continue with --run\.resume=auto",
-    ):
-        run_ppo(cfg)
-    assert not (run / "final").exists()
-    assert [r["step"] for r in metrics_of(run)] == list(range(checkpoint))
+
+    def stopped_by(fault: str, actor: str, checkpoint: int, *overrides: str) -> None:
+        markers = tmp_path / f"markers-{checkpoint}"
+        markers.mkdir()
+        monkeypatch.setenv(ENV, f"{fault}@{markers}")
+        cfg = config(tiny_dir, run, "--run.max_actor_restarts=0", "--run.steps=3", *overrides)
+        with pytest.raises(
+            RemoteError,
+            match=rf"{actor} .*run\.max_actor_restarts = 0.*checkpoint .*step-{checkpoint:06d}; "
+            r"continue with --run\.resume=auto",
+        ):
+            run_ppo(cfg)
+        assert not (run / "final").exists()
+        assert [r["step"] for r in metrics_of(run)] == list(range(checkpoint))
+
+    # Step 1's scoring, before the learner trains: a checkpoint of the step's start.
+    stopped_by("reward:score:2", "reward 0", 1)
+    # Resumed (the new engine's 1st weight update is the resume's), step 1 trains and its sync
+    # (the 2nd update) fails for good: only the sync was left, so the step counts.
+    stopped_by("rollout:sync:2", "rollout engine 0", 2, "--run.resume=auto")
     monkeypatch.delenv(ENV)
     run_ppo(config(tiny_dir, run, "--run.steps=3", "--run.resume=auto"))
     rows, want = metrics_of(run), metrics_of(clean)[:3]
@@ -152,7 +153,6 @@ def test_a_learner_killed_in_each_phase_is_rebuilt_from_its_checkpoint(
 BROADCAST_FAULTS = [
     "rollout:generate:2",  # the engine crashes inside generate (step 1)
     "kill:rollout:sync:4",  # killed as step 4 enters sync: the broadcast breaks
-    "rollout:sync:3",  # the next engine process crashes inside a receive
     "kill:learner:sync:9",  # learner rank 0, the group's sender, killed as step 9 syncs
 ]
 
@@ -172,13 +172,13 @@ def test_broadcast_weight_sync_survives_engine_and_learner_deaths(
             out,
             "--rollout.weight_sync=gloo",
             "--run.save_every=1",
-            "--run.max_actor_restarts=3",
+            "--run.max_actor_restarts=2",
         )
     )
     assert len(list((tmp_path / "markers").iterdir())) == len(BROADCAST_FAULTS)
     rows = metrics_of(out)
     assert [r["step"] for r in rows] == list(range(STEPS))
-    assert rows[-1]["actor_restarts"] == 3 and rows[-1]["learner_rebuilds"] == 1
+    assert rows[-1]["actor_restarts"] == 2 and rows[-1]["learner_rebuilds"] == 1
     assert all(r["weight_sync/max_logprob_diff"] < 1e-4 for r in rows)
     a = load_file(str(clean / "final" / "model.safetensors"))
     b = load_file(str(out / "final" / "model.safetensors"))
@@ -191,9 +191,9 @@ def test_a_hung_weight_sync_fails_within_its_timeout_naming_the_engine(
 ):
     (tmp_path / "markers").mkdir()
     monkeypatch.setenv(ENV, f"hang:rollout:sync:2@{tmp_path / 'markers'}")  # step 1's sync
-    cfg = config(tiny_dir, tmp_path / "run", "--run.steps=3", "--run.timeout_s=20")
+    cfg = config(tiny_dir, tmp_path / "run", "--run.steps=3", "--run.timeout_s=10")
     with pytest.raises(
-        RemoteError, match=r"weight sync: rollout engine 0 did not answer within 20 s"
+        RemoteError, match=r"weight sync: rollout engine 0 did not answer within 10 s"
     ):
         run_ppo(cfg)
     assert [r["step"] for r in metrics_of(tmp_path / "run")] == [0]

@@ -178,7 +178,7 @@ def test_empty_prompt_set(capsys, tiny_dir, tmp_path):
             "score: reward 0 failed: ValueError: reward function raised KeyError",
         ),
         ("rewards_for_tests:wrong_shape", "reward returned 33 scores for 32 samples"),
-        ("rewards_for_tests:hang", "score: reward 0 did not answer within 20 s"),
+        ("rewards_for_tests:hang", "score: reward 0 did not answer within 10 s"),
     ],
 )
 def test_reward_function_faults_stop_the_run_clearly(
@@ -189,7 +189,7 @@ def test_reward_function_faults_stop_the_run_clearly(
         tiny_dir,
         tmp_path,
         f"--reward.function={function}",
-        "--run.timeout_s=20",
+        "--run.timeout_s=10",
         "--run.steps=1",
         "--learner.num_ranks=1",
         "--learner.micro_batch_size=8",

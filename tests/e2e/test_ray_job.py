@@ -128,7 +128,7 @@ def head(tiny_dir):
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=15)  # Ray stops its processes; past that, SIGKILL below
         except subprocess.TimeoutExpired:
             pass
         try:
