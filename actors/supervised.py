@@ -356,15 +356,29 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def epoch_checkpoints(folders: Iterable[Path]) -> list[tuple[int, float, str]]:
-    """The complete epoch checkpoints (model saved, progress file present) among folders
+    """The complete epoch checkpoints among folders: a progress file that lists every file of
+    the checkpoint with its size, each there in full (a copy cut short by a crash is not).
     -> [(epochs done, modified time, folder)]."""
     out = []
     for folder in folders:
         progress = folder / PROGRESS_FILE
-        if progress.is_file() and (folder / "model.safetensors").is_file():
-            epochs = json.loads(progress.read_text())["epochs_done"]
-            out.append((epochs, progress.stat().st_mtime, str(folder.resolve())))
+        try:
+            state = json.loads(progress.read_text())
+            complete = all(
+                (folder / name).stat().st_size == size for name, size in state["files"].items()
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if complete:
+            out.append((state["epochs_done"], progress.stat().st_mtime, str(folder.resolve())))
     return out
+
+
+def write_progress(folder: Path, epochs_done: int) -> None:
+    """The progress file of an epoch checkpoint, written last: epochs done and every file's size."""
+    files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file()}
+    progress = {"epochs_done": epochs_done, "files": files}
+    (folder / PROGRESS_FILE).write_text(json.dumps(progress))
 
 
 def _report_with_checkpoint(
@@ -385,7 +399,7 @@ def _report_with_checkpoint(
                 cfg.model.tokenizer,
                 str(folder),
                 cfg.model.trust_remote_code,
-                {PROGRESS_FILE: json.dumps({"epochs_done": epochs_done})},
             )
+            write_progress(folder, epochs_done)
             checkpoint = ray.train.Checkpoint.from_directory(str(folder))
         ray.train.report(metrics, checkpoint=checkpoint)
