@@ -106,10 +106,16 @@ def _export(group: LearnerGroup) -> dict[str, torch.Tensor]:
     return safetensors.torch.load(ray.get(group.export_weights(), timeout=TIMEOUT_S))
 
 
+def _group(policy: str, reward: str, *overrides: str):
+    group = LearnerGroup(_config(policy, reward, *overrides))
+    yield group
+    group.shutdown()
+
+
 @pytest.fixture(scope="module")
 def zero2(ray_local, tiny_policy, tiny_reward):
     # 8 rows -> 4 per rank = one minibatch of 2 micro-batches: one train call is one step.
-    cfg = _config(
+    yield from _group(
         tiny_policy,
         tiny_reward,
         "--learner.zero_stage=2",
@@ -117,39 +123,30 @@ def zero2(ray_local, tiny_policy, tiny_reward):
         "--ppo.minibatch_size=4",
         f"--rollout.temperature={TEMPERATURE}",  # old_logprobs use it; probes do not
     )
-    group = LearnerGroup(cfg)
-    yield group
-    group.shutdown()
 
 
 @pytest.fixture(scope="module")
 def zero3(ray_local, tiny_policy, tiny_reward):
     # Minibatches of 2 rows per rank, as 2 accumulated micro-batches of 1.
-    cfg = _config(
+    yield from _group(
         tiny_policy,
         tiny_reward,
         "--learner.zero_stage=3",
         "--learner.micro_batch_size=1",
         "--ppo.minibatch_size=2",
     )
-    group = LearnerGroup(cfg)
-    yield group
-    group.shutdown()
 
 
 @pytest.fixture(scope="module")
 def zero0(ray_local, tiny_policy, tiny_reward):
     # Plain data parallel: the one DeepSpeed path whose non-finite skip is ours (fp32).
-    cfg = _config(
+    yield from _group(
         tiny_policy,
         tiny_reward,
         "--learner.zero_stage=0",
         "--learner.micro_batch_size=2",
         "--ppo.minibatch_size=4",
     )
-    group = LearnerGroup(cfg)
-    yield group
-    group.shutdown()
 
 
 # ---------------------------------------------------------------- config (no Ray)

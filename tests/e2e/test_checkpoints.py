@@ -5,28 +5,22 @@ boundary of the prompt set."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from testdata import metrics_of, write_jsonl
+from testdata import metrics_of, ppo_tiny_config, write_jsonl
 
 from orchestrator.checkpoints import CheckpointError
-from orchestrator.config import load_config
 from orchestrator.data import tiny_prompts
 from orchestrator.ppo_run import run_ppo
 
-CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 pytestmark = pytest.mark.e2e
 # Numbers that depend on the clock, not on the computation.
 CLOCK = ("timing/", "throughput/")
 
 
-def config(tiny_dir, out: Path, *overrides: str):
-    return load_config(
-        CONFIG, [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", *overrides]
-    ).validate("ppo")
+config = ppo_tiny_config
 
 
 @pytest.fixture(scope="module")

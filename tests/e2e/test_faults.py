@@ -10,14 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from testdata import metrics_of
+from testdata import metrics_of, ppo_tiny_config
 
 from actors.faults import ENV
 from actors.remote import RemoteError
-from orchestrator.config import load_config
 from orchestrator.ppo_run import run_ppo
 
-CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 pytestmark = pytest.mark.e2e
 STEPS = 14
 # Every role x every phase: crashes inside a call (ROLE:METHOD:N) and kills by the driver as a
@@ -40,11 +38,7 @@ FAULTS = [
 
 
 def config(tiny_dir, out: Path, *overrides: str):
-    return load_config(
-        CONFIG,
-        [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", f"--run.steps={STEPS}"]
-        + list(overrides),
-    ).validate("ppo")
+    return ppo_tiny_config(tiny_dir, out, f"--run.steps={STEPS}", *overrides)
 
 
 @pytest.fixture(scope="module")

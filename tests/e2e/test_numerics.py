@@ -11,21 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from testdata import metrics_of
+from testdata import metrics_of, ppo_tiny_config
 
 from actors.faults import ENV
-from orchestrator.config import load_config
 from orchestrator.numerics import NonFiniteError
 from orchestrator.ppo_run import run_ppo
 
-CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 pytestmark = pytest.mark.e2e
 
 
-def config(tiny_dir, out: Path, *overrides: str):
-    return load_config(
-        CONFIG, [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", *overrides]
-    ).validate("ppo")
+config = ppo_tiny_config
 
 
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:

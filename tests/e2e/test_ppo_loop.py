@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save
-from testdata import metrics_of
+from testdata import PPO_TINY, metrics_of, ppo_tiny_config
 
 from actors.remote import RemoteError
 from orchestrator.cli import main
@@ -18,14 +18,11 @@ from orchestrator.ppo import PPOTrainer
 from orchestrator.ppo_run import run_ppo
 from orchestrator.roles import Roles
 
-CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
+CONFIG = PPO_TINY
 pytestmark = pytest.mark.e2e
 
 
-def config(tiny_dir, out: Path, *overrides: str):
-    return load_config(
-        CONFIG, [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", *overrides]
-    ).validate("ppo")
+config = ppo_tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -16,3 +16,15 @@ def metrics_of(folder: Path) -> list[dict]:
     """The rows of a run folder's metrics.jsonl."""
     lines = (Path(folder) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
+
+
+PPO_TINY = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
+
+
+def ppo_tiny_config(tiny_dir: str, out: Path, *overrides: str):
+    """The tiny PPO config with the session's tiny models, writing into out; validated."""
+    from orchestrator.config import load_config
+
+    return load_config(
+        PPO_TINY, [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", *overrides]
+    ).validate("ppo")
