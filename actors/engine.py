@@ -170,7 +170,9 @@ def build_engine(
     if learner_cfg.zero_stage == 0 and dtype == "float32":
         # The one DeepSpeed path that steps on non-finite gradients; ZeRO-1/2/3, bf16 and fp16
         # skip such a step themselves.
-        optimizer = SkipNonFiniteAdamW(groups, lr=lr, weight_decay=learner_cfg.weight_decay)
+        optimizer = SkipNonFiniteAdamW(
+            groups, lr=lr, weight_decay=learner_cfg.weight_decay, fused=_fused_adamw(groups)
+        )
     else:
         config["optimizer"] = _optimizer_config(learner_cfg, lr)
     engine, *_ = deepspeed.initialize(
@@ -181,6 +183,13 @@ def build_engine(
         lr_scheduler=functools.partial(_warmup_scheduler, warmup_steps=learner_cfg.warmup_steps),
     )
     return engine
+
+
+def _fused_adamw(groups: list[dict[str, Any]]) -> bool | None:
+    """torch's fused AdamW on CPU (one vectorized kernel per tensor; the default there loops
+    over ~10 ops per tensor); None lets torch choose on GPU."""
+    params = [p for g in groups for p in g["params"]]
+    return True if params and all(p.device.type == "cpu" for p in params) else None
 
 
 class SkipNonFiniteAdamW(torch.optim.AdamW):
