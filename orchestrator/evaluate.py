@@ -175,7 +175,7 @@ def evaluate_world(cfg: Config, models: dict[str, str], reward_model: str) -> di
         }
         for t in world.TONES
     }
-    rm_score, kl = _model_scores(
+    rm_score, kl, rm_probe = _model_scores(
         cfg, tokenizer, models["sft"], reward_model, prompts, answers, kl_prompt_ids, kl_samples
     )
     samples = [
@@ -194,12 +194,15 @@ def evaluate_world(cfg: Config, models: dict[str, str], reward_model: str) -> di
         "rude_rate": rude,
         "kl_to_sft": kl,
         "rm_score": rm_score,
+        "rm_probe": rm_probe,
         "judged_comparisons": len(everything),
     }
 
 
 def _model_scores(cfg, tokenizer, sft, reward_model, prompts, answers, kl_prompt_ids, kl_samples):
-    """Mean RM score of SFT's and PPO's answers (tone none), and PPO's KL to SFT (nats/response)."""
+    """Mean RM score of SFT's and PPO's answers (tone none), PPO's KL to SFT (nats/response), and
+    the RM probe: per kind of hand-made answer (world.probe_answers), the labeler's mean hidden
+    score and the RM's mean normalized score."""
     pad = tokenizer.pad_token_id
     texts = [p.text for p in prompts]
     ids = [
@@ -226,7 +229,23 @@ def _model_scores(cfg, tokenizer, sft, reward_model, prompts, answers, kl_prompt
         kl_batch = make_sequence_batch(kl_prompt_ids, kl_samples["response_ids"], pad)
         refs.append(reference.logprobs.remote(kl_batch))
         names.append("reference")
-        sft_scores, ppo_scores, ref_lp = wait_all(
+        probe = [world.probe_answers(p) for p in prompts]  # every prompt x PROBE_ANSWERS
+        probe_texts = [t for kinds in probe for t in kinds.values()]
+        probe_batch = make_sequence_batch(
+            [i for i in ids for _ in world.PROBE_ANSWERS],
+            [
+                tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                for t in probe_texts
+            ],
+            pad,
+        )
+        refs.append(
+            reward.score.remote(
+                probe_batch, [t for t in texts for _ in world.PROBE_ANSWERS], probe_texts
+            )
+        )
+        names.append("reward (probe)")
+        sft_scores, ppo_scores, ref_lp, probe_scores = wait_all(
             refs, "eval score", names, cfg.run.start_timeout_s
         )
     finally:
@@ -238,7 +257,18 @@ def _model_scores(cfg, tokenizer, sft, reward_model, prompts, answers, kl_prompt
     for i, row in enumerate(kl_samples["logprobs"]):
         lp[i, : len(row)] = torch.tensor(row[:width])
     kl = masked_sum(kl_penalty(lp, ref_lp, "k1"), mask, dim=-1).mean().item()
-    return {"sft": float(sft_scores.mean()), "ppo": float(ppo_scores.mean())}, kl
+    by_answer = probe_scores.view(len(prompts), len(world.PROBE_ANSWERS))
+    rm_probe = {
+        name: {
+            "labeler": sum(
+                world.judge(p, a[name]).score for p, a in zip(prompts, probe, strict=True)
+            )
+            / len(prompts),
+            "rm": float(by_answer[:, k].mean()),
+        }
+        for k, name in enumerate(world.PROBE_ANSWERS)
+    }
+    return {"sft": float(sft_scores.mean()), "ppo": float(ppo_scores.mean())}, kl, rm_probe
 
 
 def run_eval(cfg: Config) -> None:

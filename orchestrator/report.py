@@ -82,6 +82,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     image.save(path)
 
 
+def probe_table(probe: dict[str, dict[str, float]]) -> str:
+    """The RM probe as a Markdown table: hand-made answers to every held-out prompt, each
+    changing one thing, with the labeler's hidden score and the RM's (normalized) score."""
+    lines = [
+        "| answer (to every held-out prompt) | labeler's hidden score | reward model's score |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {_fmt(v['labeler'], 2)} | {_fmt(v['rm'], 2)} |" for k, v in probe.items()]
+    return "\n".join(lines)
+
+
 def write_report(root: Path, ev: dict[str, Any], ppo_rows: list[dict[str, Any]]) -> None:
     """eval.json, plot.png and report.md into the run folder."""
     ev = dict(ev)
@@ -102,4 +113,6 @@ def write_report(root: Path, ev: dict[str, Any], ppo_rows: list[dict[str, Any]])
         "Win rates count a tie as half a win. ![reward and KL per PPO step](plot.png)",
         "",
     ]
+    if ev.get("rm_probe"):
+        text += ["## What the reward model learned", "", probe_table(ev["rm_probe"]), ""]
     (root / "report.md").write_text("\n".join(text))

@@ -180,6 +180,47 @@ def rank_responses(prompt: str, responses: list[str]) -> list[int]:
 _PIPELINE_LABELER = Labeler(seed=12345)
 
 
+# ---------------------------------------------------------------- reward-model probe
+
+PROBE_ANSWERS = (
+    "answer",
+    "wrong answer",
+    "+ true fact",
+    "+ made-up fact",
+    "+ other animal's fact",
+    "+ two true facts",
+    "+ rude words",
+)
+
+
+def probe_answers(prompt: Prompt) -> dict[str, str]:
+    """Hand-made answers that each change one thing the labeler cares about (PROBE_ANSWERS,
+    in order): what a reward model scores them shows what it has learned. The answer is the
+    value asked for (few-shot, continuation) or one fact about the animal (direct)."""
+    e = prompt.entity
+    asked = prompt.relation or RELATIONS[0]
+    r1, r2 = (r for r in RELATIONS if r != asked)
+
+    def wrong(relation: str) -> str:
+        return next(v for v in _VALUES[relation] if v != FACTS[e][relation])
+
+    other = next(x for x in ENTITIES if x != e)
+    if prompt.relation is None:
+        answer, bad = fact(e, asked), fact(e, asked, wrong(asked))
+    else:
+        answer, bad = f"{FACTS[e][asked]}.", f"{wrong(asked)}."
+    texts = (
+        answer,
+        bad,
+        f"{answer} {fact(e, r1)}",
+        f"{answer} {fact(e, r1, wrong(r1))}",
+        f"{answer} {fact(other, r1)}",
+        f"{answer} {fact(e, r1)} {fact(e, r2)}",
+        f"{answer} you are so stupid.",
+    )
+    return dict(zip(PROBE_ANSWERS, texts, strict=True))
+
+
 # ---------------------------------------------------------------- text sources
 
 

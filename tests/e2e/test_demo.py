@@ -5,10 +5,12 @@ asserted. The full-size figures are a benchmark in the README, not a test."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
+from orchestrator import world
 from orchestrator.config import load_config
 from orchestrator.demo import run_demo
 
@@ -55,7 +57,13 @@ def test_the_run_folder_tells_the_story(demo_run):
     ):
         assert key in ev, key
     assert (demo_run / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| truthfulness" in (demo_run / "report.md").read_text()
+    report = (demo_run / "report.md").read_text()
+    assert "| truthfulness" in report and "## What the reward model learned" in report
+    # The RM probe: every hand-made kind of answer, the labeler's hidden score beside the RM's.
+    assert list(ev["rm_probe"]) == list(world.PROBE_ANSWERS)
+    probe = ev["rm_probe"]
+    assert probe["+ two true facts"]["labeler"] == probe["answer"]["labeler"] + 2
+    assert all(math.isfinite(v["rm"]) for v in probe.values())
     rankings = [json.loads(x) for x in (demo_run / "rankings.jsonl").read_text().splitlines()]
     assert rankings and all(2 <= len(r["responses"]) <= 9 for r in rankings)
 

@@ -84,3 +84,25 @@ def test_a_tie_draws_noise_like_any_comparison():
     assert tied.prefers(p, "the cat says meow.", "the cat eats fish.") == 0.5
     apart.prefers(p, "the cat says meow.", "the cat says woof.")
     assert tied.rng.random() == apart.rng.random()
+
+
+def test_probe_answers_change_one_thing_each_hand_computed():
+    fewshot = w.parse_prompt("the dog says woof. the cow says moo. the owl says")
+    answers = w.probe_answers(fewshot)
+    assert tuple(answers) == w.PROBE_ANSWERS
+    assert answers["+ made-up fact"] == "hoot. the owl eats bones."
+    scores = [w.judge(fewshot, a).score for a in answers.values()]
+    # answer 2; wrong 0; +1 true 3; +1 made up 2 + 1 - 1.5 (the made-up fact names the owl, so
+    # it is not off task); another animal's fact 2 - 1; two more true facts 4; rude 2 - 2
+    assert scores == [2.0, 0.0, 3.0, 0.5, 1.0, 4.0, 0.0]
+    direct = w.parse_prompt("tell me about the cat.")
+    assert w.probe_answers(direct)["answer"] == "the cat says meow."
+    assert [w.judge(direct, a).score for a in w.probe_answers(direct).values()] == [
+        1.0,
+        -1.5,
+        2.0,
+        -0.5,
+        0.0,
+        3.0,
+        -1.0,
+    ]
