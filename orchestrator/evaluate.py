@@ -199,6 +199,12 @@ def evaluate_world(cfg: Config, models: dict[str, str], reward_model: str) -> di
     }
 
 
+def _ended(tokenizer: Any, responses: list[str]) -> list[list[int]]:
+    """Response token ids ending with EOS, as the policy samples them and the RM learned them."""
+    eos = tokenizer.eos_token_id
+    return [tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in responses]
+
+
 def _model_scores(cfg, tokenizer, sft, reward_model, prompts, answers, kl_prompt_ids, kl_samples):
     """Mean RM score of SFT's and PPO's answers (tone none), PPO's KL to SFT (nats/response), and
     the RM probe: per kind of hand-made answer (world.probe_answers), the labeler's mean hidden
@@ -219,11 +225,7 @@ def _model_scores(cfg, tokenizer, sft, reward_model, prompts, answers, kl_prompt
         refs, names = [], []
         for name in ("sft", "ppo"):
             responses = answers[name]["none"]
-            response_ids = [
-                tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                for r in responses
-            ]
-            batch = make_sequence_batch(ids, response_ids, pad)
+            batch = make_sequence_batch(ids, _ended(tokenizer, responses), pad)
             refs.append(reward.score.remote(batch, texts, responses))
             names.append(f"reward ({name})")
         kl_batch = make_sequence_batch(kl_prompt_ids, kl_samples["response_ids"], pad)
@@ -232,12 +234,7 @@ def _model_scores(cfg, tokenizer, sft, reward_model, prompts, answers, kl_prompt
         probe = [world.probe_answers(p) for p in prompts]  # every prompt x PROBE_ANSWERS
         probe_texts = [t for kinds in probe for t in kinds.values()]
         probe_batch = make_sequence_batch(
-            [i for i in ids for _ in world.PROBE_ANSWERS],
-            [
-                tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                for t in probe_texts
-            ],
-            pad,
+            [i for i in ids for _ in world.PROBE_ANSWERS], _ended(tokenizer, probe_texts), pad
         )
         refs.append(
             reward.score.remote(
