@@ -32,7 +32,7 @@ from actors.faults import inject
 from actors.remote import wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
 from actors.weight_sync import open_group, send_weights
-from kernels import aggregate_loss, masked_mean, policy_loss, value_loss
+from kernels import aggregate_loss, compute_gae, masked_mean, masked_whiten, policy_loss, value_loss
 from orchestrator.config import Config
 from orchestrator.metrics import report_throughput
 
@@ -123,23 +123,21 @@ class LearnerActor:
 
     @torch.no_grad()
     def logprobs_and_values(
-        self, batch: SequenceBatch, with_logprobs: bool = True
+        self, batch: SequenceBatch, with_logprobs: bool = True, with_values: bool = True
     ) -> dict[str, torch.Tensor]:
-        """Rollout-time values (and log-probs) of this rank's rows. -> {values[, old_logprobs]}."""
+        """Rollout-time values and/or log-probs of this rank's rows. -> {values, old_logprobs}."""
         self.policy.eval()
         self.critic.eval()
         batch = batch.to(self.device)
-        logprobs, values = [], []
+        out: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "values": []}
         for rows in self._micro_batches(batch.input_ids.shape[0]):
             mb = batch.select(rows)
             if with_logprobs:
                 temperature = self.cfg.rollout.temperature
-                logprobs.append(self.policy(*engine_inputs(mb), temperature=temperature))
-            values.append(self.critic(*engine_inputs(mb)))
-        out = {"values": torch.cat(values).float().cpu()}
-        if with_logprobs:
-            out["old_logprobs"] = torch.cat(logprobs).float().cpu()
-        return out
+                out["old_logprobs"].append(self.policy(*engine_inputs(mb), temperature=temperature))
+            if with_values:
+                out["values"].append(self.critic(*engine_inputs(mb)))
+        return {k: torch.cat(v).float().cpu() for k, v in out.items() if v}
 
     def _policy_step(
         self, mb: SequenceBatch, exp: dict[str, torch.Tensor], rows: torch.Tensor
@@ -174,16 +172,22 @@ class LearnerActor:
     def _critic_step(
         self, mb: SequenceBatch, exp: dict[str, torch.Tensor], rows: torch.Tensor
     ) -> dict[str, float]:
-        """Critic forward and backward of one micro-batch; DeepSpeed steps at a boundary."""
+        """Critic forward and backward of one micro-batch; DeepSpeed steps at a boundary.
+
+        Given token rewards instead of values (ppo.old_values = train), this forward's values
+        are the rollout's: GAE runs here and fills exp's advantages (not yet whitened)."""
         p = self.cfg.ppo
         values = self.critic(*engine_inputs(mb))  # (b, R)
+        if "rewards" in exp:
+            old_values = values.detach()
+            advantages, returns = compute_gae(
+                exp["rewards"][rows], old_values, mb.response_mask, p.gamma, p.lam
+            )
+            exp["advantages"][rows] = advantages
+        else:
+            old_values, returns = exp["old_values"][rows], exp["returns"][rows]
         loss, vf_stats = value_loss(
-            values,
-            exp["old_values"][rows],
-            exp["returns"][rows],
-            mb.response_mask,
-            p.value_clip,
-            p.loss_agg,
+            values, old_values, returns, mb.response_mask, p.value_clip, p.loss_agg
         )
         stats = {"value/loss": loss.item(), "value/clipfrac": vf_stats["vf_clipfrac"].item()}
         return self._backward_and_step(self.critic, p.vf_coef * loss, "value", stats)
@@ -217,7 +221,8 @@ class LearnerActor:
             experience["response_mask"],
             int(experience["prompt_len"]),
         ).to(self.device)
-        exp = {k: torch.as_tensor(experience[k]).to(self.device) for k in EXPERIENCE_KEYS}
+        keys = ("old_logprobs", "rewards") if "rewards" in experience else EXPERIENCE_KEYS
+        exp = {k: torch.as_tensor(experience[k]).to(self.device) for k in keys}
         n = batch.input_ids.shape[0]
         if n == 0 or n % p.minibatch_size:
             raise ValueError(
@@ -234,9 +239,21 @@ class LearnerActor:
         for _ in range(p.ppo_epochs):
             order = torch.tensor(rng.sample(range(n), n), device=self.device)
             # Consecutive micro-batches of the shuffled order make one minibatch (grad_accum).
-            for rows in order.split(mbs):
-                mb = batch.select(rows)
-                stats = {**self._policy_step(mb, exp, rows), **self._critic_step(mb, exp, rows)}
+            parts = [(batch.select(rows), rows) for rows in order.split(mbs)]
+            if "rewards" in exp:  # the critic first: its forward gives GAE its values
+                exp["advantages"] = torch.zeros_like(exp["rewards"])
+                steps = [self._critic_step(mb, exp, rows) for mb, rows in parts]
+                if p.whiten_advantages:
+                    exp["advantages"] = masked_whiten(
+                        exp["advantages"], batch.response_mask, sum_shards=self._sum_over_ranks
+                    )
+                steps += [self._policy_step(mb, exp, rows) for mb, rows in parts]
+            else:
+                steps = [
+                    {**self._policy_step(mb, exp, rows), **self._critic_step(mb, exp, rows)}
+                    for mb, rows in parts
+                ]
+            for stats in steps:
                 for key, value in stats.items():
                     totals.setdefault(key, []).append(value)
         if self.rank == 0:  # the group's tokens/s, ranks holding equal shares
@@ -244,6 +261,11 @@ class LearnerActor:
             report_throughput("learner", tokens, time.perf_counter() - start)
         counts = {k: sum(v) for k, v in totals.items() if k.endswith("_steps")}
         return self._mean_over_ranks({k: sum(v) / len(v) for k, v in totals.items()} | counts)
+
+    def _sum_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        return x
 
     def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
         keys = sorted(metrics)  # same keys on every rank: same number of steps everywhere
@@ -376,9 +398,10 @@ class LearnerGroup:
         return wait_all(refs, f"learner {phase}", names, timeout_s, fetch)
 
     def logprobs_and_values(
-        self, batch: SequenceBatch, with_logprobs: bool = True
+        self, batch: SequenceBatch, with_logprobs: bool = True, with_values: bool = True
     ) -> dict[str, torch.Tensor]:
-        """Rows split evenly over the ranks. -> {values[, old_logprobs]} (B, R) float32."""
+        """Rows split evenly over the ranks. -> {values, old_logprobs} (B, R) float32, those
+        asked for."""
         b, n = batch.input_ids.shape[0], len(self.actors)
         # Every rank must run the same number of forwards (ZeRO-3 gathers are collective): pad
         # with copies of the last row to a multiple of the ranks, and drop them afterwards.
@@ -386,7 +409,7 @@ class LearnerGroup:
         rows = torch.cat([torch.arange(b), torch.full((per_rank * n - b,), b - 1)])
         # Index with tensors: a copy per rank, not a view that would pickle the whole batch.
         refs = [
-            actor.logprobs_and_values.remote(batch.select(part), with_logprobs)
+            actor.logprobs_and_values.remote(batch.select(part), with_logprobs, with_values)
             for actor, part in zip(self.actors, rows.split(per_rank), strict=True)
         ]
         outs = self._wait("logprobs_and_values", refs)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 Dim = int | tuple[int, ...] | None
+SumShards = Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def _select(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -24,29 +27,44 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: Dim = None) -> torch.T
     return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of x over all positions where mask is set. x, mask: (B, T) -> scalar."""
-    count = int(mask.bool().sum().item())
+def masked_var(
+    x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, sum_shards: SumShards = None
+) -> torch.Tensor:
+    """Variance of x over all positions where mask is set. x, mask: (B, T) -> scalar.
+
+    With sum_shards (a sum over the ranks that each hold some rows of one batch, e.g. an
+    all-reduce), it is the variance over the whole batch."""
+    return _moments(x, mask, unbiased, sum_shards)[1]
+
+
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    sum_shards: SumShards = None,
+) -> torch.Tensor:
+    """Normalize x to masked mean 0, var 1 (mean kept if not shift_mean); 0 where masked. (B, T).
+    With sum_shards, the mean and variance are the whole batch's (see masked_var)."""
+    mean, var = _moments(x, mask, True, sum_shards)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return _select(whitened, mask)
+
+
+def _moments(
+    x: torch.Tensor, mask: torch.Tensor, unbiased: bool, sum_shards: SumShards
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked mean and variance of x, over every shard's rows when sum_shards is given."""
+    total = sum_shards or (lambda t: t)
+    count = int(total(mask.bool().sum().to(torch.float64).reshape(1)).item())
     needed = 2 if unbiased else 1
     if count < needed:
         raise ValueError(
             f"masked_var needs at least {needed} unmasked element(s) (unbiased={unbiased}), "
             f"got {count}"
         )
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    if unbiased:
-        var = var * (count / (count - 1))
-    return var
-
-
-def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
-    """Normalize x to masked mean 0, var 1 (mean kept if not shift_mean); 0 where masked. (B, T)."""
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        whitened = whitened + mean
-    return _select(whitened, mask)
+    mean = total(masked_sum(x, mask).reshape(1))[0] / count
+    var = total(masked_sum((x - mean) ** 2, mask).reshape(1))[0] / (count - unbiased)
+    return mean, var

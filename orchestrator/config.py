@@ -212,6 +212,13 @@ class PPOConfig:
         "(equal once the weight sync is verified; saves a policy forward). auto = rollout when "
         "model.dtype is float32 and rollout.temperature is 1, else learner.",
     )
+    old_values: Literal["auto", "rollout", "train"] = param(
+        "auto",
+        "Source of the values that GAE needs: a critic forward at rollout time, or the critic's "
+        "own training forward, which sees the same weights when each rank's rows are one "
+        "minibatch and ppo_epochs is 1 (saves a critic forward; GAE then runs in the learner). "
+        "auto = train when that holds, else rollout.",
+    )
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = param(
         "token_mean", "How token losses become one number."
     )

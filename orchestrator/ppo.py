@@ -27,6 +27,7 @@ from orchestrator.config import Config
 from orchestrator.numerics import ROWS_SHOWN, batch_statistics, nonfinite_fields
 from orchestrator.roles import Roles
 from orchestrator.run_folder import PhaseTimer
+from orchestrator.validate import one_critic_step
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +37,18 @@ def compute_advantages(
     scores: torch.Tensor,  # (B,)
     old_logprobs: torch.Tensor,  # (B, R)
     ref_logprobs: torch.Tensor,  # (B, R)
-    values: torch.Tensor,  # (B, R)
+    values: torch.Tensor | None,  # (B, R)
     response_mask: torch.Tensor,  # (B, R)
     kl_coef: float,
 ) -> dict[str, torch.Tensor]:
-    """KL-shaped token rewards, GAE advantages (whitened when asked) and returns."""
+    """KL-shaped token rewards, GAE advantages (whitened when asked) and returns. Without
+    values (ppo.old_values = train) only the rewards and KL: the learner runs GAE."""
     p = cfg.ppo
     rewards, kl = kernels.compute_token_rewards(
         scores, old_logprobs, ref_logprobs, response_mask, kl_coef, p.kl_estimator, cfg.reward.clip
     )
+    if values is None:
+        return {"rewards": rewards, "kl": kl}
     advantages, returns = kernels.compute_gae(rewards, values, response_mask, p.gamma, p.lam)
     if p.whiten_advantages:
         advantages = kernels.masked_whiten(advantages, response_mask)
@@ -274,10 +278,21 @@ class PPOTrainer:
         # The engine reports raw (temperature-1) log-probs, verified equal to the learner's.
         return self.cfg.model.dtype == "float32" and r.temperature == 1.0
 
+    def old_values_from_training(self) -> bool:
+        """Whether the critic's training forward gives GAE its values (no rollout-time one)."""
+        mode = self.cfg.ppo.old_values
+        return mode == "train" or (mode == "auto" and one_critic_step(self.cfg))
+
     def score(
-        self, batch: SequenceBatch, prompts: list[str], responses: list[str], with_logprobs: bool
+        self,
+        batch: SequenceBatch,
+        prompts: list[str],
+        responses: list[str],
+        with_logprobs: bool,
+        with_values: bool = True,
     ):
-        """Reward scores, reference log-probs, values (and old log-probs), in parallel."""
+        """Reward scores, reference log-probs, values and old log-probs (those asked for), in
+        parallel."""
         n = batch.input_ids.shape[0]
         reward_parts = split_evenly(n, len(self.roles.rewards))
         ref_parts = split_evenly(n, len(self.roles.references))
@@ -294,7 +309,9 @@ class PPOTrainer:
         reward_refs, reward_call = self._start("reward", "score", reward_args)
         ref_refs, ref_call = self._start("reference", "logprobs", ref_args)
         # The learner call blocks; the scorers above already run meanwhile.
-        learner_out = self.roles.learner.logprobs_and_values(batch, with_logprobs)
+        learner_out = {}
+        if with_logprobs or with_values:
+            learner_out = self.roles.learner.logprobs_and_values(batch, with_logprobs, with_values)
         scores = self._wait("reward", "score", reward_refs, reward_call)
         ref_lp = self._wait("reference", "reference", ref_refs, ref_call)
         return torch.cat(scores), torch.cat(ref_lp), learner_out
@@ -431,9 +448,9 @@ class PPOTrainer:
             first.update({f"data/curation/{k}": v for k, v in prompts.curation.items()})
         self._inject("score", step)
         with timer("score"):
-            from_rollout = self.old_logprobs_from_rollout()
+            from_rollout, fused = self.old_logprobs_from_rollout(), self.old_values_from_training()
             scores, ref_logprobs, learner_out = self.score(
-                batch, gen["prompt"], responses, with_logprobs=not from_rollout
+                batch, gen["prompt"], responses, not from_rollout, with_values=not fused
             )
             if from_rollout:
                 learner_out["old_logprobs"] = pad_rows(gen["logprobs"], batch.response_mask)
@@ -444,7 +461,7 @@ class PPOTrainer:
                 scores,
                 learner_out["old_logprobs"],
                 ref_logprobs,
-                learner_out["values"],
+                learner_out.get("values"),
                 mask,
                 self.kl_ctl.value,
             )
@@ -457,13 +474,12 @@ class PPOTrainer:
         else:
             self._inject("train", step)
             with timer("train"):
-                experience = {
-                    **vars(batch),
-                    "old_logprobs": learner_out["old_logprobs"],
-                    "old_values": learner_out["values"],
-                    "advantages": exp["advantages"],
-                    "returns": exp["returns"],
-                }
+                experience = {**vars(batch), "old_logprobs": learner_out["old_logprobs"]}
+                if fused:
+                    experience["rewards"] = exp["rewards"]
+                else:
+                    experience["old_values"] = learner_out["values"]
+                    experience.update({k: exp[k] for k in ("advantages", "returns")})
                 train_metrics = self.roles.learner.train(experience)
             n = train_metrics["policy/optimizer_steps"]
             if train_metrics["policy/skipped_steps"] == n:

@@ -17,8 +17,23 @@ def _positive(errors: list[str], **values: float) -> None:
             errors.append(f"{key.replace('__', '.')} must be > 0, got {value}")
 
 
+def one_critic_step(cfg: Config) -> bool:
+    """Whether the critic steps once per rollout batch (ppo_epochs 1, each rank's rows one
+    minibatch): its training forward then sees the weights a rollout-time forward would."""
+    r, p = cfg.rollout, cfg.ppo
+    rows = r.prompts_per_step * r.samples_per_prompt
+    return p.ppo_epochs == 1 and rows == p.minibatch_size * cfg.learner.num_ranks
+
+
 def _check_ppo(cfg: Config, errors: list[str]) -> None:
     r, p, learner = cfg.rollout, cfg.ppo, cfg.learner
+    if p.old_values == "train" and not one_critic_step(cfg):
+        errors.append(
+            f"ppo.old_values = train needs one critic step per rollout batch: ppo.ppo_epochs = 1 "
+            f"(got {p.ppo_epochs}) and rollout.prompts_per_step x rollout.samples_per_prompt = "
+            f"ppo.minibatch_size x learner.num_ranks (got {r.prompts_per_step} x "
+            f"{r.samples_per_prompt} and {p.minibatch_size} x {learner.num_ranks})"
+        )
     rollout_batch = r.prompts_per_step * r.samples_per_prompt
     per_step = p.minibatch_size * learner.num_ranks
     if per_step > 0 and rollout_batch % per_step:

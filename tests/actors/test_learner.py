@@ -18,7 +18,7 @@ from actors.engine import deepspeed_config, warmup_factor
 from actors.learner import LearnerGroup
 from actors.remote import RemoteError
 from actors.sequences import SequenceBatch, make_sequence_batch, response_logprobs
-from kernels import policy_loss
+from kernels import compute_gae, masked_whiten, policy_loss, value_loss
 from orchestrator.config import load_config
 
 TIMEOUT_S = 300
@@ -77,13 +77,18 @@ def _equal_length_batch(n: int, seed: int, response_len: int = 5) -> SequenceBat
     return make_sequence_batch(prompts, responses, pad_id=1)
 
 
-def _plain_grad_norm(folder: str, batch: SequenceBatch, advantages, temperature=1.0) -> float:
-    """Norm of the policy-loss gradient at ratio 1: one plain fp32 backward over all rows.
+def _plain_grad_norm(
+    folder: str, batch: SequenceBatch, advantages, temperature=1.0, weights=None
+) -> float:
+    """Norm of the policy-loss gradient at ratio 1: one plain fp32 backward over all rows, with
+    the folder's weights or the given (exported) ones.
 
     With equal-length responses every micro-batch's token mean weighs the same, so the learner's
     mean over accumulation steps and ranks is this one token mean over all rows.
     """
     model = AutoModelForCausalLM.from_pretrained(folder)
+    if weights is not None:
+        model.load_state_dict(weights, strict=False)  # lm_head is tied to the embeddings
     logprobs = response_logprobs(model, batch, temperature=temperature)  # (B, R)
     loss, _ = policy_loss(logprobs, logprobs.detach(), advantages, batch.response_mask, 0.2)
     loss.backward()
@@ -235,6 +240,24 @@ def test_train_steps_once_and_changes_weights(zero2, tiny_policy):
     # The same rollout again: now the policy has moved away from old_logprobs.
     again = zero2.train(exp)
     assert again["policy/approx_kl"] > 1e-6
+
+
+def test_train_from_token_rewards_runs_gae_on_the_critics_own_forward(zero2, tiny_policy):
+    # ppo.old_values = train: the driver sends token rewards, not values and advantages. One
+    # minibatch per rank, so the critic's training forward sees the rollout-time weights.
+    batch = _equal_length_batch(8, seed=6)
+    mask = batch.response_mask
+    out = zero2.logprobs_and_values(batch)  # what a rollout-time forward would give
+    rewards = torch.randn(mask.shape, generator=torch.Generator().manual_seed(7)) * mask
+    advantages, returns = compute_gae(rewards, out["values"], mask, gamma=1.0, lam=0.95)
+    whitened = masked_whiten(advantages, mask)  # over all 8 rows, though each rank holds 4
+    want_value_loss, _ = value_loss(out["values"], out["values"], returns, mask, 0.2)
+    want_norm = _plain_grad_norm(tiny_policy, batch, whitened, TEMPERATURE, _export(zero2))
+    metrics = zero2.train({**vars(batch), "old_logprobs": out["old_logprobs"], "rewards": rewards})
+    assert metrics["value/loss"] == pytest.approx(want_value_loss.item(), rel=1e-4)
+    assert metrics["value/clipfrac"] == 0.0
+    assert metrics["policy/grad_norm"] == pytest.approx(want_norm, rel=1e-4)
+    assert metrics["policy/approx_kl"] < 1e-8
 
 
 def test_remote_error_names_phase_and_rank(zero2):

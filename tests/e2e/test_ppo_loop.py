@@ -105,6 +105,7 @@ def test_zero3_two_engines_colocated_broadcast_sync_and_a_broken_sync_is_caught(
         "--learner.zero_stage=3",
         "--rollout.num_engines=2",
         "--ppo.old_logprobs=learner",
+        "--ppo.old_values=rollout",  # the rollout-time critic forward (the zero2 run fuses it)
         "--run.colocate=true",
         "--rollout.weight_sync=gloo",
         "--rollout.sync_bucket_mib=0.1",

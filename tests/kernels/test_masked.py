@@ -83,3 +83,34 @@ def test_whiten_masked_positions_change_nothing():
     for garbage in (1e6, float("nan")):
         assert torch.equal(masked_whiten(x.masked_fill(~mask, garbage), mask), w)
     assert torch.all(w[~mask] == 0)
+
+
+def test_whiten_over_shards_is_the_whole_batch_whitened():
+    # Rows split over two "ranks" (threads) whose sum_shards adds both ranks' sums, as an
+    # all-reduce does: each rank's rows come out as the whole batch's whitening gives them.
+    import threading
+
+    torch.manual_seed(3)
+    x = torch.randn(5, 4, dtype=F64) * 2 + 1
+    mask = torch.rand(5, 4) > 0.3
+    whole = masked_whiten(x, mask, eps=0.0)
+    parts, barrier, out = [[], []], threading.Barrier(2), [None, None]
+
+    def rank(r: int, rows: slice) -> None:
+        def sum_shards(t: torch.Tensor) -> torch.Tensor:
+            parts[r].append(t)
+            barrier.wait()
+            total = parts[0][-1] + parts[1][-1]
+            barrier.wait()
+            return total
+
+        out[r] = masked_whiten(x[rows], mask[rows], eps=0.0, sum_shards=sum_shards)
+
+    threads = [threading.Thread(target=rank, args=a) for a in ((0, slice(0, 2)), (1, slice(2, 5)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    close(torch.cat(out), whole)
+    # The rows of one rank whitened alone are not the same thing.
+    assert not torch.allclose(masked_whiten(x[:2], mask[:2], eps=0.0), whole[:2])

@@ -103,6 +103,19 @@ def test_validate_batch_arithmetic_carries_the_numbers():
     cfg.validate("ppo")
 
 
+def test_old_values_from_training_needs_one_critic_step_per_batch():
+    # 8 x 4 = 32 rows over 2 ranks: minibatches of 16 are one critic step, of 8 are two.
+    base = ["--rollout.prompts_per_step=8", "--rollout.samples_per_prompt=4"]
+    base += ["--learner.num_ranks=2", "--learner.micro_batch_size=4", "--ppo.old_values=train"]
+    load_config(None, [*base, "--ppo.minibatch_size=16"]).validate("ppo")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [*base, "--ppo.minibatch_size=8"]).validate("ppo")
+    assert "ppo.old_values = train needs one critic step per rollout batch" in str(e.value)
+    assert "got 8 x 4 and 8 x 2" in str(e.value)
+    with pytest.raises(ConfigError, match=r"ppo.ppo_epochs = 1 \(got 2\)"):
+        load_config(None, [*base, "--ppo.minibatch_size=16", "--ppo.ppo_epochs=2"]).validate("ppo")
+
+
 def test_validate_lists_every_problem_at_once():
     cfg = load_config(
         None,
