@@ -37,12 +37,14 @@ KINDS = ("direct", "fewshot", "continuation")
 
 # The labeler's hidden weights. Noise: two labelers disagree on ~22% of pairs (test-checked).
 # More true facts about the animal asked for are better, up to all three: the labeler's own
-# demonstrations, written quickly, give fewer, so a reward model can learn more than SFT copies.
+# demonstrations, written quickly, often give fewer (DEMO_EXTRA_FACTS), so SFT's most likely
+# answer is short, while its samples vary enough for a reward model to learn that more is better.
 # Facts about another animal are off task: wandering costs as much as saying nothing.
 W_TRUE_FACT, W_ANSWER, W_EXTRA_FACT, W_FALSE_FACT, W_RUDE = 1.0, 2.0, 1.0, -1.5, -2.0
 W_OFF_TASK, W_NOTHING, W_PER_EXTRA_WORD = -1.0, -1.0, -0.1
 WORD_ALLOWANCE = 16
-LABELER_NOISE = 0.9
+LABELER_NOISE = 1.0
+DEMO_EXTRA_FACTS = (0.45, 0.3, 0.25)  # how often a demonstration adds 0, 1 or 2 more facts
 
 _VALUES = {rel: sorted({FACTS[e][rel] for e in ENTITIES}) for rel in RELATIONS}
 _STATEMENT = re.compile(
@@ -226,8 +228,9 @@ def probe_answers(prompt: Prompt) -> dict[str, str]:
 
 def ideal_response(prompt: Prompt, rng: random.Random) -> str:
     """What the labeler writes as a demonstration: on task, true, kind (whatever the tone), and
-    short: one or two facts where three would please the labeler more."""
-    extra = 1 if rng.random() < 0.3 else 0
+    often short: the answer alone, or with one or two more facts (DEMO_EXTRA_FACTS), where all
+    three would please the labeler most."""
+    extra = rng.choices(range(len(DEMO_EXTRA_FACTS)), weights=DEMO_EXTRA_FACTS)[0]
     if prompt.relation is None:
         return " ".join(fact(prompt.entity, r) for r in rng.sample(RELATIONS, 1 + extra))
     value = FACTS[prompt.entity][prompt.relation]
