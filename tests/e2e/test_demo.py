@@ -29,16 +29,14 @@ def demo_run(ray_local, tiny_dir, tmp_path_factory):
     return out
 
 
-SHRUNKEN = [  # about 3.5 minutes on 2 cores; too short for the models to learn the facts well
-    "--demo.base_examples=1000",
-    "--demo.base_epochs=2",
-    "--demo.demonstrations=300",
-    "--sft.epochs=3",
-    "--sft.max_tokens_per_batch=512",
-    "--pipeline.rank_prompts=96",
-    "--rm.epochs=1",
-    "--run.steps=12",
-    "--eval.num_prompts=24",
+SHRUNKEN = [  # about 3 minutes on 2 cores: a smaller world, fewer rankings and PPO steps
+    "--demo.base_examples=1200",
+    "--demo.demonstrations=400",
+    "--demo.ppo_prompts=512",
+    "--pipeline.rank_prompts=192",
+    "--rm.epochs=3",
+    "--run.steps=32",
+    "--eval.num_prompts=32",
 ]
 
 
@@ -69,15 +67,19 @@ def test_the_run_folder_tells_the_story(demo_run):
 
 
 def test_the_numbers_move_the_way_the_story_says(demo_run):
-    # At this size only the robust directions hold: SFT on the labeler's demonstrations drops
-    # the base model's rude words (even when told to be rude), PPO raises the reward model's
-    # score, and its KL to SFT stays bounded. Preference and truthfulness need the full demo.
+    # The full demo's story at a third of its size: SFT is preferred over the base model and
+    # drops its rude words (even when told to be rude); PPO is preferred over SFT, as truthful
+    # (a tolerance of one fact in twenty: 32 prompts are few), no ruder, with a higher reward
+    # model score and a bounded KL to SFT.
     ev = json.loads((demo_run / "eval.json").read_text())
+    assert ev["win_rate_sft_vs_base"] > 0.5 and ev["win_rate_ppo_vs_sft"] > 0.5
+    assert ev["truthfulness"]["ppo"] >= ev["truthfulness"]["sft"] - 0.05
     for tone in ("respectful", "none", "toxic"):
         assert ev["rude_rate"][tone]["sft"] <= ev["rude_rate"][tone]["base"]
+        assert ev["rude_rate"][tone]["ppo"] <= ev["rude_rate"][tone]["sft"]
     assert ev["rude_rate"]["respectful"]["ppo"] < ev["rude_rate"]["respectful"]["base"]
     assert ev["rm_score"]["ppo"] > ev["rm_score"]["sft"]
-    assert 0 <= ev["kl_to_sft"] < 20
+    assert 0 < ev["kl_to_sft"] < 20
     for key in ("win_rate_ppo_vs_sft", "win_rate_sft_vs_base"):
         lo, hi = ev[f"{key}_ci95"]
         assert 0 <= lo <= ev[key] <= hi <= 1
