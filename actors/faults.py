@@ -5,6 +5,8 @@ INSTRUCTRAY_FAULT="FAULT[,FAULT...]@MARKER_DIR", each FAULT one of
   process, from 1) exits at once, as a crash would (`os._exit`, no cleanup);
 - `nan:ROLE:METHOD:N`: that call computes a non-finite number (where the method says);
 - `hang:ROLE:METHOD:N`: that call never returns (the caller's timeout must catch it);
+- `skip:rollout:sync:N`, `half:rollout:sync:N`: that weight update of an engine is broken: it
+  takes the new version but loads nothing (skip) or every other tensor (half);
 - `kill:ROLE:PHASE:STEP`: the driver kills actor 0 of ROLE (`ray.kill`, Ray may restart it) as
   PPO step STEP enters PHASE (generate, score, train, sync), while the actor may be idle.
 A marker file in MARKER_DIR makes each fault fire once per run, so a restarted actor serves
@@ -22,28 +24,32 @@ ENV = "INSTRUCTRAY_FAULT"
 _calls: dict[tuple[str, str], int] = {}
 
 
-def inject(role: str, method: str) -> bool:
-    """Count a call of role.method; die or hang here if a fault says so. -> whether this call should
-    compute a non-finite number (a `nan:` fault)."""
+BREAKS = ("nan", "skip", "half")  # faults the method itself carries out
+
+
+def inject(role: str, method: str) -> str:
+    """Count a call of role.method; die or hang here if a fault says so. -> the kind of fault
+    this call must carry out itself ("nan": compute a non-finite number; "skip", "half": break
+    a weight update), else ""."""
     spec = os.environ.get(ENV, "")
     if not spec:
-        return False
+        return ""
     key = (role, method)
     _calls[key] = _calls.get(key, 0) + 1
     faults, _, marker_dir = spec.partition("@")
-    poison = False
+    carried = ""
     for fault in faults.split(","):
         if fault.startswith("kill:"):
             continue
-        *kind, want_role, want_method, n = fault.split(":")  # kind: [], ["nan"] or ["hang"]
+        *kind, want_role, want_method, n = fault.split(":")  # kind: [], [one of BREAKS], ["hang"]
         if (want_role, want_method) == key and int(n) == _calls[key]:
             if _first(marker_dir, fault):
                 if kind == ["hang"]:
                     time.sleep(1e9)
-                if kind != ["nan"]:
+                if not kind or kind[0] not in BREAKS:
                     os._exit(1)
-                poison = True
-    return poison
+                carried = kind[0]
+    return carried
 
 
 def kills_at(phase: str, step: int) -> list[str]:

@@ -31,7 +31,7 @@ from actors.engine import (
 from actors.faults import inject
 from actors.remote import wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
-from actors.weight_sync import open_group, send_weights
+from actors.weight_sync import fingerprints_of, open_group, send_weights
 from kernels import aggregate_loss, compute_gae, masked_mean, masked_whiten, policy_loss, value_loss
 from orchestrator.config import Config
 from orchestrator.metrics import report_throughput
@@ -314,6 +314,20 @@ class LearnerActor:
         logprobs = torch.cat(parts).float().cpu()  # (B, max L - 1)
         return [logprobs[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
 
+    @torch.no_grad()
+    def weights_state(self, sequences: list[list[int]]) -> dict[str, Any]:
+        """What the weight-sync check compares an engine with: the fingerprints of the policy's
+        weights as they are sent (rank 0's; None elsewhere) and the probe's log-probs. All
+        ranks call (ZeRO-3 gathers)."""
+        weights = full_weights(self.policy.module.causal_lm)
+        if self.rank == 0:
+            fingerprints = fingerprints_of(weights)
+        else:
+            fingerprints = None
+            for _ in weights:
+                pass
+        return {"fingerprints": fingerprints, "logprobs": self.probe_logprobs(sequences)}
+
     def save_pretrained(self, path: str) -> None:
         """The policy as a Hugging Face folder at path, written by rank 0 (all ranks call)."""
         causal_lm = self.policy.module.causal_lm
@@ -457,6 +471,11 @@ class LearnerGroup:
         return self._wait(
             "probe_logprobs", [a.probe_logprobs.remote(sequences) for a in self.actors]
         )[0]
+
+    def weights_state(self, sequences: list[list[int]]) -> dict[str, Any]:
+        """Rank 0's fingerprints of the policy's weights and the probe's log-probs."""
+        refs = [a.weights_state.remote(sequences) for a in self.actors]
+        return self._wait("weights_state", refs)[0]
 
     def save_pretrained(self, path: str) -> None:
         """Hugging Face folder of the policy at path (on rank 0's node)."""

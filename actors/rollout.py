@@ -17,6 +17,7 @@ import numpy as np
 
 from actors.faults import inject
 from actors.remote import ActorRestarted
+from actors.weight_sync import Fingerprints
 from orchestrator.metrics import report_throughput
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,14 @@ def _token_logprobs(positions: list[dict[int, Any] | None], token_ids: list[int]
     return [pos[tok].logprob for pos, tok in zip(positions, token_ids, strict=True)]
 
 
+def _every_other_tensor(weights: bytes) -> bytes:
+    """Test hook (a half-applied update): safetensors bytes with every other tensor left out."""
+    import safetensors.torch
+
+    state = safetensors.torch.load(weights)
+    return safetensors.torch.save({k: state[k] for k in sorted(state)[::2]})
+
+
 class RolloutActor:
     """vLLM engine that samples n responses per prompt and reloads policy weights by version."""
 
@@ -101,6 +110,7 @@ class RolloutActor:
 
         self.max_model_len = max_model_len
         self._version = 0
+        self._loaded: list[Fingerprints] | None = None  # per worker, of the last weight update
         self._llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -195,6 +205,16 @@ class RolloutActor:
             for out, ids in zip(outputs, sequences, strict=True)
         ]
 
+    def weights_state(self, sequences: list[list[int]]) -> dict[str, Any]:
+        """What the weight-sync check compares with the learner: the version held, the
+        fingerprints of the tensors each worker's loader took in at the last update (None at
+        version 0, the weights the engine started from) and the probe's log-probs."""
+        return {
+            "version": self._version,
+            "fingerprints": self._loaded,
+            "logprobs": self.prompt_logprobs(sequences),
+        }
+
     def _check_version(self, version: int, again: bool = False) -> None:
         if version < self._version or (version == self._version and not again):
             raise ValueError(
@@ -203,9 +223,12 @@ class RolloutActor:
 
     def update_weights(self, version: int, weights: bytes) -> int:
         """Load a full policy state dict (safetensors bytes) as `version`; versions must rise."""
-        inject("rollout", "sync")
+        fault = inject("rollout", "sync")  # test hook: "skip" or "half" breaks this update
         self._check_version(version)
-        self._llm.collective_rpc("load_weights_from_bytes", args=(weights,))
+        if fault == "half":
+            weights = _every_other_tensor(weights)
+        if fault != "skip":
+            self._loaded = self._llm.collective_rpc("load_weights_from_bytes", args=(weights,))
         self._version = version
         logger.info("rollout engine loaded weights version %d (%d bytes)", version, len(weights))
         return version
@@ -230,7 +253,7 @@ class RolloutActor:
         again, also the version the engine holds (a broadcast redone after a restart)."""
         inject("rollout", "sync")
         self._check_version(version, again)
-        self._llm.collective_rpc("receive_weights", args=(version,))
+        self._loaded = self._llm.collective_rpc("receive_weights", args=(version,))
         self._version = version
         logger.info("rollout engine received weights version %d by broadcast", version)
         return version

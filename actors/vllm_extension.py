@@ -3,7 +3,8 @@
 The rollout actor names this class when it builds `vllm.LLM` and calls its methods through
 `llm.collective_rpc(name, args=...)`, which runs them in every worker (one per tensor-parallel
 rank). A transport only decides how the new tensors reach the worker; every transport ends in
-`_reload`, which copies them into the live model in place.
+`_reload`, which copies them into the live model in place and fingerprints each tensor on its way
+into the loader (`actors/weight_sync.py`): the weight-sync check compares that with the learner's.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ from collections.abc import Iterable
 
 import torch
 
+from actors import weight_sync
+from actors.weight_sync import Fingerprinter, Fingerprints
+
 
 class WeightSyncExtension:
     """Mixed into vLLM's worker class; `self.model_runner` is the worker's model runner."""
 
-    def load_weights_from_bytes(self, data: bytes) -> None:
-        """Object-store transport: a full state dict serialized by `safetensors.torch.save`."""
+    def load_weights_from_bytes(self, data: bytes) -> Fingerprints:
+        """Object-store transport: a full state dict serialized by `safetensors.torch.save`.
+        -> the fingerprints of what the loader took in."""
         from safetensors.torch import load
 
         # Bytes are the one payload that crosses vLLM's own RPC serializer intact when the engine
         # runs in separate processes (tensor parallel); tensors or callables do not.
-        self._reload(load(data).items())
+        return self._reload(load(data).items())
 
     def join_weight_group(
         self,
@@ -34,23 +39,20 @@ class WeightSyncExtension:
         timeout_s: float,
     ) -> None:
         """Broadcast transport: join the learner's weight group as rank rank_offset + own rank."""
-        from actors.weight_sync import open_group
-
         rank = rank_offset + self.rank  # the worker's rank within its engine
-        self._weight_group = open_group(host, port, rank, world_size, backend, timeout_s)
+        self._weight_group = weight_sync.open_group(host, port, rank, world_size, backend, timeout_s)
         self._weight_device = (
             torch.device("cuda", torch.cuda.current_device())
             if backend == "nccl"
             else torch.device("cpu")
         )
 
-    def receive_weights(self, version: int) -> None:
-        """Broadcast transport: load the buckets learner rank 0 sends as they arrive."""
-        from actors.weight_sync import receive_weights
-
-        stream = receive_weights(self._weight_group, version, self._weight_device)
+    def receive_weights(self, version: int) -> Fingerprints:
+        """Broadcast transport: load the buckets learner rank 0 sends as they arrive.
+        -> the fingerprints of what the loader took in."""
+        stream = weight_sync.receive_weights(self._weight_group, version, self._weight_device)
         try:
-            self._reload(stream)
+            return self._reload(stream)
         finally:
             for _ in stream:  # whatever the loader left: the sender waits on every bucket
                 pass
@@ -65,13 +67,15 @@ class WeightSyncExtension:
         model = self.model_runner.get_model()
         return float(sum(p.detach().double().sum().item() for p in model.parameters()))
 
-    def _reload(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def _reload(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Fingerprints:
         # `reload_weights` runs the model's own checkpoint loader (name mapping, qkv fusion,
         # tensor-parallel sharding, tied embeddings) on freshly materialized layers, then repacks
         # them. Calling `model.load_weights` directly fails on the CPU build: once prepacked,
         # each linear weight is an empty Parameter without a `weight_loader`.
-        self.model_runner.reload_weights(weights_iterator=iter(weights))
+        watcher = Fingerprinter()
+        self.model_runner.reload_weights(weights_iterator=watcher.watch(weights))
         _repack_cpu_lm_heads(self.model_runner.get_model())
+        return watcher.seen
 
 
 def _repack_cpu_lm_heads(model: torch.nn.Module) -> None:

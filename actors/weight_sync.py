@@ -151,3 +151,69 @@ def _numel(shape: list[int]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+# ---------------------------------------------------------------- fingerprints
+
+_CHUNK = 1 << 24  # elements per step of a fingerprint: bounds its int64 copy (128 MiB)
+_MODULUS = 65521  # position weights 1..65521 (a prime): a moved or swapped element changes the sum
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def tensor_fingerprint(tensor: torch.Tensor) -> int:
+    """An exact checksum of a tensor's bits: sum_i bits_i * (i mod 65521 + 1), wrapping mod 2^64.
+
+    Integer arithmetic, so it is the same on any device and in any summation order (the learner
+    computes it on its weights, an engine on the stream it loads), and cheap on a GPU: no copy
+    to the host, no hashing on the CPU. One flipped bit, a value moved, or a dtype changed by a
+    cast all change it.
+    """
+    flat = tensor.detach().contiguous().reshape(-1)
+    words = flat.view(_BITS[flat.element_size()])
+    total = torch.zeros((), dtype=torch.int64, device=flat.device)
+    for start in range(0, words.numel(), _CHUNK):
+        part = words[start : start + _CHUNK].to(torch.int64)
+        index = torch.arange(start, start + part.numel(), device=flat.device, dtype=torch.int64)
+        total += (part * (index % _MODULUS + 1)).sum()
+    return int(total)
+
+
+Fingerprints = dict[str, tuple[str, list[int], int]]  # name -> (dtype, shape, tensor_fingerprint)
+
+
+def fingerprints_of(weights: Iterable[tuple[str, torch.Tensor]]) -> Fingerprints:
+    """The fingerprint of every (name, tensor) of a stream."""
+    watcher = Fingerprinter()
+    for _ in watcher.watch(weights):
+        pass
+    return watcher.seen
+
+
+def fingerprint_mismatch(expected: Fingerprints, got: Fingerprints) -> str:
+    """What differs between the learner's fingerprints and an engine's, in words; "" if equal."""
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    changed = sorted(n for n in set(expected) & set(got) if tuple(expected[n]) != tuple(got[n]))
+    if not (missing or extra or changed):
+        return ""
+    parts = []
+    for what, names in (("not loaded", missing), ("not the learner's", changed), ("extra", extra)):
+        if names:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            parts.append(f"{len(names)} of {len(expected)} tensors {what} ({shown})")
+    return "; ".join(parts)
+
+
+class Fingerprinter:
+    """Wraps a (name, tensor) stream, fingerprinting each tensor as it passes."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[str, list[int], int]] = {}
+
+    def watch(
+        self, weights: Iterable[tuple[str, torch.Tensor]]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in weights:
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            self.seen[name] = (dtype, list(tensor.shape), tensor_fingerprint(tensor))
+            yield name, tensor

@@ -8,11 +8,13 @@ from kernels.logprobs import logprobs_from_hidden, logprobs_from_logits
 from kernels.losses import (
     LOSS_AGG_MODES,
     aggregate_loss,
+    aggregation_count,
     entropy_from_logits,
     policy_loss,
+    truncated_is_weights,
     value_loss,
 )
-from kernels.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from kernels.masked import masked_mean, masked_sum, masked_var, masked_whiten, zero_masked
 from kernels.ranking import MAX_RESPONSES, MIN_RESPONSES, kwise_ranking_loss, pairwise_loss
 from kernels.rewards import compute_token_rewards, last_token_index
 from kernels.sft import sft_loss
@@ -25,6 +27,7 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "aggregate_loss",
+    "aggregation_count",
     "compute_gae",
     "compute_token_rewards",
     "entropy_from_logits",
@@ -40,5 +43,7 @@ __all__ = [
     "pairwise_loss",
     "policy_loss",
     "sft_loss",
+    "truncated_is_weights",
     "value_loss",
+    "zero_masked",
 ]

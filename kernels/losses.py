@@ -6,28 +6,48 @@ from __future__ import annotations
 import torch
 
 from kernels.kl import kl_penalty
-from kernels.masked import masked_mean, masked_sum
+from kernels.masked import masked_mean, masked_sum, zero_masked
 
 LOSS_AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
 
 
-def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+def aggregate_loss(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    denominator: float | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Reduce a per-token loss to a scalar over response tokens. (B, T), (B, T) -> scalar.
 
     token_mean: every token weighs the same. seq_mean_token_mean: every sequence weighs the same.
     seq_mean_token_sum: sequences weigh the same, tokens are summed (no length normalisation).
     The seq_* modes leave out rows with no response token.
+
+    With a denominator, the sum this mode means over (tokens, or rows with tokens) is divided
+    by it instead of by this batch's own count: give the count of the whole batch that these
+    rows are a part of (`aggregation_count` summed over its micro-batches and ranks), and the
+    parts' losses add up to the whole batch's, however it is cut.
     """
     if mode == "token_mean":
-        return masked_mean(loss_mat, mask)
-    if mode == "seq_mean_token_mean":
-        per_row = masked_mean(loss_mat, mask, dim=-1)  # (B,)
+        per_unit, units = loss_mat, mask
+    elif mode == "seq_mean_token_mean":
+        per_unit, units = masked_mean(loss_mat, mask, dim=-1), mask.bool().any(dim=-1)  # (B,)
     elif mode == "seq_mean_token_sum":
-        per_row = masked_sum(loss_mat, mask, dim=-1)  # (B,)
+        per_unit, units = masked_sum(loss_mat, mask, dim=-1), mask.bool().any(dim=-1)  # (B,)
     else:
         raise ValueError(f"unknown loss_agg mode {mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
-    row_has_tokens = mask.bool().any(dim=-1)  # (B,)
-    return masked_mean(per_row, row_has_tokens)
+    if denominator is None:
+        return masked_mean(per_unit, units)
+    return masked_sum(per_unit, units) / denominator
+
+
+def aggregation_count(mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """What aggregate_loss means over in this mode: response tokens (token_mean) or rows with a
+    response token (seq_*). (B, T) -> 0-d float tensor."""
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg mode {mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
+    units = mask.bool() if mode == "token_mean" else mask.bool().any(dim=-1)
+    return units.sum().to(torch.float64)
 
 
 def policy_loss(
@@ -38,8 +58,13 @@ def policy_loss(
     clip_eps: float,
     dual_clip: float | None = None,
     loss_agg: str = "token_mean",
+    is_weights: torch.Tensor | None = None,
+    denominator: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate loss, optional dual clip (Ye et al. 2020). 4 x (B, T) -> scalar, stats.
+
+    is_weights (B, T), detached: each token's surrogate is multiplied by it (the truncated
+    importance weights of `truncated_is_weights`). denominator: see aggregate_loss.
 
     Stats (detached 0-d tensors): clipfrac (share of tokens where the clipped term was taken),
     dual_clipfrac (share where the dual clip was taken), approx_kl (k3 estimate of
@@ -59,7 +84,9 @@ def policy_loss(
         pg = torch.where(dual_clipped, pg_cap, pg)
     else:
         dual_clipped = torch.zeros_like(clipped)
-    loss = aggregate_loss(pg, response_mask, loss_agg)
+    if is_weights is not None:
+        pg = pg * is_weights
+    loss = aggregate_loss(pg, response_mask, loss_agg, denominator)
     with torch.no_grad():
         # Tokens were sampled from the old policy, so it plays the "policy" role of kl_penalty.
         approx_kl = masked_mean(kl_penalty(old_logprobs, logprobs, "k3"), response_mask)
@@ -78,6 +105,7 @@ def value_loss(
     response_mask: torch.Tensor,
     clip_eps: float | None,
     loss_agg: str = "token_mean",
+    denominator: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss 0.5 * max((v - R)^2, (clip(v, old +- eps) - R)^2). 4 x (B, T) -> scalar.
 
@@ -95,10 +123,39 @@ def value_loss(
         # Taken only where clamp really moved v: old + (v - old) can differ from v by rounding.
         moved = (values - old_values).abs() > clip_eps
         clipped = moved & (vf_unclipped < vf_clipped)
-    loss = 0.5 * aggregate_loss(vf, response_mask, loss_agg)
+    loss = 0.5 * aggregate_loss(vf, response_mask, loss_agg, denominator)
     with torch.no_grad():
         stats = {"vf_clipfrac": masked_mean(clipped.to(vf.dtype), response_mask)}
     return loss, stats
+
+
+def truncated_is_weights(
+    old_logprobs: torch.Tensor,
+    rollout_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    cap: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Truncated importance sampling (TIS; Yao et al. 2025) of learner vs engine. 3 x (B, T) ->
+    weights (B, T), stats.
+
+    The engine samples from pi_engine, which its kernels and precision make differ from the
+    learner's pi_old; weighting each token's surrogate by min(pi_old / pi_engine, cap) corrects
+    for it with a bounded variance. 0 on padding. Stats (detached): tis_clipfrac (share of
+    tokens whose ratio exceeded cap), logprob_diff_mean and logprob_diff_max (|log pi_old -
+    log pi_engine| over response tokens).
+    """
+    if cap <= 0:
+        raise ValueError(f"the TIS cap must be > 0, got {cap}")
+    log_ratio = (old_logprobs - rollout_logprobs).detach()  # (B, T)
+    ratio = torch.exp(log_ratio)
+    weights = zero_masked(ratio.clamp(max=cap), response_mask)
+    gap = zero_masked(log_ratio.abs(), response_mask)
+    stats = {
+        "tis_clipfrac": masked_mean((ratio > cap).to(ratio.dtype), response_mask),
+        "logprob_diff_mean": masked_mean(gap, response_mask),
+        "logprob_diff_max": gap.max() if gap.numel() else gap.sum(),
+    }
+    return weights, stats
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

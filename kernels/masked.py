@@ -10,14 +10,15 @@ Dim = int | tuple[int, ...] | None
 SumShards = Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def _select(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def zero_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x where mask is set, 0 elsewhere. (B, T) -> (B, T)."""
     # torch.where, not x * mask: a NaN or inf at a masked position must not leak into the result.
     return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: Dim = None) -> torch.Tensor:
     """Sum of x over positions where mask is set. x, mask: (B, T) -> scalar, or reduced over dim."""
-    selected = _select(x, mask)
+    selected = zero_masked(x, mask)
     return selected.sum() if dim is None else selected.sum(dim=dim)
 
 
@@ -50,7 +51,7 @@ def masked_whiten(
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return _select(whitened, mask)
+    return zero_masked(whitened, mask)
 
 
 def _moments(

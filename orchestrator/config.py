@@ -46,8 +46,11 @@ class ModelConfig:
     )
     reference: str = param("", "Frozen reference (SFT) policy for the KL penalty; empty = policy.")
     tokenizer: str = param("", "Tokenizer folder or name; empty = the policy's.")
-    dtype: Literal["float32", "bfloat16", "float16"] = param(
-        "float32", "Weights and compute dtype of every role."
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = param(
+        "float32",
+        "Weights and compute dtype of every role (the learner keeps fp32 master weights and "
+        "optimizer state). auto = bfloat16 on a GPU with bf16 or a CPU with AVX512-BF16 or AMX "
+        "(read from its flags), else float32; the run logs which and why.",
     )
     max_seq_len: int = param(256, "Context length: prompt tokens + response tokens.")
     trust_remote_code: bool = param(False, "Allow model code from the model folder (off: safer).")
@@ -128,9 +131,11 @@ class RolloutConfig:
     sync_bucket_mib: float = param(
         256.0, "Bucket size of the broadcast transports in MiB (a larger tensor goes alone)."
     )
-    sync_max_logprob_diff: float = param(
-        1e-3,
-        "Stop the run when engine and learner log-probs of the probe batch differ by more.",
+    sync_max_logprob_diff: float | None = param(
+        None,
+        "Stop the run when engine and learner log-probs of the probe batch differ by more; "
+        "null = the model dtype's rounding spread: 1e-3 in float32, 0.1 in bfloat16, 0.05 in "
+        "float16 (the weights' bits are checked exactly besides).",
     )
     placement_strategy: Literal["PACK", "SPREAD"] = param(
         "PACK", "Placement-group strategy for the engines across nodes."

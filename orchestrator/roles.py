@@ -18,12 +18,14 @@ from orchestrator.cluster import Placement, connect
 from orchestrator.config import Config
 from orchestrator.data import PromptSampler, PromptSet, load_prompts
 from orchestrator.examples import curation_settings
+from orchestrator.precision import resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_models(cfg: Config, need_reward: bool = True) -> Config:
     """Build tiny:// models, check local folders exist; returns cfg with concrete paths."""
+    resolve_dtype(cfg)
     m = cfg.model
     cache = m.tiny_dir or None
     if cfg.reward.function:

@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from kernels import LOSS_AGG_MODES, aggregate_loss, entropy_from_logits, policy_loss, value_loss
+from kernels import (
+    LOSS_AGG_MODES,
+    aggregate_loss,
+    aggregation_count,
+    entropy_from_logits,
+    policy_loss,
+    truncated_is_weights,
+    value_loss,
+)
 
 F64 = torch.float64
 
@@ -210,3 +218,74 @@ def test_value_clipfrac_is_zero_when_no_value_moved_past_the_clip():
     returns = (torch.rand(64, 32, generator=gen) - 0.5) * 0.02
     _, stats = value_loss(values, old_values, returns, torch.ones(64, 32), clip_eps=0.1)
     assert stats["vf_clipfrac"].item() == 0.0
+
+
+# ---------------------------------------------------------------- a batch cut into parts
+
+
+def test_aggregate_with_denominator_hand_computed():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # token_mean of the whole batch (3 tokens) is (1 + 2 + 4) / 3; a part holding only row 0
+    # gives (1 + 2) / 3 with the batch's count, not its own mean (1 + 2) / 2.
+    close(aggregate_loss(loss[:1], mask[:1], "token_mean", denominator=3.0), 1.0)
+    close(aggregate_loss(loss, mask, "token_mean", denominator=3.0), 7 / 3)
+    # seq_mean_token_mean: row means 1.5 and 4; over a batch of 4 rows with tokens: 5.5 / 4.
+    close(aggregate_loss(loss, mask, "seq_mean_token_mean", denominator=4.0), 5.5 / 4)
+    # seq_mean_token_sum: row sums 3 and 4, over 2 rows.
+    close(aggregate_loss(loss, mask, "seq_mean_token_sum", denominator=2.0), 3.5)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_parts_with_the_whole_batch_count_add_up_to_the_whole_batch_loss(mode):
+    _, _, loss, mask = random_case(seed=4, batch=6)  # row 0 has no tokens
+    whole = aggregate_loss(loss, mask, mode)
+    count = aggregation_count(mask, mode)
+    parts = [(loss[i : i + 2], mask[i : i + 2]) for i in range(0, 6, 2)]
+    assert sum(aggregation_count(m, mode) for _, m in parts) == count
+    close(sum(aggregate_loss(x, m, mode, denominator=count) for x, m in parts), whole.item())
+    close(aggregate_loss(loss, mask, mode, denominator=count), whole.item())
+
+
+def test_aggregation_count_hand_computed():
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 1]])
+    assert aggregation_count(mask, "token_mean") == 4
+    assert aggregation_count(mask, "seq_mean_token_mean") == 2  # the empty row is left out
+    assert aggregation_count(mask, "seq_mean_token_sum") == 2
+    with pytest.raises(ValueError, match="unknown loss_agg mode 'x'"):
+        aggregation_count(mask, "x")
+
+
+# ---------------------------------------------------------------- truncated importance sampling
+
+
+def test_truncated_is_weights_hand_computed():
+    rollout = torch.full((1, 4), -1.0, dtype=F64)
+    # learner/engine ratios 0.5, 1, 3 (above the cap 2) and a padded token
+    old = rollout + torch.tensor([[0.5, 1.0, 3.0, 7.0]], dtype=F64).log()
+    mask = torch.tensor([[1, 1, 1, 0]])
+    weights, stats = truncated_is_weights(old, rollout, mask, cap=2.0)
+    close(weights, [[0.5, 1.0, 2.0, 0.0]])
+    close(stats["tis_clipfrac"], 1 / 3)
+    # |log ratio|: log 2, 0, log 3 -> mean (log 2 + log 3) / 3, max log 3 (the padded log 7 not)
+    close(stats["logprob_diff_mean"], (math.log(2) + math.log(3)) / 3)
+    close(stats["logprob_diff_max"], math.log(3))
+    with pytest.raises(ValueError, match="TIS cap must be > 0"):
+        truncated_is_weights(old, rollout, mask, cap=0.0)
+
+
+def test_policy_loss_weights_each_token_by_its_is_weight():
+    old_logprobs = torch.full((1, 3), -1.0, dtype=F64)
+    logprobs = old_logprobs.clone()  # ratio 1: the surrogate of a token is -A
+    advantages = torch.tensor([[1.0, -2.0, 4.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 1]])
+    weights = torch.tensor([[0.5, 1.0, 2.0]], dtype=F64)
+    loss, _ = policy_loss(logprobs, old_logprobs, advantages, mask, 0.2, is_weights=weights)
+    # (-1 * 0.5 + 2 * 1.0 - 4 * 2.0) / 3 = -6.5 / 3
+    close(loss, -6.5 / 3)
+    # weights of 1 change nothing
+    plain, _ = policy_loss(logprobs, old_logprobs, advantages, mask, 0.2)
+    ones, _ = policy_loss(
+        logprobs, old_logprobs, advantages, mask, 0.2, is_weights=torch.ones_like(weights)
+    )
+    close(ones, plain.item())
