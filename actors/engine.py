@@ -86,7 +86,14 @@ def deepspeed_config(
             zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     if stage == 3:
         zero["stage3_param_persistence_threshold"] = ZERO3_PERSISTENCE_THRESHOLD
+    extra: dict[str, Any] = {}
+    if dtype == "bfloat16" and stage >= 1:
+        # bf16 weights and compute; fp32 master weights and optimizer state (DeepSpeed's bf16
+        # mode), and gradients accumulated over micro-batches in fp32, not in bf16. ZeRO-0
+        # accumulates in the weights' dtype (DeepSpeed has no other mode there).
+        extra["data_types"] = {"grad_accum_dtype": "fp32"}
     return {
+        **extra,
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": learner_cfg.max_grad_norm,
@@ -104,7 +111,11 @@ def deepspeed_config(
 def _optimizer_config(learner_cfg: Any, lr: float) -> dict[str, Any]:
     """AdamW. With offload DeepSpeed picks its CPU Adam (compiled on first use); on GPU its
     FusedAdam; on CPU without offload FusedAdam's CPU build is a compile step we skip: torch's."""
-    params: dict[str, Any] = {"lr": lr, "weight_decay": learner_cfg.weight_decay}
+    params: dict[str, Any] = {
+        "lr": lr,
+        "weight_decay": learner_cfg.weight_decay,
+        "eps": learner_cfg.adam_eps,
+    }
     if not learner_cfg.offload and not torch.cuda.is_available():
         params["torch_adam"] = True
     return {"type": "AdamW", "params": params}
@@ -171,7 +182,11 @@ def build_engine(
         # The one DeepSpeed path that steps on non-finite gradients; ZeRO-1/2/3, bf16 and fp16
         # skip such a step themselves.
         optimizer = SkipNonFiniteAdamW(
-            groups, lr=lr, weight_decay=learner_cfg.weight_decay, fused=_fused_adamw(groups)
+            groups,
+            lr=lr,
+            weight_decay=learner_cfg.weight_decay,
+            eps=learner_cfg.adam_eps,
+            fused=_fused_adamw(groups),
         )
     else:
         config["optimizer"] = _optimizer_config(learner_cfg, lr)

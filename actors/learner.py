@@ -11,6 +11,7 @@ import logging
 import random
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,22 @@ from actors.faults import inject
 from actors.remote import wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
 from actors.weight_sync import fingerprints_of, open_group, send_weights
-from kernels import aggregate_loss, compute_gae, masked_mean, masked_whiten, policy_loss, value_loss
-from orchestrator.config import Config
+from kernels import (
+    aggregate_loss,
+    aggregation_count,
+    compute_gae,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
+from orchestrator.config import Config, set_key
 from orchestrator.metrics import report_throughput
 
 logger = logging.getLogger(__name__)
 
 EXPERIENCE_KEYS = ("old_logprobs", "advantages", "returns", "old_values")  # each (B, R)
+TRAIN_SETTINGS = ("learner.micro_batch_size", "ppo.minibatch_size", "ppo.loss_agg")
 CHECKPOINT_TAG = "state"  # DeepSpeed's sub-folder name inside each engine's checkpoint folder
 
 
@@ -46,6 +56,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of a rank's rows in a train call."""
+
+    batch: SequenceBatch  # (b, P + R) rows
+    rows: torch.Tensor  # (b,) their indices into the rank's rows
+    share: torch.Tensor  # 0-d: the denominator of its loss (LearnerActor._cut)
+    last: bool  # the last of its minibatch: the optimizer steps after it
 
 
 class LearnerActor:
@@ -139,15 +159,15 @@ class LearnerActor:
                 out["values"].append(self.critic(*engine_inputs(mb)))
         return {k: torch.cat(v).float().cpu() for k, v in out.items() if v}
 
-    def _policy_step(
-        self, mb: SequenceBatch, exp: dict[str, torch.Tensor], rows: torch.Tensor
-    ) -> dict[str, float]:
-        """Policy forward and backward of one micro-batch; DeepSpeed steps at a boundary."""
-        p = self.cfg.ppo
+    def _policy_step(self, part: MicroBatch, exp: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Policy forward and backward of one micro-batch; DeepSpeed steps at its last."""
+        p, mb, rows, share = self.cfg.ppo, part.batch, part.rows, part.share
+        self.policy.set_gradient_accumulation_boundary(part.last)
         mask = mb.response_mask  # (b, R)
         logprobs, entropy = self.policy(
             *engine_inputs(mb), temperature=self.cfg.rollout.temperature, with_entropy=True
         )  # (b, R) each
+        tis = exp.get("tis_weights")
         loss, pg_stats = policy_loss(
             logprobs,
             exp["old_logprobs"][rows],
@@ -156,6 +176,8 @@ class LearnerActor:
             p.clip_eps,
             p.dual_clip,
             p.loss_agg,
+            is_weights=None if tis is None else tis[rows],
+            denominator=share,
         )
         stats = {
             "policy/loss": loss.item(),
@@ -164,19 +186,18 @@ class LearnerActor:
             "entropy/mean": masked_mean(entropy.detach(), mask).item(),
         }
         if p.entropy_coef > 0:
-            loss = loss - p.entropy_coef * aggregate_loss(entropy, mask, p.loss_agg)
+            loss = loss - p.entropy_coef * aggregate_loss(entropy, mask, p.loss_agg, share)
         if self._poison:  # test hook (actors/faults.py): this rank's loss turns non-finite
             loss, self._poison = loss * float("nan"), False
         return self._backward_and_step(self.policy, loss, "policy", stats)
 
-    def _critic_step(
-        self, mb: SequenceBatch, exp: dict[str, torch.Tensor], rows: torch.Tensor
-    ) -> dict[str, float]:
-        """Critic forward and backward of one micro-batch; DeepSpeed steps at a boundary.
+    def _critic_step(self, part: MicroBatch, exp: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Critic forward and backward of one micro-batch; DeepSpeed steps at its last.
 
         Given token rewards instead of values (ppo.old_values = train), this forward's values
         are the rollout's: GAE runs here and fills exp's advantages (not yet whitened)."""
-        p = self.cfg.ppo
+        p, mb, rows = self.cfg.ppo, part.batch, part.rows
+        self.critic.set_gradient_accumulation_boundary(part.last)
         values = self.critic(*engine_inputs(mb))  # (b, R)
         if "rewards" in exp:
             old_values = values.detach()
@@ -187,7 +208,7 @@ class LearnerActor:
         else:
             old_values, returns = exp["old_values"][rows], exp["returns"][rows]
         loss, vf_stats = value_loss(
-            values, old_values, returns, mb.response_mask, p.value_clip, p.loss_agg
+            values, old_values, returns, mb.response_mask, p.value_clip, p.loss_agg, part.share
         )
         stats = {"value/loss": loss.item(), "value/clipfrac": vf_stats["vf_clipfrac"].item()}
         return self._backward_and_step(self.critic, p.vf_coef * loss, "value", stats)
@@ -197,7 +218,7 @@ class LearnerActor:
     ) -> dict[str, float]:
         """Backward of one micro-batch; at a boundary the optimizer steps, or skips the step when
         any rank's gradients are not finite (the decision is the group's: every rank skips)."""
-        boundary = engine.is_gradient_accumulation_boundary()  # before step() moves it on
+        boundary = engine.is_gradient_accumulation_boundary()  # set by the caller
         if not torch.isfinite(loss):
             # Every gradient this loss reaches turns non-finite (NaN * 0 is NaN), so the
             # group's gradient check sees it whatever the loss is made of.
@@ -215,13 +236,14 @@ class LearnerActor:
 
     def train(self, experience: dict[str, Any]) -> dict[str, float]:
         """ppo_epochs passes over this rank's rows in shuffled minibatches. -> mean metrics."""
-        p, mbs = self.cfg.ppo, self.cfg.learner.micro_batch_size
+        p = self.cfg.ppo
         batch = SequenceBatch(
             *(experience[k] for k in ("input_ids", "attention_mask", "position_ids")),
             experience["response_mask"],
             int(experience["prompt_len"]),
         ).to(self.device)
         keys = ("old_logprobs", "rewards") if "rewards" in experience else EXPERIENCE_KEYS
+        keys += ("tis_weights",) if "tis_weights" in experience else ()
         exp = {k: torch.as_tensor(experience[k]).to(self.device) for k in keys}
         n = batch.input_ids.shape[0]
         if n == 0 or n % p.minibatch_size:
@@ -232,26 +254,25 @@ class LearnerActor:
         start = time.perf_counter()
         rng = random.Random(f"{self.cfg.run.seed}/{self.rank}/{self.train_calls}")
         self.train_calls += 1
-        self._poison = self.rank == 0 and inject("learner", "train")
+        self._poison = self.rank == 0 and inject("learner", "train") == "nan"
         self.policy.train()
         self.critic.train()
         totals: dict[str, list[float]] = {}
         for _ in range(p.ppo_epochs):
             order = torch.tensor(rng.sample(range(n), n), device=self.device)
-            # Consecutive micro-batches of the shuffled order make one minibatch (grad_accum).
-            parts = [(batch.select(rows), rows) for rows in order.split(mbs)]
+            parts = self._cut(batch, order)
             if "rewards" in exp:  # the critic first: its forward gives GAE its values
                 exp["advantages"] = torch.zeros_like(exp["rewards"])
-                steps = [self._critic_step(mb, exp, rows) for mb, rows in parts]
+                steps = [self._critic_step(part, exp) for part in parts]
                 if p.whiten_advantages:
                     exp["advantages"] = masked_whiten(
                         exp["advantages"], batch.response_mask, sum_shards=self._sum_over_ranks
                     )
-                steps += [self._policy_step(mb, exp, rows) for mb, rows in parts]
+                steps += [self._policy_step(part, exp) for part in parts]
             else:
                 steps = [
-                    {**self._policy_step(mb, exp, rows), **self._critic_step(mb, exp, rows)}
-                    for mb, rows in parts
+                    {**self._policy_step(part, exp), **self._critic_step(part, exp)}
+                    for part in parts
                 ]
             for stats in steps:
                 for key, value in stats.items():
@@ -261,6 +282,28 @@ class LearnerActor:
             report_throughput("learner", tokens, time.perf_counter() - start)
         counts = {k: sum(v) for k, v in totals.items() if k.endswith("_steps")}
         return self._mean_over_ranks({k: sum(v) / len(v) for k, v in totals.items()} | counts)
+
+    def _cut(self, batch: SequenceBatch, order: torch.Tensor) -> list[MicroBatch]:
+        """This rank's rows in `order` as micro-batches; grad_accum consecutive ones make a
+        minibatch, whose last one steps the optimizer.
+
+        A minibatch's loss means over all of its tokens (or rows: ppo.loss_agg) on all ranks,
+        whose count one all-reduce gives. DeepSpeed divides each micro-batch's loss by
+        grad_accum and averages gradients over the ranks; a denominator of count / (grad_accum
+        x ranks) undoes both, so the update is the same however the minibatch is cut into
+        micro-batches and ranks (tests/e2e/test_invariance.py).
+        """
+        accum = self.cfg.ppo.minibatch_size // self.cfg.learner.micro_batch_size
+        chunks = order.split(self.cfg.learner.micro_batch_size)
+        batches = [batch.select(rows) for rows in chunks]
+        counts = [aggregation_count(b.response_mask, self.cfg.ppo.loss_agg) for b in batches]
+        per_minibatch = self._sum_over_ranks(torch.stack(counts).view(-1, accum).sum(-1))
+        scale = accum * self.world_size
+        return [
+            MicroBatch(b, rows, (per_minibatch[i // accum] / scale).clamp(min=1 / scale), last)
+            for i, (b, rows) in enumerate(zip(batches, chunks, strict=True))
+            for last in [(i + 1) % accum == 0]
+        ]
 
     def _sum_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
@@ -273,13 +316,32 @@ class LearnerActor:
         torch.distributed.all_reduce(values)
         return dict(zip(keys, (values / self.world_size).tolist(), strict=True))
 
-    def export_weights(self) -> bytes | None:
-        """The policy's full weights as safetensors bytes on rank 0 (None elsewhere). All ranks
-        must call it (ZeRO-3 gathers)."""
+    def export_weights(self, model: str = "policy") -> bytes | None:
+        """The policy's (or the critic's) full weights as safetensors bytes on rank 0 (None
+        elsewhere). All ranks must call it (ZeRO-3 gathers)."""
         import safetensors.torch
 
-        state = gathered_state_dict(self.policy.module.causal_lm)
+        hf = self.policy.module.causal_lm if model == "policy" else self.critic.module.value_model
+        state = gathered_state_dict(hf)
         return None if state is None else safetensors.torch.save(state)
+
+    def update_settings(self, settings: dict[str, Any]) -> None:
+        """Change how the next train calls cut and reduce their rows: any of TRAIN_SETTINGS
+        (e.g. smaller micro-batches to fit memory). The update itself does not change with
+        the cut (see _denominators)."""
+        for key, value in settings.items():
+            if key not in TRAIN_SETTINGS:
+                raise ValueError(f"{key} cannot change between train calls; can: {TRAIN_SETTINGS}")
+            set_key(self.cfg, key, value, "learner settings")
+        micro, minibatch = self.cfg.learner.micro_batch_size, self.cfg.ppo.minibatch_size
+        if minibatch % micro:
+            raise ValueError(
+                f"ppo.minibatch_size = {minibatch} is not divisible by "
+                f"learner.micro_batch_size = {micro}"
+            )
+        for engine in (self.policy, self.critic):
+            engine.set_train_micro_batch_size(micro)
+            engine.set_train_batch_size(minibatch * self.world_size)  # accumulation steps
 
     def weight_group_address(self) -> tuple[str, int]:
         """Where rank 0 will host the weight group's rendezvous (this node, a free port)."""
@@ -445,9 +507,14 @@ class LearnerGroup:
         )
         return outs[0]
 
-    def export_weights(self) -> Any:
-        """ObjectRef of the policy's safetensors bytes (rank 0's; stays in the object store)."""
-        refs = [a.export_weights.remote() for a in self.actors]
+    def update_settings(self, settings: dict[str, Any]) -> None:
+        """Every rank's LearnerActor.update_settings (between train calls)."""
+        self._wait("update_settings", [a.update_settings.remote(settings) for a in self.actors])
+
+    def export_weights(self, model: str = "policy") -> Any:
+        """ObjectRef of the policy's (or critic's) safetensors bytes (rank 0's; stays in the
+        object store)."""
+        refs = [a.export_weights.remote(model) for a in self.actors]
         fetch = [rank != 0 for rank in range(len(refs))]
         return self._wait("export_weights", refs, fetch)[0]
 

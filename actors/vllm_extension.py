@@ -40,7 +40,9 @@ class WeightSyncExtension:
     ) -> None:
         """Broadcast transport: join the learner's weight group as rank rank_offset + own rank."""
         rank = rank_offset + self.rank  # the worker's rank within its engine
-        self._weight_group = weight_sync.open_group(host, port, rank, world_size, backend, timeout_s)
+        self._weight_group = weight_sync.open_group(
+            host, port, rank, world_size, backend, timeout_s
+        )
         self._weight_device = (
             torch.device("cuda", torch.cuda.current_device())
             if backend == "nccl"

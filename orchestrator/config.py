@@ -182,6 +182,7 @@ class LearnerConfig:
     lr: float = param(1e-5, "Policy learning rate (AdamW).")
     critic_lr: float = param(1e-5, "Critic learning rate (AdamW).")
     weight_decay: float = param(0.0, "AdamW weight decay.")
+    adam_eps: float = param(1e-8, "AdamW epsilon (added to the root of the second moment).")
     warmup_steps: int = param(0, "Linear warm-up optimizer steps.")
     max_grad_norm: float = param(1.0, "Gradient clipping norm.")
     micro_batch_size: int = param(4, "Sequences per forward/backward per rank.")
@@ -214,8 +215,20 @@ class PPOConfig:
     old_logprobs: Literal["auto", "learner", "rollout"] = param(
         "auto",
         "Source of old_logprobs: a learner forward, or the engine's sampled-token log-probs "
-        "(equal once the weight sync is verified; saves a policy forward). auto = rollout when "
-        "model.dtype is float32 and rollout.temperature is 1, else learner.",
+        "(saves a policy forward). auto = rollout when rollout.temperature is 1 and the first "
+        "weight-sync check measured engine and learner log-probs within "
+        "ppo.old_logprobs_tolerance (fp32: ~1e-6), else learner (bf16: ~1e-2).",
+    )
+    old_logprobs_tolerance: float = param(
+        1e-3,
+        "Largest engine-vs-learner probe log-prob difference at which auto lets the engine's "
+        "log-probs serve as old_logprobs.",
+    )
+    tis_cap: float | None = param(
+        2.0,
+        "With learner old_logprobs, weight each token's policy loss by min(pi_learner / "
+        "pi_engine, tis_cap): truncated importance sampling of the engine-vs-learner mismatch "
+        "(needs rollout.temperature 1, top_p 1, top_k -1); null = off.",
     )
     old_values: Literal["auto", "rollout", "train"] = param(
         "auto",

@@ -22,12 +22,17 @@ import kernels
 from actors.faults import kills_at
 from actors.remote import ActorDied, RemoteError, wait_alive, wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
-from actors.weight_sync import fingerprint_mismatch
 from orchestrator.checkpoints import read_driver_state
 from orchestrator.config import Config
 from orchestrator.numerics import ROWS_SHOWN, batch_statistics, nonfinite_fields
 from orchestrator.roles import Roles
 from orchestrator.run_folder import PhaseTimer
+from orchestrator.sync_check import (
+    WeightSyncError,
+    max_logprob_diff,
+    sync_logprob_limit,
+    sync_problem,
+)
 from orchestrator.validate import one_critic_step
 
 logger = logging.getLogger(__name__)
@@ -107,6 +112,7 @@ class PPOTrainer:
         self.at_start: dict[str, Any] = {}  # the driver's state as the current step began
         self.unsynced: dict[str, Any] | None = None  # a step's metrics while it syncs
         self.probe: list[list[int]] | None = None
+        self.engine_logprobs: bool | None = None  # old_logprobs from the engines (decided once)
         if cfg.rollout.weight_sync != "object_store":
             self.open_weight_group()
 
@@ -214,6 +220,7 @@ class PPOTrainer:
             "probe": start["probe"] if at_step_start else self.probe,
             "skipped_steps": self.skipped_steps,
             "skip_streak": self.skip_streak,
+            "engine_logprobs": self.engine_logprobs,
         }
 
     def load(self, folder: Path) -> int:
@@ -225,9 +232,12 @@ class PPOTrainer:
         self.probe = state["probe"]
         self.steps_done = state["step"]
         self.skipped_steps, self.skip_streak = state["skipped_steps"], state["skip_streak"]
+        self.engine_logprobs = state.get("engine_logprobs")  # None: decided at the next check
         # Engines only take rising versions: after a rebuilt learner they already hold newer ones.
         self.version = max(self.version, state["version"] - 1)
         max_diff = self.sync_weights()  # the engines serve the checkpoint's weights, verified
+        if self.engine_logprobs is None and self.probe is not None:  # an older checkpoint
+            self.engine_logprobs = self.decide_old_logprobs(max_diff)
         logger.info(
             "ppo: engines at weight version %d (max log-prob diff %.3g)", self.version, max_diff
         )
@@ -271,18 +281,58 @@ class PPOTrainer:
                     merged[k].append(out[k][i])
         return merged
 
-    def old_logprobs_from_rollout(self) -> bool:
-        """Whether the engines' sampled-token log-probs stand in for a learner forward."""
+    def decide_old_logprobs(self, measured_diff: float) -> bool:
+        """Whether the engines' sampled-token log-probs stand in for a learner forward, given
+        the engine-vs-learner probe difference measured at the first check; logged, and kept
+        for the run (a checkpoint holds it)."""
         p, r = self.cfg.ppo, self.cfg.rollout
         if p.old_logprobs != "auto":
             return p.old_logprobs == "rollout"
-        # The engine reports raw (temperature-1) log-probs, verified equal to the learner's.
-        return self.cfg.model.dtype == "float32" and r.temperature == 1.0
+        # The engine reports raw (temperature-1) log-probs: they serve only at temperature 1,
+        # and only where they equal the learner's (fp32), not where rounding parts them (bf16).
+        serve = r.temperature == 1.0 and measured_diff <= p.old_logprobs_tolerance
+        logger.info(
+            "ppo: old_logprobs from the %s (ppo.old_logprobs auto: engine-vs-learner probe "
+            "difference %.3g %s ppo.old_logprobs_tolerance = %g%s)",
+            "engines" if serve else "learner",
+            measured_diff,
+            "<=" if measured_diff <= p.old_logprobs_tolerance else ">",
+            p.old_logprobs_tolerance,
+            "" if r.temperature == 1.0 else f", rollout.temperature = {r.temperature}",
+        )
+        return serve
+
+    def importance_weights(self) -> bool:
+        """Whether the engines' log-probs are those of the sampling distribution (temperature 1,
+        no top-k / top-p), so that learner/engine ratios are importance weights."""
+        r = self.cfg.rollout
+        return r.temperature == 1.0 and r.top_p == 1.0 and r.top_k == -1
 
     def old_values_from_training(self) -> bool:
         """Whether the critic's training forward gives GAE its values (no rollout-time one)."""
         mode = self.cfg.ppo.old_values
         return mode == "train" or (mode == "auto" and one_critic_step(self.cfg))
+
+    def truncated_importance(
+        self,
+        old_logprobs: torch.Tensor,  # (B, R) the learner's
+        rollout_logprobs: torch.Tensor,  # (B, R) the engines'
+        mask: torch.Tensor,  # (B, R)
+    ) -> dict[str, Any]:
+        """The engine-vs-learner gap of the sampled tokens; with ppo.tis_cap, the truncated
+        importance weights that correct the policy loss for it. -> {metrics, weights?}."""
+        cap = self.cfg.ppo.tis_cap
+        weights, stats = kernels.truncated_is_weights(
+            old_logprobs, rollout_logprobs, mask, float("inf") if cap is None else cap
+        )
+        metrics = {
+            "rollout/logprob_diff/mean": stats["logprob_diff_mean"].item(),
+            "rollout/logprob_diff/max": stats["logprob_diff_max"].item(),
+        }
+        if cap is None:
+            return {"metrics": metrics}
+        metrics["rollout/tis/clipfrac"] = stats["tis_clipfrac"].item()
+        return {"metrics": metrics, "weights": weights}
 
     def score(
         self,
@@ -452,19 +502,27 @@ class PPOTrainer:
             self.probe = [
                 p + r for p, r in zip(gen["prompt_ids"][:4], gen["response_ids"][:4], strict=True)
             ]
-            first["weight_sync/initial_max_logprob_diff"] = self.verify_sync()
+            first["weight_sync/initial_max_logprob_diff"] = initial = self.verify_sync()
+            if self.engine_logprobs is None:
+                self.engine_logprobs = self.decide_old_logprobs(initial)
             prompts = self.roles.prompts
             first["data/prompts"] = len(prompts)
             first.update({f"data/skipped/{k}": v for k, v in prompts.skipped.items()})
             first.update({f"data/curation/{k}": v for k, v in prompts.curation.items()})
         self._inject("score", step)
         with timer("score"):
-            from_rollout, fused = self.old_logprobs_from_rollout(), self.old_values_from_training()
+            from_rollout, fused = self.engine_logprobs, self.old_values_from_training()
             scores, ref_logprobs, learner_out = self.score(
                 batch, gen["prompt"], responses, not from_rollout, with_values=not fused
             )
+            rollout_logprobs = pad_rows(gen["logprobs"], batch.response_mask)  # (B, R)
+            tis: dict[str, Any] = {}
             if from_rollout:
-                learner_out["old_logprobs"] = pad_rows(gen["logprobs"], batch.response_mask)
+                learner_out["old_logprobs"] = rollout_logprobs
+            elif self.importance_weights():
+                tis = self.truncated_importance(
+                    learner_out["old_logprobs"], rollout_logprobs, batch.response_mask
+                )
         with timer("advantages"):
             mask = batch.response_mask
             exp = compute_advantages(
@@ -486,6 +544,8 @@ class PPOTrainer:
             self._inject("train", step)
             with timer("train"):
                 experience = {**vars(batch), "old_logprobs": learner_out["old_logprobs"]}
+                if "weights" in tis:
+                    experience["tis_weights"] = tis["weights"]
                 if fused:
                     experience["rewards"] = exp["rewards"]
                 else:
@@ -513,6 +573,7 @@ class PPOTrainer:
             "response_length/clipped_ratio": sum(r == "length" for r in gen["finish_reasons"])
             / len(lengths),
             **train_metrics,
+            **tis.get("metrics", {}),
             "train/skipped_steps": self.skipped_steps,
             **first,
         }
@@ -534,46 +595,6 @@ class PPOTrainer:
             "timing/step": round(elapsed, 4),
             "throughput/tokens_per_s": (batch.attention_mask.sum().item()) / elapsed,
         }
-
-
-# The most the engine's and the learner's probe log-probs may differ once the bits agree: the
-# spread of the two implementations' rounding (measured at every sync in fp32: ~1e-6; in bf16:
-# up to 0.008 at 0.34M parameters and 0.019 at 30M on CPU), with room for larger models and GPUs.
-SYNC_LOGPROB_LIMITS = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.05}
-
-
-def sync_logprob_limit(cfg: Config) -> float:
-    """rollout.sync_max_logprob_diff, or the model dtype's default when it is unset."""
-    limit = cfg.rollout.sync_max_logprob_diff
-    return SYNC_LOGPROB_LIMITS[cfg.model.dtype] if limit is None else limit
-
-
-def sync_problem(engine: dict[str, Any], fingerprints: Any, version: int) -> str:
-    """What is wrong with an engine's weights_state against the learner's fingerprints; "" if
-    nothing. At version 0 the engine serves the weights it started from: no fingerprints."""
-    if engine["version"] != version:
-        return f"holds version {engine['version']}, not {version}"
-    if version == 0:
-        return ""
-    if not engine["fingerprints"]:
-        return "reports no weights loaded since it started"
-    for worker, got in enumerate(engine["fingerprints"]):
-        mismatch = fingerprint_mismatch(fingerprints, got)
-        if mismatch:
-            return f"worker {worker} loaded other weights than the learner holds: {mismatch}"
-    return ""
-
-
-def max_logprob_diff(a: list[list[float]], b: list[list[float]]) -> float:
-    """max |a - b| over ragged per-token log-probs of the same sequences."""
-    diff = 0.0
-    for row_a, row_b in zip(a, b, strict=True):
-        diff = max(diff, (torch.tensor(row_a) - torch.tensor(row_b)).abs().max().item())
-    return diff
-
-
-class WeightSyncError(RemoteError):
-    """An engine does not serve the learner's current weights after a sync."""
 
 
 def pad_rows(rows: list[list[float]], mask: torch.Tensor) -> torch.Tensor:

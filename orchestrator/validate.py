@@ -85,6 +85,13 @@ def _check_ppo(cfg: Config, errors: list[str]) -> None:
         reference__num_actors=cfg.reference.num_actors,
         reward__num_actors=cfg.reward.num_actors,
     )
+    if p.tis_cap is not None and p.tis_cap <= 0:
+        errors.append(f"ppo.tis_cap must be > 0 (or null: off), got {p.tis_cap}")
+    if p.old_logprobs_tolerance < 0:
+        errors.append(f"ppo.old_logprobs_tolerance must be >= 0, got {p.old_logprobs_tolerance}")
+    limit = r.sync_max_logprob_diff
+    if limit is not None and limit <= 0:
+        errors.append(f"rollout.sync_max_logprob_diff must be > 0 (or null), got {limit}")
     if p.max_skipped_steps < 0:
         errors.append(f"ppo.max_skipped_steps must be >= 0, got {p.max_skipped_steps}")
     if p.adaptive_kl:
@@ -156,6 +163,7 @@ def validate_config(cfg: Config, stage: str) -> None:
         errors,
         learner__num_ranks=learner.num_ranks,
         learner__micro_batch_size=learner.micro_batch_size,
+        learner__adam_eps=learner.adam_eps,
         model__max_seq_len=cfg.model.max_seq_len,
         data__max_prompt_tokens=cfg.data.max_prompt_tokens,
         run__timeout_s=cfg.run.timeout_s,

@@ -8,7 +8,14 @@ import threading
 import pytest
 import torch
 
-from actors.weight_sync import open_group, receive_weights, send_weights
+from actors.weight_sync import (
+    fingerprint_mismatch,
+    fingerprints_of,
+    open_group,
+    receive_weights,
+    send_weights,
+    tensor_fingerprint,
+)
 
 
 def _free_port() -> int:
@@ -91,3 +98,42 @@ def test_a_receiver_expecting_another_version_fails_naming_both_and_the_group_su
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="gloo or nccl"):
         open_group("127.0.0.1", _free_port(), 0, 1, "mpi", timeout_s=5)
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def test_fingerprint_is_exact_on_the_bits_and_does_not_depend_on_chunks(monkeypatch):
+    from actors import weight_sync
+
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16, torch.int64, torch.uint8):
+        x = (torch.randn(37, 11, generator=g) * 100).to(dtype)
+        fp = tensor_fingerprint(x)
+        assert tensor_fingerprint(x.clone()) == fp
+        assert tensor_fingerprint(x.t().contiguous().t()) == fp  # layout of the same values
+        monkeypatch.setattr(weight_sync, "_CHUNK", 5)  # many chunks, one sum
+        assert tensor_fingerprint(x) == fp
+        monkeypatch.undo()
+        swapped = x.clone().reshape(-1)
+        swapped[[0, 1]] = swapped[[1, 0]]
+        if not torch.equal(swapped, x.reshape(-1)):
+            assert tensor_fingerprint(swapped) != fp  # a value moved
+        flipped = x.clone().reshape(-1)
+        flipped.view(torch.uint8)[3] ^= 1  # one bit
+        assert tensor_fingerprint(flipped) != fp
+    w = torch.randn(8, generator=g)
+    assert tensor_fingerprint(w) != tensor_fingerprint(w.to(torch.bfloat16))  # a cast shows
+    assert tensor_fingerprint(w) != tensor_fingerprint(w.to(torch.bfloat16).float())
+
+
+def test_fingerprint_mismatch_names_what_differs():
+    weights = dict(_weights())
+    learner = fingerprints_of(weights.items())
+    assert fingerprint_mismatch(learner, fingerprints_of(reversed(weights.items()))) == ""
+    half = fingerprints_of(list(weights.items())[::2])
+    assert fingerprint_mismatch(learner, half) == ("2 of 5 tensors not loaded (norm.weight, steps)")
+    moved = dict(weights, **{"embed.weight": weights["embed.weight"] + 1e-6})
+    assert fingerprint_mismatch(learner, fingerprints_of(moved.items())) == (
+        "1 of 5 tensors not the learner's (embed.weight)"
+    )

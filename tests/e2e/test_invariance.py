@@ -1,0 +1,148 @@
+"""One optimizer step does not depend on how its minibatch is cut: real Ray and DeepSpeed (ZeRO-2,
+gloo), tiny models, fp32.
+
+The same 8 rows (responses of 1 to 7 tokens, so a token mean and a sequence mean differ) are one
+minibatch, trained by one rank with all rows in one micro-batch (the reference), then cut into
+micro-batches of 1 and 2 rows, shared by 2 ranks in micro-batches of 1, 2 and 4, and given in
+another order. After one optimizer step the policy's and the critic's weights must equal the
+reference's within fp32 rounding, for every ppo.loss_agg mode. Each case starts from the same
+checkpoint (weights, AdamW state, counters), so only the cut differs.
+
+A loss normalised within each micro-batch (a token mean of its own tokens) fails this: it
+re-weighs tokens by the length of their micro-batch: with it, token_mean's weights here differ
+by up to 0.18 (the seq_* modes, means of equal-sized groups, were invariant already).
+"""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import safetensors.torch
+import torch
+
+from actors.learner import LearnerGroup
+from actors.sequences import make_sequence_batch
+from kernels import LOSS_AGG_MODES
+from orchestrator.config import load_config
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT_S = 300
+ROWS = 8
+# AdamW's first step is lr x g / (|g| + eps): with eps 1 it is about lr x g, so the weights
+# show the gradient itself. (With eps 1e-8 it is lr x sign(g), which turns rounding of a
+# gradient near 0 into a difference of up to 2 x lr for a few weights, and hides how much a
+# wrongly weighted gradient differs elsewhere.)
+LR = 1.0
+ADAM_EPS = 1.0
+ATOL = 1e-6  # a few fp32 ulps of a weight near 1 (norm weights)
+
+# (ranks, micro-batch size, rows reversed); the reference is (1, 8, False)
+CUTS = [(1, 1, False), (1, 2, False), (1, 8, True), (2, 1, False), (2, 2, False), (2, 4, True)]
+
+
+def _config(policy: str, reward: str, ranks: int):
+    return load_config(
+        None,
+        [
+            f"--model.policy={policy}",
+            f"--model.reward={reward}",
+            "--model.dtype=float32",
+            f"--learner.num_ranks={ranks}",
+            "--learner.zero_stage=2",
+            f"--learner.micro_batch_size={ROWS // ranks}",
+            f"--ppo.minibatch_size={ROWS // ranks}",
+            f"--learner.lr={LR}",
+            f"--learner.critic_lr={LR}",
+            f"--learner.adam_eps={ADAM_EPS}",
+            "--learner.max_grad_norm=1e9",  # no clipping: the gradient as it is
+            "--ppo.entropy_coef=0.01",  # its term is aggregated like the losses
+            f"--run.timeout_s={TIMEOUT_S}",
+        ],
+    )
+
+
+def _experience(group: LearnerGroup) -> dict:
+    """8 rows with ragged responses; rollout-time log-probs and values from the group."""
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(5, 300, (int(n),), generator=g).tolist() for n in [3, 1, 4, 2] * 2]
+    responses = [
+        torch.randint(5, 300, (n,), generator=g).tolist() for n in [1, 7, 2, 6, 3, 5, 4, 7]
+    ]
+    batch = make_sequence_batch(prompts, responses, pad_id=1)
+    out = group.logprobs_and_values(batch)
+    mask = batch.response_mask
+    return {
+        **vars(batch),
+        "old_logprobs": out["old_logprobs"] + 0.1 * torch.randn(mask.shape, generator=g) * mask,
+        "old_values": out["values"],
+        "advantages": torch.randn(mask.shape, generator=g) * mask,
+        "returns": torch.randn(mask.shape, generator=g) * mask,
+    }
+
+
+def _reversed(experience: dict) -> dict:
+    return {
+        k: v.flip(0) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in experience.items()
+    }
+
+
+def _weights(group: LearnerGroup) -> dict[str, torch.Tensor]:
+    out = {}
+    for model in ("policy", "critic"):
+        state = safetensors.torch.load(ray.get(group.export_weights(model), timeout=TIMEOUT_S))
+        out.update({f"{model}/{k}": v for k, v in state.items()})
+    return out
+
+
+def _weights_at(group: LearnerGroup, start: str) -> dict[str, torch.Tensor]:
+    group.load_checkpoint(start)
+    return _weights(group)
+
+
+def _one_step(group, start, experience, micro: int, mode: str) -> dict[str, torch.Tensor]:
+    group.load_checkpoint(start)
+    rows_per_rank = ROWS // len(group.actors)
+    group.update_settings(
+        {
+            "learner.micro_batch_size": micro,
+            "ppo.minibatch_size": rows_per_rank,
+            "ppo.loss_agg": mode,
+        }
+    )
+    metrics = group.train(experience)
+    assert metrics["policy/optimizer_steps"] == metrics["value/optimizer_steps"] == 1
+    return _weights(group)
+
+
+@pytest.fixture(scope="module")
+def groups(ray_local, tiny_policy, tiny_reward, tmp_path_factory):
+    """A 1-rank and a 2-rank group from the same weights, each with a checkpoint of its start."""
+    made = {}
+    try:
+        for ranks in (1, 2):
+            group = LearnerGroup(_config(tiny_policy, tiny_reward, ranks))
+            start = str(tmp_path_factory.mktemp(f"start-{ranks}"))
+            group.save_checkpoint(start)
+            made[ranks] = (group, start)
+        yield made
+    finally:
+        for group, _ in made.values():
+            group.shutdown()
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_one_step_is_the_same_however_the_minibatch_is_cut(groups, mode):
+    one, one_start = groups[1]
+    before = _weights_at(one, one_start)
+    experience = _experience(one)  # at the start's weights, as every case begins
+    want = _one_step(one, one_start, experience, ROWS, mode)
+    moved = max((want[k] - before[k]).abs().max().item() for k in want)
+    assert moved > 1e3 * ATOL  # the step moved the weights: equality below is not trivial
+    for ranks, micro, flipped in CUTS:
+        group, start = groups[ranks]
+        rows = _reversed(experience) if flipped else experience
+        got = _one_step(group, start, rows, micro, mode)
+        worst = max(want, key=lambda k: (got[k] - want[k]).abs().max().item())
+        gap = (got[worst] - want[worst]).abs().max().item()
+        assert gap <= ATOL, (mode, ranks, micro, flipped, worst, gap)
