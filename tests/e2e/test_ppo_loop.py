@@ -27,11 +27,13 @@ config = ppo_tiny_config
 
 @pytest.fixture(scope="module")
 def zero2_run(ray_local, tiny_dir, tiny_policy, tmp_path_factory):
-    """2 ranks under ZeRO-2, 1 engine, a reward and a reference actor; a rule reward."""
+    """The tiny PPO config in bf16 (every role): 2 ranks under ZeRO-2, 1 engine, a reward and a
+    reference actor; a rule reward. (fp32 runs: the checkpoint, numerics and fault tests.)"""
     out = tmp_path_factory.mktemp("ppo-zero2")
     cfg = config(
         tiny_dir,
         out,
+        "--model.dtype=bfloat16",
         "--reward.function=actors.rule_rewards:count_target_word",
         "--run.steps=40",
         "--learner.lr=3.0e-4",
@@ -41,13 +43,20 @@ def zero2_run(ray_local, tiny_dir, tiny_policy, tmp_path_factory):
     return out
 
 
-def test_step0_kl_is_zero_and_sync_is_exact(zero2_run):
+def test_bf16_step0_kl_is_zero_and_every_sync_is_verified(zero2_run):
     rows = metrics_of(zero2_run)
-    assert abs(rows[0]["kl/mean"]) < 1e-4  # policy == reference before any update (fp32 noise)
-    assert rows[0]["weight_sync/initial_max_logprob_diff"] < 1e-4
+    assert load_config(zero2_run / "config.yaml").model.dtype == "bfloat16"
+    assert abs(rows[0]["kl/mean"]) < 1e-4  # policy == reference before any update
+    # Every sync passed the check (bits of every tensor, then log-probs within bf16's limit),
+    # and the log-probs show bf16's rounding: the engines did compute in bf16.
+    assert 1e-4 < rows[0]["weight_sync/initial_max_logprob_diff"] < 0.05
     for row in rows:
-        assert row["weight_sync/max_logprob_diff"] < 1e-4, row["step"]
+        assert 0 < row["weight_sync/max_logprob_diff"] < 0.05, row["step"]
+        # The learner computes old_logprobs (bf16 rounding parts it from the engine), with TIS.
+        assert row["rollout/logprob_diff/max"] > 0 and 0 <= row["rollout/tis/clipfrac"] < 0.05
     assert [r["weight_sync/version"] for r in rows] == list(range(1, len(rows) + 1))
+    final = load_file(str(zero2_run / "final" / "model.safetensors"))
+    assert {t.dtype for t in final.values()} == {torch.bfloat16}
 
 
 def test_run_folder_contract(zero2_run):
@@ -76,7 +85,7 @@ def test_policy_weights_change(zero2_run, tiny_policy):
     before = load_file(str(Path(tiny_policy) / "model.safetensors"))
     after = load_file(str(zero2_run / "final" / "model.safetensors"))
     assert before.keys() == after.keys()
-    moved = max((after[k] - before[k]).abs().max().item() for k in before)
+    moved = max((after[k].float() - before[k]).abs().max().item() for k in before)
     assert moved > 1e-4
 
 
@@ -122,9 +131,18 @@ def test_zero3_two_engines_colocated_broadcast_sync_and_a_broken_sync_is_caught(
         ray_local.get(roles.engines[1].update_weights.remote(3, bad), timeout=120)
         with pytest.raises(
             RemoteError,
-            match=r"weight sync: version 2 differs from the learner "
-            r"by .* \(limit rollout.sync_max_logprob_diff",
+            match=r"weight sync: rollout engine 1 \(version 2\): holds version 3, not 2",
         ):
+            trainer.verify_sync()
+        # Under the driver's version, the bits show other weights.
+        trainer.version = 3
+        ray_local.get(roles.engines[0].update_weights.remote(3, bad), timeout=120)
+        with pytest.raises(RemoteError, match=r"engine 0 \(version 3\): worker 0 loaded other"):
+            trainer.verify_sync()
+        # A sync mends both; log-probs beyond the limit (here set below fp32's ~1e-6) stop it.
+        assert trainer.sync_weights() < 1e-4
+        cfg.rollout.sync_max_logprob_diff = 1e-12
+        with pytest.raises(RemoteError, match=r"differs from the learner by .* \(limit rollout"):
             trainer.verify_sync()
     finally:
         roles.shutdown()
