@@ -111,8 +111,15 @@ class _Task:
     def plan(self, examples: list[Any]) -> list[list[int]]:
         raise NotImplementedError
 
-    def loss(self, examples: list[Any]) -> tuple[torch.Tensor, dict[str, float], float]:
-        """-> (loss, stats, weight of this batch in a mean over batches)."""
+    def count(self, examples: list[Any]) -> int:
+        """What the loss averages over: response tokens (SFT) or elements (RM)."""
+        raise NotImplementedError
+
+    def loss(
+        self, examples: list[Any], denominator: float | None = None
+    ) -> tuple[torch.Tensor, dict[str, float], float]:
+        """-> (loss, stats, weight of this batch in a mean over batches). With denominator the
+        loss is the sum over these examples' units / denominator (see train_step)."""
         raise NotImplementedError
 
     def hf_model(self) -> torch.nn.Module:
@@ -141,14 +148,18 @@ class SFTTask(_Task):
         sizes = [(len(e.prompt_ids), len(e.response_ids)) for e in examples]
         return token_budget_batches(sizes, self.cfg.sft.max_tokens_per_batch, self.cfg.sft.packing)
 
-    def loss(self, examples):
+    def count(self, examples):
+        return sum(len(e.response_ids) for e in examples)
+
+    def loss(self, examples, denominator=None):
         batch = make_sequence_batch(
             [e.prompt_ids for e in examples], [e.response_ids for e in examples], self.pad_id
         ).to(self.engine.device)
         logprobs = self.engine(*engine_inputs(batch))  # (B, R)
         tokens = float(batch.response_mask.sum())
-        loss = sft_loss(logprobs, batch.response_mask)
-        return loss, {"loss": loss.item(), "tokens": tokens}, tokens
+        loss = sft_loss(logprobs, batch.response_mask, denominator)
+        mean = loss.item() if denominator is None else loss.item() * denominator / max(tokens, 1)
+        return loss, {"loss": mean, "tokens": tokens}, tokens
 
     def hf_model(self):
         return self.engine.module.causal_lm
@@ -194,11 +205,15 @@ class RewardModelTask(_Task):
             ranking[b, : len(part)] = torch.tensor(e.ranking, device=device)
         return scores, ranking, torch.tensor(ks, device=device)
 
-    def loss(self, examples):
+    def count(self, examples):
+        return len(examples)
+
+    def loss(self, examples, denominator=None):
         scores, ranking, num = self.scores(examples)
-        loss, stats = kwise_ranking_loss(scores, ranking, num)
+        loss, stats = kwise_ranking_loss(scores, ranking, num, denominator)
         pairs = float(stats["num_pairs"])
-        out = {"loss": loss.item(), "pairwise_accuracy": float(stats["pairwise_accuracy"])}
+        mean = loss.item() if denominator is None else loss.item() * denominator / len(examples)
+        out = {"loss": mean, "pairwise_accuracy": float(stats["pairwise_accuracy"])}
         return loss, {**out, "pairs": pairs}, pairs
 
     def hf_model(self):
@@ -242,6 +257,26 @@ def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return dict(zip(keys, (t / torch.distributed.get_world_size()).tolist(), strict=True))
+
+
+def _share_of(count: int, device: torch.device) -> float:
+    """The denominator that makes each rank's loss its share of the whole step's mean: all ranks'
+    count / ranks (the engine averages gradients over ranks)."""
+    total = torch.tensor([float(count)], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return max(float(total) / torch.distributed.get_world_size(), 1e-12)
+
+
+def train_step(task: _Task, examples: list[Any]) -> dict[str, float]:
+    """One optimizer step on this rank's examples: the loss is normalised by the token (SFT) or
+    element (RM) count of the step's examples over all ranks, so the update is the same however
+    the step's examples are dealt out. -> this rank's stats (with grad_norm)."""
+    denominator = _share_of(task.count(examples), task.engine.device)
+    loss, stats, _ = task.loss(examples, denominator)
+    task.engine.backward(loss)
+    task.engine.step()
+    stats["grad_norm"] = float(task.engine.get_global_grad_norm() or 0.0)
+    return stats
 
 
 @torch.no_grad()
@@ -316,10 +351,7 @@ def train_loop(config: dict[str, Any]) -> None:
             if i == 1:  # test hook (actors/faults.py): a crash once an epoch has logged a step
                 inject(stage, "epoch")
             start = time.perf_counter()
-            loss, stats, _ = task.loss([train[i] for i in batch])
-            task.engine.backward(loss)
-            task.engine.step()
-            stats["grad_norm"] = float(task.engine.get_global_grad_norm() or 0.0)
+            stats = train_step(task, [train[i] for i in batch])
             metrics = {
                 f"train/{k}": v for k, v in _mean_over_ranks(stats, task.engine.device).items()
             }

@@ -54,13 +54,20 @@ def _validate(scores: torch.Tensor, ranking: torch.Tensor, num_responses: torch.
 
 
 def kwise_ranking_loss(
-    scores: torch.Tensor, ranking: torch.Tensor, num_responses: torch.Tensor
+    scores: torch.Tensor,
+    ranking: torch.Tensor,
+    num_responses: torch.Tensor,
+    denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """K-wise ranking loss. scores (B, Kmax), ranking (B, Kmax) long, num_responses (B,) -> scalar.
 
     Row b has K_b = num_responses[b] responses (2..9); ranking[b, :K_b] lists their indices into
     scores[b], best first; entries past K_b are padding and never read. Stats (detached):
     pairwise_accuracy (share of all pairs in the batch with r_w > r_l) and num_pairs.
+
+    Each element (prompt) weighs the same. With denominator (the element count of the whole batch
+    these rows are a share of, e.g. all ranks' elements / ranks) the loss is the sum of element
+    losses / denominator, so averaged shares give the whole batch's mean however it was dealt.
     """
     _validate(scores, ranking, num_responses)
     k_max = scores.shape[1]
@@ -79,4 +86,5 @@ def kwise_ranking_loss(
             "pairwise_accuracy": masked_mean(correct.to(ranked.dtype), pair_mask),
             "num_pairs": pair_mask.sum(),
         }
-    return element_loss.mean(), stats
+    loss = element_loss.mean() if denominator is None else element_loss.sum() / denominator
+    return loss, stats

@@ -47,7 +47,7 @@ class ModelConfig:
     reference: str = param("", "Frozen reference (SFT) policy for the KL penalty; empty = policy.")
     tokenizer: str = param("", "Tokenizer folder or name; empty = the policy's.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = param(
-        "float32",
+        "auto",
         "Weights and compute dtype of every role (the learner keeps fp32 master weights and "
         "optimizer state). auto = bfloat16 on a GPU with bf16 or a CPU with AVX512-BF16 or AMX "
         "(read from its flags), else float32; the run logs which and why.",

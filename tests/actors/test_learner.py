@@ -41,6 +41,7 @@ def _config(policy: str, reward: str, *overrides: str):
         [
             f"--model.policy={policy}",
             f"--model.reward={reward}",
+            "--model.dtype=float32",  # compared with fp32 forwards at fp32 tolerances
             "--learner.num_ranks=2",
             "--learner.lr=1e-3",
             "--learner.critic_lr=1e-3",

@@ -1,6 +1,7 @@
 """PPO checkpoints and exact resume on real Ray, vLLM (CPU) and DeepSpeed (ZeRO-2, gloo): 2 steps,
 a checkpoint, a new run resuming for 2 more equals 4 uninterrupted steps, across an epoch
-boundary of the prompt set."""
+boundary of the prompt set; in bf16, the precision of GPU runs (its master weights and AdamW
+state are fp32 and must come back exactly)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,12 @@ def runs(ray_local, tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
     # 12 prompts, 8 per step: step 1 crosses into the second epoch, the resume point (after
     # step 2) sits inside it.
     prompts = write_jsonl(base / "prompts.jsonl", tiny_prompts(12, seed=3))
-    common = [f"--data.prompts={prompts}", "--learner.lr=3e-4", "--run.keep_last=1"]
+    common = [
+        f"--data.prompts={prompts}",
+        "--model.dtype=bfloat16",
+        "--learner.lr=3e-4",
+        "--run.keep_last=1",
+    ]
     straight, resumed = base / "straight", base / "resumed"
     run_ppo(config(tiny_dir, straight, *common, "--run.steps=4"))
     saving = [*common, "--run.save_every=1"]  # the uninterrupted run saves none: no side effect

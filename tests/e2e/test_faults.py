@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from testdata import metrics_of, ppo_tiny_config
+from testdata import every_sync_close, metrics_of, ppo_tiny_config
 
 from actors.faults import ENV
 from actors.remote import RemoteError
@@ -38,7 +38,11 @@ FAULTS = [
 
 
 def config(tiny_dir, out: Path, *overrides: str):
-    return ppo_tiny_config(tiny_dir, out, f"--run.steps={STEPS}", *overrides)
+    # bf16, the precision of GPU runs: faults must change nothing in it either (fp32 is tested
+    # by the other PPO runs)
+    return ppo_tiny_config(
+        tiny_dir, out, f"--run.steps={STEPS}", "--model.dtype=bfloat16", *overrides
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def test_every_fault_fired_and_the_run_finished_its_steps(runs):
     rows = metrics_of(faulty)
     assert [r["step"] for r in rows] == list(range(STEPS))
     assert rows[-1]["actor_restarts"] == len(FAULTS)  # as Ray's GCS counts them
-    assert all(r["weight_sync/max_logprob_diff"] < 1e-4 for r in rows)
+    assert every_sync_close(faulty)
 
 
 def test_faults_change_nothing_in_the_result(runs):
@@ -173,7 +177,7 @@ def test_broadcast_weight_sync_survives_engine_and_learner_deaths(
     rows = metrics_of(out)
     assert [r["step"] for r in rows] == list(range(STEPS))
     assert rows[-1]["actor_restarts"] == 2 and rows[-1]["learner_rebuilds"] == 1
-    assert all(r["weight_sync/max_logprob_diff"] < 1e-4 for r in rows)
+    assert every_sync_close(out)
     a = load_file(str(clean / "final" / "model.safetensors"))
     b = load_file(str(out / "final" / "model.safetensors"))
     for name in a:

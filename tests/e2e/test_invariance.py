@@ -11,6 +11,10 @@ checkpoint (weights, AdamW state, counters), so only the cut differs.
 A loss normalised within each micro-batch (a token mean of its own tokens) fails this: it
 re-weighs tokens by the length of their micro-batch: with it, token_mean's weights here differ
 by up to 0.18 (the seq_* modes, means of equal-sized groups, were invariant already).
+
+SFT and the reward model hold the same way: one step on 8 examples by one rank equals the step
+by two ranks dealt 1 + 7 and (in reverse order) 5 + 3 of them, since each rank's loss is its
+tokens' (SFT) or elements' (RM) sum over the step's count across ranks.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import pytest
 import ray
 import safetensors.torch
 import torch
+from supervised_ranks import SupervisedRank
 
-from actors.learner import LearnerGroup
+from actors.learner import LearnerGroup, _free_port
 from actors.sequences import make_sequence_batch
 from kernels import LOSS_AGG_MODES
 from orchestrator.config import load_config
+from orchestrator.examples import Demonstration, Ranking
 
 pytestmark = pytest.mark.e2e
 
@@ -146,3 +152,77 @@ def test_one_step_is_the_same_however_the_minibatch_is_cut(groups, mode):
         worst = max(want, key=lambda k: (got[k] - want[k]).abs().max().item())
         gap = (got[worst] - want[worst]).abs().max().item()
         assert gap <= ATOL, (mode, ranks, micro, flipped, worst, gap)
+
+
+# ---------------------------------------------------------------- SFT and the reward model
+
+# How the 8 examples of one supervised step are dealt out: [examples of rank 0, of rank 1, ...]
+DEALS = [[list(range(8))], [[0], list(range(1, 8))], [[7, 6, 5, 4, 3], [2, 1, 0]]]
+
+
+def _supervised_examples(stage: str) -> list:
+    g = torch.Generator().manual_seed(11)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(5, 300, (n,), generator=g).tolist()
+
+    if stage == "sft":  # responses of 1 to 9 tokens: a per-rank token mean would re-weigh them
+        return [
+            Demonstration(ids(2 + i % 3), ids(n)) for i, n in enumerate([1, 9, 2, 8, 3, 7, 4, 6])
+        ]
+    # K of 2 to 5: elements of unequal pair counts
+    return [
+        Ranking(ids(3), [ids(2 + j % 3) for j in range(k)], torch.randperm(k, generator=g).tolist())
+        for k in [2, 5, 3, 4, 2, 3, 5, 4]
+    ]
+
+
+def _supervised_step(cfg, stage, model_path, pad_id, deal, examples):
+    """(weights before, weights after) one step of ranks given examples as dealt."""
+    port = _free_port()
+    ranks = [
+        SupervisedRank.remote(cfg, stage, model_path, pad_id, r, len(deal), port)
+        for r in range(len(deal))
+    ]
+    try:
+        ray.get([r.ready.remote() for r in ranks], timeout=TIMEOUT_S)
+        before = ray.get([r.weights.remote() for r in ranks], timeout=TIMEOUT_S)[0]
+        shares = [[examples[i] for i in part] for part in deal]
+        ray.get(
+            [r.step.remote(part) for r, part in zip(ranks, shares, strict=True)], timeout=TIMEOUT_S
+        )
+        after = ray.get([r.weights.remote() for r in ranks], timeout=TIMEOUT_S)[0]
+        return safetensors.torch.load(before), safetensors.torch.load(after)
+    finally:
+        for r in ranks:
+            ray.kill(r)
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm"])
+def test_a_supervised_step_is_the_same_however_its_examples_are_dealt_out(
+    ray_local, tiny_policy, tiny_reward, tok, stage
+):
+    model_path = tiny_policy if stage == "sft" else tiny_reward
+    cfg = load_config(
+        None,
+        [
+            f"--model.policy={tiny_policy}",
+            "--model.dtype=float32",
+            "--learner.zero_stage=2",
+            f"--sft.lr={LR}",
+            f"--rm.lr={LR}",
+            f"--learner.adam_eps={ADAM_EPS}",
+            "--learner.max_grad_norm=1e9",
+            f"--run.timeout_s={TIMEOUT_S}",
+        ],
+    )
+    examples = _supervised_examples(stage)
+    pad_id = tok.pad_token_id
+    before, want = _supervised_step(cfg, stage, model_path, pad_id, DEALS[0], examples)
+    moved = max((want[k] - before[k]).abs().max().item() for k in want)
+    assert moved > 1e3 * ATOL  # the step moved the weights: equality below is not trivial
+    for deal in DEALS[1:]:
+        _, got = _supervised_step(cfg, stage, model_path, pad_id, deal, examples)
+        worst = max(want, key=lambda k: (got[k] - want[k]).abs().max().item())
+        gap = (got[worst] - want[worst]).abs().max().item()
+        assert gap <= ATOL, (stage, deal, worst, gap)

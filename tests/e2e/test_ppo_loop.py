@@ -111,6 +111,7 @@ def test_zero3_two_engines_colocated_broadcast_sync_and_a_broken_sync_is_caught(
     cfg = config(
         tiny_dir,
         tmp_path,
+        "--model.dtype=float32",  # its log-prob limits below are fp32's
         "--learner.zero_stage=3",
         "--rollout.num_engines=2",
         "--ppo.old_logprobs=learner",

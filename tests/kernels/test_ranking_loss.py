@@ -181,3 +181,18 @@ def test_bf16_scores_are_scored_in_fp32():
     assert_close(loss, ref_loss, atol=1e-7, rtol=0)
     chosen, rejected = bf16[:, 0], bf16[:, 1]
     assert pairwise_loss(chosen, rejected).dtype == torch.float32
+
+
+def test_kwise_with_a_denominator_is_the_element_sum_over_it():
+    # Two elements of losses a (K=2, d=1) and b (K=3 as in the k3 test), over a whole batch of 4
+    scores, ranking, num = batch_of([([1.0, 0.0], [0, 1]), ([0.0, 2.0, 1.0], [1, 2, 0])], k_max=3)
+    a = math.log1p(math.exp(-1))
+    b = (2 * math.log1p(math.exp(-1)) + math.log1p(math.exp(-2))) / 3
+    loss, _ = kwise_ranking_loss(scores, ranking, num, denominator=4.0)
+    close(loss, (a + b) / 4)
+    # dealt one element to each of 2 ranks (denominator 2 / 2 = 1 each): their mean is the batch's
+    shares = [
+        kwise_ranking_loss(scores[i : i + 1], ranking[i : i + 1], num[i : i + 1], 1.0)[0]
+        for i in (0, 1)
+    ]
+    close((shares[0] + shares[1]) / 2, (a + b) / 2)

@@ -28,3 +28,17 @@ def ppo_tiny_config(tiny_dir: str, out: Path, *overrides: str):
     return load_config(
         PPO_TINY, [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", *overrides]
     ).validate("ppo")
+
+
+# How close a verified sync's probe log-probs come to the learner's, by the run's dtype: fp32
+# rounding only (~1e-6, seen), and bf16's own rounding (0.002-0.015 seen on the tiny models).
+SYNCED = {"float32": 1e-4, "bfloat16": 0.03}
+
+
+def every_sync_close(folder: Path) -> bool:
+    """Whether every step of the run in folder logged a probe difference its dtype explains."""
+    import yaml
+
+    dtype = yaml.safe_load((Path(folder) / "config.yaml").read_text())["model"]["dtype"]
+    rows = metrics_of(folder)
+    return bool(rows) and all(r["weight_sync/max_logprob_diff"] < SYNCED[dtype] for r in rows)
