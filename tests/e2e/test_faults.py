@@ -122,47 +122,27 @@ def test_a_learner_rank_that_dies_stops_the_run_naming_it(
     assert not (tmp_path / "run" / "final").exists()
 
 
-LEARNER_FAULTS = [
-    "kill:learner:generate:2",
+# One run over the broadcast transport (weight_sync = gloo: every restart forms the weight group
+# again, learner rank 0 and every engine, and a broken broadcast is redone) with a checkpoint at
+# every step: the learner killed in each phase is rebuilt from its checkpoint, rank 0 (the
+# group's sender) included as it syncs, and engines crash or die mid-broadcast.
+LEARNER_AND_BROADCAST_FAULTS = [
+    "rollout:generate:2",  # the engine crashes inside generate (step 1)
+    "kill:learner:generate:3",
+    "kill:rollout:sync:4",  # killed as step 4 enters sync: the broadcast breaks
     "kill:learner:score:5",
     "kill:learner:train:8",
-    "kill:learner:sync:11",
+    "kill:learner:sync:11",  # learner rank 0, the broadcast's sender, killed as step 11 syncs
 ]
 
 
-def test_a_learner_killed_in_each_phase_is_rebuilt_from_its_checkpoint(
+def test_a_learner_killed_in_each_phase_is_rebuilt_and_broadcast_syncs_survive_deaths(
     runs, tiny_dir, tmp_path, monkeypatch
 ):
     clean, _, _ = runs
-    (tmp_path / "markers").mkdir()
-    monkeypatch.setenv(ENV, ",".join(LEARNER_FAULTS) + f"@{tmp_path / 'markers'}")
-    out = tmp_path / "run"
-    run_ppo(config(tiny_dir, out, "--run.save_every=1", "--run.max_actor_restarts=4"))
-    assert len(list((tmp_path / "markers").iterdir())) == len(LEARNER_FAULTS)
-    rows = metrics_of(out)
-    assert [r["step"] for r in rows] == list(range(STEPS))  # redone steps replace their rows
-    assert rows[-1]["learner_rebuilds"] == len(LEARNER_FAULTS)
-    a = load_file(str(clean / "final" / "model.safetensors"))
-    b = load_file(str(out / "final" / "model.safetensors"))
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
-
-
-BROADCAST_FAULTS = [
-    "rollout:generate:2",  # the engine crashes inside generate (step 1)
-    "kill:rollout:sync:4",  # killed as step 4 enters sync: the broadcast breaks
-    "kill:learner:sync:9",  # learner rank 0, the group's sender, killed as step 9 syncs
-]
-
-
-def test_broadcast_weight_sync_survives_engine_and_learner_deaths(
-    runs, tiny_dir, tmp_path, monkeypatch
-):
-    # weight_sync = gloo: every restart forms the weight group again (learner rank 0 and every
-    # engine), and a broken broadcast is redone; same final weights as the clean run.
-    clean, _, _ = runs
-    (tmp_path / "markers").mkdir()
-    monkeypatch.setenv(ENV, ",".join(BROADCAST_FAULTS) + f"@{tmp_path / 'markers'}")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv(ENV, ",".join(LEARNER_AND_BROADCAST_FAULTS) + f"@{markers}")
     out = tmp_path / "run"
     run_ppo(
         config(
@@ -170,13 +150,13 @@ def test_broadcast_weight_sync_survives_engine_and_learner_deaths(
             out,
             "--rollout.weight_sync=gloo",
             "--run.save_every=1",
-            "--run.max_actor_restarts=2",
+            f"--run.max_actor_restarts={len(LEARNER_AND_BROADCAST_FAULTS)}",
         )
     )
-    assert len(list((tmp_path / "markers").iterdir())) == len(BROADCAST_FAULTS)
+    assert len(list(markers.iterdir())) == len(LEARNER_AND_BROADCAST_FAULTS)
     rows = metrics_of(out)
-    assert [r["step"] for r in rows] == list(range(STEPS))
-    assert rows[-1]["actor_restarts"] == 2 and rows[-1]["learner_rebuilds"] == 1
+    assert [r["step"] for r in rows] == list(range(STEPS))  # redone steps replace their rows
+    assert rows[-1]["actor_restarts"] == 2 and rows[-1]["learner_rebuilds"] == 4
     assert every_sync_close(out)
     a = load_file(str(clean / "final" / "model.safetensors"))
     b = load_file(str(out / "final" / "model.safetensors"))

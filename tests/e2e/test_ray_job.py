@@ -1,7 +1,11 @@
 """A Ray cluster as users run one: `ray start --head` (its own temp dir, loopback, token auth),
 the tiny pipeline submitted with `ray job submit`, its metrics scraped from the Prometheus
 endpoints Ray lists, and `instructray submit / status / logs / stop` against the same head.
-The test stops exactly the processes it started (the head's process group)."""
+The test stops exactly the processes it started (the head's process group).
+
+The submitted pipeline is `instructray pipeline` end to end (SFT -> RM -> PPO, then a second
+RM + PPO round on rankings of the policy's own samples); its run folder is checked here too, so
+one pipeline run serves both the job and the pipeline's tests."""
 
 from __future__ import annotations
 
@@ -23,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from testdata import metrics_of
+import yaml
+from testdata import SYNCED, metrics_of
+
+from actors.rule_rewards import rank_by_target_word
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
@@ -198,9 +205,13 @@ def pipeline_job(head, tiny_dir):
         f"--model.tiny_dir={tiny_dir}",
         f"--run.output_dir={head.run_dir}",
         "--run.name=jobtest",
-        "--run.steps=3",
+        "--run.steps=4",
         "--sft.epochs=1",
         "--rm.epochs=1",
+        "--pipeline.iterations=2",
+        "--pipeline.labeler=actors.rule_rewards:rank_by_target_word",
+        "--pipeline.rank_prompts=12",
+        "--pipeline.ranking_models=[tiny://policy]",  # its samples join the policy's
     )
     client = _client(head)
     seen: dict[str, list[tuple[dict[str, str], float]]] = {}
@@ -232,7 +243,7 @@ def test_ray_job_submit_runs_the_tiny_pipeline(pipeline_job, head):
     assert cli_logs.returncode == 0 and "ppo" in cli_logs.stdout
 
 
-def test_prometheus_shows_the_runs_metrics_with_sane_values(pipeline_job):
+def test_prometheus_shows_the_runs_metrics_with_sane_values(pipeline_job, head):
     _, _, seen = pipeline_job
     driver = {"run": "jobtest", "role": "driver", "stage": "ppo"}
     rewards = _values(seen, "instructray_reward_mean", **driver)
@@ -241,13 +252,55 @@ def test_prometheus_shows_the_runs_metrics_with_sane_values(pipeline_job):
     assert kl and all(math.isfinite(v) and -1 < v < 10 for v in kl)
     assert all(0 < v < 60 for v in _values(seen, "instructray_timing_generate", **driver))
     diffs = _values(seen, "instructray_weight_sync_max_logprob_diff", **driver)
-    assert diffs and max(diffs) < 1e-3
+    dtype = yaml.safe_load((head.run_dir / "ppo" / "config.yaml").read_text())["model"]["dtype"]
+    assert diffs and max(diffs) < SYNCED[dtype]
     assert max(_values(seen, "instructray_weight_sync_version", **driver)) >= 1
     for role in ("rollout", "reward", "reference", "learner"):  # each actor's own tokens/s
         tps = _values(seen, "instructray_tokens_per_s", run="jobtest", role=role)
         assert tps and min(tps) > 0, role
     sft_loss = _values(seen, "instructray_train_loss", run="jobtest", role="learner", stage="sft")
     assert sft_loss and all(math.isfinite(v) and v > 0 for v in sft_loss)
+
+
+def test_every_stage_has_its_folder_and_the_pipeline_ends_with_final(pipeline_job, head):
+    run = head.run_dir
+    for stage in ("sft", "rm", "ppo", "rm-2", "ppo-2"):
+        assert (run / stage / "final" / "model.safetensors").exists(), stage
+        assert metrics_of(run / stage), stage
+    assert (run / "final").resolve() == (run / "ppo-2" / "final").resolve()
+    assert (run / "rm" / "final" / "score_stats.json").exists()
+    assert "eval/pairwise_accuracy" in metrics_of(run / "rm")[-1]
+    assert yaml.safe_load((run / "config.yaml").read_text())["pipeline"]["iterations"] == 2
+
+
+def test_stages_are_wired_as_instructgpt(pipeline_job, head):
+    run = head.run_dir
+    sft = str((run / "sft" / "final").resolve())
+    ppo = yaml.safe_load((run / "ppo" / "config.yaml").read_text())["model"]
+    assert Path(ppo["policy"]).resolve() == Path(sft)
+    assert Path(ppo["reference"]).resolve() == Path(sft)
+    assert Path(ppo["reward"]).resolve() == (run / "rm" / "final").resolve()
+    ppo2 = yaml.safe_load((run / "ppo-2" / "config.yaml").read_text())["model"]
+    assert Path(ppo2["policy"]).resolve() == (run / "ppo" / "final").resolve()
+    assert Path(ppo2["reference"]).resolve() == Path(sft)  # still held near the SFT model
+    assert Path(ppo2["reward"]).resolve() == (run / "rm-2" / "final").resolve()
+    rm = yaml.safe_load((run / "rm" / "config.yaml").read_text())["model"]
+    assert Path(rm["policy"]).resolve() == Path(sft)  # the RM starts from the SFT model
+
+
+def test_second_round_ranks_the_policys_own_samples(pipeline_job, head):
+    run = head.run_dir
+    rows = [json.loads(x) for x in (run / "rankings-2.jsonl").read_text().splitlines()]
+    new = [r for r in rows if "user_id" not in r]  # tiny://rankings rows carry a user id
+    assert 0 < len(new) <= 12 and len(rows) == len(new) + 128
+    for row in new:
+        assert 2 <= len(row["responses"]) <= 4
+        assert len(set(row["responses"])) == len(row["responses"])
+        assert row["ranking"] == rank_by_target_word(row["prompt"], row["responses"])
+    [other] = yaml.safe_load((run / "rm-2" / "config.yaml").read_text())["pipeline"][
+        "ranking_models"
+    ]
+    assert (Path(other) / "model.safetensors").exists()  # tiny://policy, resolved and loaded
 
 
 def test_every_grafana_panel_shows_a_metric_the_run_exported(pipeline_job):
