@@ -134,7 +134,7 @@ class RolloutConfig:
     sync_max_logprob_diff: float | None = param(
         None,
         "Stop the run when engine and learner log-probs of the probe batch differ by more; "
-        "null = the model dtype's rounding spread: 1e-3 in float32, 0.1 in bfloat16, 0.05 in "
+        "null = the model dtype's rounding spread: 1e-3 in float32, 1.0 in bfloat16, 0.25 in "
         "float16 (the weights' bits are checked exactly besides).",
     )
     placement_strategy: Literal["PACK", "SPREAD"] = param(

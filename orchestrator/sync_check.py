@@ -22,9 +22,13 @@ from actors.weight_sync import fingerprint_mismatch
 from orchestrator.config import Config
 
 # The most the engine's and the learner's probe log-probs may differ once the bits agree: the
-# spread of the two implementations' rounding (measured at every sync in fp32: ~1e-6; in bf16:
-# up to 0.008 at 0.34M parameters and 0.019 at 30M on CPU), with room for larger models and GPUs.
-SYNC_LOGPROB_LIMITS = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.05}
+# spread of the two implementations' rounding. Measured at every sync in fp32: ~1e-6. In bf16 the
+# max over the probe's tokens is heavy-tailed: 0.008 at 0.34M parameters and 0.019 at 30M at
+# first, but 0.34 once the demo's policy had sharpened (step 25; 0.003-0.08 at the steps before),
+# from one improbable token. So in bf16 (and fp16, 3 more mantissa bits: about 8x less) the probe
+# only guards against gross errors, a tensor misplaced or garbled, which move log-probs by nats;
+# the fingerprints prove the bits.
+SYNC_LOGPROB_LIMITS = {"float32": 1e-3, "bfloat16": 1.0, "float16": 0.25}
 
 
 def sync_logprob_limit(cfg: Config) -> float:

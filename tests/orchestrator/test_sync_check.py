@@ -37,7 +37,7 @@ def test_a_worker_with_other_weights_fails_naming_the_worker_and_tensors():
 
 def test_logprob_limit_by_dtype_unless_set():
     assert sync_logprob_limit(load_config(None, ["--model.dtype=float32"])) == 1e-3
-    assert sync_logprob_limit(load_config(None, ["--model.dtype=bfloat16"])) == 0.1
+    assert sync_logprob_limit(load_config(None, ["--model.dtype=bfloat16"])) == 1.0
     cfg = load_config(None, ["--model.dtype=bfloat16", "--rollout.sync_max_logprob_diff=0.5"])
     assert sync_logprob_limit(cfg) == 0.5
 
