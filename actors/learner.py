@@ -30,6 +30,7 @@ from actors.engine import (
     save_hf_folder,
 )
 from actors.faults import inject
+from actors.ranks import mean_over_ranks, sum_over_ranks
 from actors.remote import wait_all
 from actors.sequences import SequenceBatch, make_sequence_batch
 from actors.weight_sync import fingerprints_of, open_group, send_weights
@@ -266,7 +267,7 @@ class LearnerActor:
                 steps = [self._critic_step(part, exp) for part in parts]
                 if p.whiten_advantages:
                     exp["advantages"] = masked_whiten(
-                        exp["advantages"], batch.response_mask, sum_shards=self._sum_over_ranks
+                        exp["advantages"], batch.response_mask, sum_shards=sum_over_ranks
                     )
                 steps += [self._policy_step(part, exp) for part in parts]
             else:
@@ -281,7 +282,9 @@ class LearnerActor:
             tokens = int(batch.attention_mask.sum()) * p.ppo_epochs * self.world_size
             report_throughput("learner", tokens, time.perf_counter() - start)
         counts = {k: sum(v) for k, v in totals.items() if k.endswith("_steps")}
-        return self._mean_over_ranks({k: sum(v) / len(v) for k, v in totals.items()} | counts)
+        return mean_over_ranks(
+            {k: sum(v) / len(v) for k, v in totals.items()} | counts, self.device
+        )
 
     def _cut(self, batch: SequenceBatch, order: torch.Tensor) -> list[MicroBatch]:
         """This rank's rows in `order` as micro-batches; grad_accum consecutive ones make a
@@ -297,24 +300,13 @@ class LearnerActor:
         chunks = order.split(self.cfg.learner.micro_batch_size)
         batches = [batch.select(rows) for rows in chunks]
         counts = [aggregation_count(b.response_mask, self.cfg.ppo.loss_agg) for b in batches]
-        per_minibatch = self._sum_over_ranks(torch.stack(counts).view(-1, accum).sum(-1))
+        per_minibatch = sum_over_ranks(torch.stack(counts).view(-1, accum).sum(-1))
         scale = accum * self.world_size
         return [
             MicroBatch(b, rows, (per_minibatch[i // accum] / scale).clamp(min=1 / scale), last)
             for i, (b, rows) in enumerate(zip(batches, chunks, strict=True))
             for last in [(i + 1) % accum == 0]
         ]
-
-    def _sum_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-        return x
-
-    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        keys = sorted(metrics)  # same keys on every rank: same number of steps everywhere
-        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(values)
-        return dict(zip(keys, (values / self.world_size).tolist(), strict=True))
 
     def export_weights(self, model: str = "policy") -> bytes | None:
         """The policy's (or the critic's) full weights as safetensors bytes on rank 0 (None

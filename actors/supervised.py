@@ -31,6 +31,7 @@ from actors.engine import (
     save_hf_folder,
 )
 from actors.faults import inject
+from actors.ranks import mean_over_ranks, sum_over_ranks
 from actors.sequences import make_sequence_batch
 from kernels import kwise_ranking_loss, sft_loss
 from orchestrator.config import Config
@@ -252,18 +253,10 @@ def _rank_world() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
-def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    return dict(zip(keys, (t / torch.distributed.get_world_size()).tolist(), strict=True))
-
-
 def _share_of(count: int, device: torch.device) -> float:
     """The denominator that makes each rank's loss its share of the whole step's mean: all ranks'
     count / ranks (the engine averages gradients over ranks)."""
-    total = torch.tensor([float(count)], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(total)
+    total = sum_over_ranks(torch.tensor([float(count)], dtype=torch.float64, device=device))
     return max(float(total) / torch.distributed.get_world_size(), 1e-12)
 
 
@@ -353,7 +346,7 @@ def train_loop(config: dict[str, Any]) -> None:
             start = time.perf_counter()
             stats = train_step(task, [train[i] for i in batch])
             metrics = {
-                f"train/{k}": v for k, v in _mean_over_ranks(stats, task.engine.device).items()
+                f"train/{k}": v for k, v in mean_over_ranks(stats, task.engine.device).items()
             }
             metrics["train/lr"] = task.engine.get_lr()[0]
             metrics["timing/step"] = time.perf_counter() - start

@@ -14,10 +14,11 @@ from testdata import every_sync_close, metrics_of, ppo_tiny_config
 
 from actors.faults import ENV
 from actors.remote import RemoteError
+from orchestrator.config import load_config
 from orchestrator.ppo_run import run_ppo
 
 pytestmark = pytest.mark.e2e
-STEPS = 14
+STEPS = 20  # the config's own run.steps
 # Every role x every phase: crashes inside a call (ROLE:METHOD:N) and kills by the driver as a
 # step enters a phase (kill:ROLE:PHASE:STEP), one fault per step from step 1 on.
 FAULTS = [
@@ -39,10 +40,9 @@ FAULTS = [
 
 def config(tiny_dir, out: Path, *overrides: str):
     # bf16, the precision of GPU runs: faults must change nothing in it either (fp32 is tested
-    # by the other PPO runs)
-    return ppo_tiny_config(
-        tiny_dir, out, f"--run.steps={STEPS}", "--model.dtype=bfloat16", *overrides
-    )
+    # by the other PPO runs). Without overrides: `instructray ppo --config ppo-tiny-cpu.yaml
+    # --model.dtype=bfloat16`.
+    return ppo_tiny_config(tiny_dir, out, "--model.dtype=bfloat16", *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,19 @@ def runs(ray_local, tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
         mp.setenv(ENV, ",".join(FAULTS) + f"@{markers}")
         run_ppo(config(tiny_dir, faulty, f"--run.max_actor_restarts={len(FAULTS)}"))
     return clean, faulty, markers
+
+
+def test_the_configs_bf16_run_verifies_every_sync_and_its_reward_rises(runs):
+    clean, _, _ = runs
+    cfg = load_config(clean / "config.yaml")
+    assert (cfg.model.dtype, cfg.run.steps, cfg.reward.function) == ("bfloat16", STEPS, "")
+    rows = metrics_of(clean)
+    assert [r["step"] for r in rows] == list(range(STEPS))
+    assert [r["weight_sync/version"] for r in rows] == list(range(1, STEPS + 1))
+    assert every_sync_close(clean)  # bits of every tensor checked, log-probs within bf16's
+    scores = [r["reward/mean"] for r in rows]  # the reward model's score
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    assert last > first + 0.1, scores
 
 
 def test_every_fault_fired_and_the_run_finished_its_steps(runs):
