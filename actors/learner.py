@@ -72,18 +72,11 @@ class MicroBatch:
 class LearnerActor:
     """One data-parallel rank: policy and critic DeepSpeed engines."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        rank: int,
-        world_size: int,
-        master_addr: str | None = None,
-        master_port: int | None = None,
-    ):
+    def __init__(self, cfg: Config, rank: int, world_size: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        # Rank 0 picks the rendezvous on its own node; the group passes it to the other ranks.
-        self.master_addr = master_addr or ray.util.get_node_ip_address()
-        self.master_port = master_port or _free_port()
+        # Rank 0's rendezvous, on its own node; the group passes it to every rank's setup.
+        self.master_addr = ray.util.get_node_ip_address()
+        self.master_port = _free_port()
         self.policy: Any = None  # DeepSpeedEngine around PolicyLogprobs
         self.critic: Any = None  # DeepSpeedEngine around TokenValues
         self.train_calls = 0
@@ -93,8 +86,10 @@ class LearnerActor:
     def master_address(self) -> tuple[str, int]:
         return self.master_addr, self.master_port
 
-    def setup(self) -> None:
-        """Join the process group; load the policy and the critic into their engines."""
+    def setup(self, master_addr: str, master_port: int) -> None:
+        """Join the process group at rank 0's rendezvous; load the policy and the critic into
+        their engines."""
+        self.master_addr, self.master_port = master_addr, master_port
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         cfg, learner, m = self.cfg, self.cfg.learner, self.cfg.model
@@ -431,15 +426,19 @@ class LearnerGroup:
         remote_cls = ray.remote(LearnerActor)
         self.actors: list[Any] = []
         try:
-            self.actors.append(remote_cls.options(**self._options(0, placement)).remote(cfg, 0, n))
+            # Every rank's process starts at once (imports take most of the start-up); the
+            # rendezvous is rank 0's, and every rank's setup gets it.
+            self.actors = [
+                remote_cls.options(**self._options(rank, placement)).remote(cfg, rank, n)
+                for rank in range(n)
+            ]
             start_s = cfg.run.start_timeout_s  # model loads and process-group set-up
             [(addr, port)] = self._wait(
                 "start", [self.actors[0].master_address.remote()], timeout_s=start_s
             )
-            for rank in range(1, n):
-                options = self._options(rank, placement)
-                self.actors.append(remote_cls.options(**options).remote(cfg, rank, n, addr, port))
-            self._wait("setup", [a.setup.remote() for a in self.actors], timeout_s=start_s)
+            self._wait(
+                "setup", [a.setup.remote(addr, port) for a in self.actors], timeout_s=start_s
+            )
         except BaseException:
             self.shutdown()
             raise
