@@ -74,7 +74,8 @@ class LearnerActor:
 
     def __init__(self, cfg: Config, rank: int, world_size: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        # Rank 0's rendezvous, on its own node; the group passes it to every rank's setup.
+        # A rendezvous on this rank's node: rank 0's is the group's, which the group passes to
+        # every rank's setup (the others' go unused).
         self.master_addr = ray.util.get_node_ip_address()
         self.master_port = _free_port()
         self.policy: Any = None  # DeepSpeedEngine around PolicyLogprobs
@@ -89,8 +90,9 @@ class LearnerActor:
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the process group at rank 0's rendezvous; load the policy and the critic into
         their engines."""
-        self.master_addr, self.master_port = master_addr, master_port
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        self.master_addr, self.master_port = master_addr, master_port
 
         cfg, learner, m = self.cfg, self.cfg.learner, self.cfg.model
         if cfg.ppo.minibatch_size % learner.micro_batch_size:
