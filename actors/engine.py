@@ -250,15 +250,17 @@ def _partitioned_construction(config: dict[str, Any]) -> Iterator[None]:
 
 
 def load_model(
-    auto_cls: Any, path: str, learner_cfg: Any, dtype: str, trust_remote_code: bool, **kwargs: Any
+    auto_cls: Any, path: str, learner_cfg: Any, model_cfg: Any, **kwargs: Any
 ) -> torch.nn.Module:
-    """`auto_cls.from_pretrained(path)`, partitioned as it loads under ZeRO-3."""
-    config = deepspeed_config(learner_cfg, 1, 1, dtype)
+    """`auto_cls.from_pretrained(path)` in model_cfg's dtype and attention, partitioned as it
+    loads under ZeRO-3."""
+    config = deepspeed_config(learner_cfg, 1, 1, model_cfg.dtype)
     with _partitioned_construction(config):
         return auto_cls.from_pretrained(
             path,
-            dtype=getattr(torch, dtype),
-            trust_remote_code=trust_remote_code,
+            dtype=getattr(torch, model_cfg.dtype),
+            attn_implementation=model_cfg.attention(torch.cuda.is_available())[0],
+            trust_remote_code=model_cfg.trust_remote_code,
             use_safetensors=True,  # never unpickle a .bin checkpoint
             **kwargs,
         )

@@ -111,20 +111,13 @@ class LearnerActor:
         grad_accum = cfg.ppo.minibatch_size // learner.micro_batch_size
         torch.manual_seed(cfg.run.seed)  # a new critic head starts equal on every rank
         engine_args = (learner.micro_batch_size, grad_accum, m.dtype)
-        causal_lm = load_model(
-            AutoModelForCausalLM, m.policy, learner, m.dtype, m.trust_remote_code
-        )
+        causal_lm = load_model(AutoModelForCausalLM, m.policy, learner, m)
         policy = PolicyLogprobs(causal_lm, cfg.reference.logprob_chunk_size)
         self.policy = build_engine(policy, learner, learner.lr, *engine_args)
         # The critic starts from the reward model (InstructGPT), or from the policy with a new head.
         critic_path = m.reward if m.reward and not cfg.reward.function else m.policy
         value_model = load_model(
-            AutoModelForSequenceClassification,
-            critic_path,
-            learner,
-            m.dtype,
-            m.trust_remote_code,
-            num_labels=1,
+            AutoModelForSequenceClassification, critic_path, learner, m, num_labels=1
         )
         self.critic = build_engine(
             TokenValues(value_model), learner, learner.critic_lr, *engine_args

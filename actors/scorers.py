@@ -55,6 +55,7 @@ class RewardActor:
         dtype: str = "float32",
         batch_size: int = 16,
         normalize: bool = False,
+        attn_implementation: str = "sdpa",
     ):
         self.batch_size = batch_size
         self.fn = load_reward_function(function) if function else None
@@ -67,7 +68,11 @@ class RewardActor:
         if not Path(model_path).exists():
             raise ValueError(f"reward model folder {model_path} does not exist")
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, torch_dtype=DTYPES[dtype], num_labels=1, use_safetensors=True
+            model_path,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
+            num_labels=1,
+            use_safetensors=True,
         ).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         policy_tok = AutoTokenizer.from_pretrained(policy_tokenizer) if policy_tokenizer else None
@@ -124,13 +129,17 @@ class ReferenceActor:
         batch_size: int = 16,
         chunk_size: int = 1024,
         temperature: float = 1.0,
+        attn_implementation: str = "sdpa",
     ):
         from transformers import AutoModelForCausalLM
 
         if not Path(model_path).exists():
             raise ValueError(f"reference model folder {model_path} does not exist")
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, torch_dtype=DTYPES[dtype], use_safetensors=True
+            model_path,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
+            use_safetensors=True,
         ).eval()
         self.batch_size, self.chunk_size, self.temperature = batch_size, chunk_size, temperature
 

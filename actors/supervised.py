@@ -138,9 +138,7 @@ class SFTTask(_Task):
 
         super().__init__(cfg)
         m, learner = cfg.model, cfg.learner
-        causal_lm = load_model(
-            AutoModelForCausalLM, model_path, learner, m.dtype, m.trust_remote_code
-        )
+        causal_lm = load_model(AutoModelForCausalLM, model_path, learner, m)
         module = PolicyLogprobs(causal_lm, cfg.reference.logprob_chunk_size)
         self.engine = build_engine(module, learner, cfg.sft.lr, 1, 1, m.dtype)
         self.pad_id = pad_id
@@ -175,14 +173,7 @@ class RewardModelTask(_Task):
 
         super().__init__(cfg)
         m, learner = cfg.model, cfg.learner
-        model = load_model(
-            AutoModelForSequenceClassification,
-            model_path,
-            learner,
-            m.dtype,
-            m.trust_remote_code,
-            num_labels=1,
-        )
+        model = load_model(AutoModelForSequenceClassification, model_path, learner, m, num_labels=1)
         model.config.pad_token_id = pad_id  # HF's own forward finds the last token by it
         self.engine = build_engine(SequenceScores(model), learner, cfg.rm.lr, 1, 1, m.dtype)
         self.pad_id = pad_id

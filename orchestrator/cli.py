@@ -12,7 +12,7 @@ from actors.remote import RemoteError
 from orchestrator.config import ConfigError, describe_fields, load_config
 from orchestrator.data import DataError
 from orchestrator.numerics import NonFiniteError
-from orchestrator.precision import resolve_dtype
+from orchestrator.precision import resolve_precision
 
 # stage -> (one-line description, "module:function" that runs it with a validated Config)
 STAGES: dict[str, tuple[str, str]] = {
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, _normalize_overrides(rest))
         cfg.validate(args.stage)
-        resolve_dtype(cfg)  # before config.yaml is written: the run folder records the choice
+        resolve_precision(cfg)  # before config.yaml is written: the run folder records the choice
         if args.print_config:
             import yaml
 

@@ -1,4 +1,5 @@
-"""`model.dtype: auto`: bf16 where the hardware computes it natively, fp32 elsewhere.
+"""`model.dtype: auto`: bf16 where the hardware computes it natively, fp32 elsewhere; and
+`model.attn_implementation: auto`, which follows the dtype.
 
 Decided once, on the driver, before any actor starts, so every role (engines, scorers, learner)
 runs in the same dtype; the run logs which and why. On CPU the flags of /proc/cpuinfo decide:
@@ -42,19 +43,23 @@ def choose_dtype(on_gpu: bool, gpu_bf16: bool | None, cpuinfo: str) -> tuple[str
     return "float32", "this CPU has no AVX512-BF16 or AMX: bf16 would be emulated, slower than fp32"
 
 
-def resolve_dtype(cfg: Config) -> Config:
-    """Replace model.dtype auto by the concrete dtype, logging the choice; others pass through."""
-    if cfg.model.dtype != "auto":
-        return cfg
+def resolve_precision(cfg: Config) -> Config:
+    """Replace model.dtype and model.attn_implementation auto by concrete choices, logging
+    each; concrete values pass through."""
     on_gpu = cfg.learner.gpus_per_rank > 0
-    gpu_bf16 = None
-    if on_gpu:
-        import torch
+    if cfg.model.dtype == "auto":
+        gpu_bf16 = None
+        if on_gpu:
+            import torch
 
-        if torch.cuda.is_available():  # the driver shares the roles' kind of GPU
-            gpu_bf16 = torch.cuda.is_bf16_supported()
-    cpuinfo = CPUINFO.read_text() if CPUINFO.exists() else ""
-    dtype, why = choose_dtype(on_gpu, gpu_bf16, cpuinfo)
-    logger.info("precision: %s (model.dtype auto: %s)", dtype, why)
-    cfg.model.dtype = dtype  # type: ignore[assignment]
+            if torch.cuda.is_available():  # the driver shares the roles' kind of GPU
+                gpu_bf16 = torch.cuda.is_bf16_supported()
+        cpuinfo = CPUINFO.read_text() if CPUINFO.exists() else ""
+        dtype, why = choose_dtype(on_gpu, gpu_bf16, cpuinfo)
+        logger.info("precision: %s (model.dtype auto: %s)", dtype, why)
+        cfg.model.dtype = dtype  # type: ignore[assignment]
+    if cfg.model.attn_implementation == "auto":
+        attention, why = cfg.model.attention(on_gpu)
+        logger.info("attention: %s (model.attn_implementation auto: %s)", attention, why)
+        cfg.model.attn_implementation = attention  # type: ignore[assignment]
     return cfg

@@ -18,14 +18,14 @@ from orchestrator.cluster import Placement, connect
 from orchestrator.config import Config
 from orchestrator.data import PromptSampler, PromptSet, load_prompts
 from orchestrator.examples import curation_settings
-from orchestrator.precision import resolve_dtype
+from orchestrator.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_models(cfg: Config, need_reward: bool = True) -> Config:
     """Build tiny:// models, check local folders exist; returns cfg with concrete paths."""
-    resolve_dtype(cfg)
+    resolve_precision(cfg)
     m = cfg.model
     cache = m.tiny_dir or None
     if cfg.reward.function:
@@ -116,6 +116,7 @@ class Roles:
                 m.dtype,
                 cfg.reward.batch_size,
                 cfg.reward.normalize,
+                m.attn_implementation,
             )
             for s in slots["reward"]
         ]
@@ -128,6 +129,7 @@ class Roles:
                 cfg.reference.batch_size,
                 cfg.reference.logprob_chunk_size,
                 r.temperature,
+                m.attn_implementation,
             )
             for s in slots["reference"]
         ]

@@ -127,6 +127,21 @@ def test_fingerprint_is_exact_on_the_bits_and_does_not_depend_on_chunks(monkeypa
     assert tensor_fingerprint(w) != tensor_fingerprint(w.to(torch.bfloat16).float())
 
 
+def test_fingerprint_is_its_formula_past_one_period_of_the_weights(monkeypatch):
+    from actors import weight_sync
+
+    g = torch.Generator().manual_seed(2)
+    for dtype, words in ((torch.bfloat16, torch.int16), (torch.float32, torch.int32)):
+        x = torch.randn(70_003, generator=g).to(dtype)  # positions past 65521 wrap to weight 1
+        bits = x.view(words).tolist()
+        want = sum(b * (i % 65521 + 1) for i, b in enumerate(bits)) % 2**64
+        assert tensor_fingerprint(x) % 2**64 == want
+        monkeypatch.setattr(weight_sync, "_CHUNK", 4099)  # chunks that start mid-period
+        monkeypatch.setattr(weight_sync, "_POSITIONS", {})
+        assert tensor_fingerprint(x) % 2**64 == want
+        monkeypatch.undo()
+
+
 def test_fingerprint_mismatch_names_what_differs():
     weights = dict(_weights())
     learner = fingerprints_of(weights.items())

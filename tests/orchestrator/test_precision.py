@@ -1,4 +1,5 @@
-"""model.dtype auto: bf16 where the hardware computes it natively, read from the CPU's flags."""
+"""model.dtype auto: bf16 where the hardware computes it natively, read from the CPU's flags;
+model.attn_implementation auto, which follows it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 
 from orchestrator import precision
 from orchestrator.config import load_config
-from orchestrator.precision import choose_dtype, cpu_bf16_flags, resolve_dtype
+from orchestrator.precision import choose_dtype, cpu_bf16_flags, resolve_precision
 
 # /proc/cpuinfo as two kinds of the project's machines show it (flags shortened)
 AVX512_BF16 = """processor\t: 0
@@ -45,15 +46,31 @@ def test_auto_on_gpus():
 
 
 def test_resolve_sets_the_dtype_and_logs_why(tmp_path, monkeypatch, caplog):
-    for text, want in ((AVX512_BF16, "bfloat16"), (AVX2_ONLY, "float32")):
+    for text, want, attention in (
+        (AVX512_BF16, "bfloat16", "eager"),
+        (AVX2_ONLY, "float32", "sdpa"),
+    ):
         cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(text)
         monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
         cfg = load_config(None, ["--model.dtype=auto"])
         with caplog.at_level(logging.INFO, logger="orchestrator.precision"):
-            assert resolve_dtype(cfg).model.dtype == want
+            resolve_precision(cfg)
+        assert (cfg.model.dtype, cfg.model.attn_implementation) == (want, attention)
         assert f"precision: {want} (model.dtype auto:" in caplog.text
+        assert f"attention: {attention} (model.attn_implementation auto:" in caplog.text
         caplog.clear()
     # A dtype given by name is kept as it is.
     cfg = load_config(None, ["--model.dtype=float32"])
-    assert resolve_dtype(cfg).model.dtype == "float32"
+    assert resolve_precision(cfg).model.dtype == "float32"
+
+
+def test_auto_attention_is_eager_only_for_bf16_on_a_cpu():
+    def auto(dtype: str, on_gpu: bool) -> str:
+        return load_config(None, [f"--model.dtype={dtype}"]).model.attention(on_gpu)[0]
+
+    assert auto("bfloat16", on_gpu=False) == "eager"
+    assert auto("float32", on_gpu=False) == "sdpa"
+    assert auto("bfloat16", on_gpu=True) == "sdpa"
+    cfg = load_config(None, ["--model.dtype=bfloat16", "--model.attn_implementation=sdpa"])
+    assert resolve_precision(cfg).model.attn_implementation == "sdpa"  # named: kept
