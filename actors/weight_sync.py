@@ -158,7 +158,8 @@ def _numel(shape: list[int]) -> int:
 _CHUNK = 1 << 24  # elements per step of a fingerprint: bounds its int64 copy (128 MiB)
 _MODULUS = 65521  # position weights 1..65521 (a prime): a moved or swapped element changes the sum
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_POSITIONS: dict[torch.device, torch.Tensor] = {}  # device -> i mod 65521 + 1, int32
+# device -> i mod 65521 + 1 (int32), at most 65521 + _CHUNK of them (64 MiB), kept for the run
+_POSITIONS: dict[torch.device, torch.Tensor] = {}
 
 
 def _position_weights(start: int, n: int, device: torch.device) -> torch.Tensor:

@@ -67,7 +67,7 @@ class ModelConfig:
     def attention(self, on_gpu: bool) -> tuple[str, str]:
         """-> (attn_implementation, why), auto decided for this dtype: on a CPU in bf16 torch's
         SDPA backward is slow (measured on 2 cores at 30M: 0.41 s of a 2.9-3.2 s learner step,
-        which took 2.2-2.6 s with eager attention); in fp32 the two were level."""
+        which took 2.2-2.8 s with eager attention); in fp32 the two were level."""
         if self.attn_implementation != "auto":
             return self.attn_implementation, "model.attn_implementation"
         if self.dtype == "bfloat16" and not on_gpu:

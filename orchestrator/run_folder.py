@@ -31,7 +31,7 @@ class RunFolder:
                 f"run.output_dir or remove it"
             )
         self.path.mkdir(parents=True, exist_ok=True)
-        resolve_precision(cfg)  # config.yaml records the dtype the run computes in, never auto
+        resolve_precision(cfg)  # config.yaml records the dtype and attention used, never auto
         dump_config(cfg, self.path / "config.yaml")
         self.metrics_path = self.path / "metrics.jsonl"
         self.stage = stage
