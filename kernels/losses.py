@@ -9,6 +9,10 @@ from kernels.kl import kl_penalty
 from kernels.masked import masked_mean, masked_sum, zero_masked
 
 LOSS_AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
+# |log pi - log pi_old| beyond this is clamped before exp: e^88 overflows fp32, and an inf ratio
+# gives a NaN gradient even on a masked token (inf * 0). Peers clamp at the same bound (veRL,
+# OpenRLHF: +-20); e^20 is far past any clip range, so only the gradient of such tokens changes.
+MAX_LOG_RATIO = 20.0
 
 
 def aggregate_loss(
@@ -68,11 +72,12 @@ def policy_loss(
 
     Stats (detached 0-d tensors): clipfrac (share of tokens where the clipped term was taken),
     dual_clipfrac (share where the dual clip was taken), approx_kl (k3 estimate of
-    KL(old || current) on the rollout tokens).
+    KL(old || current) on the rollout tokens). The log-ratio is clamped to +-MAX_LOG_RATIO.
     """
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
-    ratio = torch.exp(logprobs - old_logprobs)  # (B, T)
+    log_ratio = (logprobs - old_logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)  # (B, T)
+    ratio = torch.exp(log_ratio)
     pg_unclipped = -advantages * ratio
     pg_clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     pg = torch.maximum(pg_unclipped, pg_clipped)

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from actors.remote import RemoteError
 from orchestrator.config import ConfigError, describe_fields, load_config
@@ -30,6 +31,12 @@ STAGES: dict[str, tuple[str, str]] = {
         "orchestrator.bench:run_bench",
     ),
 }
+
+
+# `instructray demo` is `make demo`: the demo stage's defaults are the shipped demo config's
+# (an explicit --config and overrides still win). Found beside the package (a checkout, an
+# editable install) or in the working directory (a Ray job's upload, the image's WORKDIR).
+DEMO_CONFIG = Path("deploy/configs/demo-tiny-cpu.yaml")
 
 
 class UserError(Exception):
@@ -91,6 +98,21 @@ def _normalize_overrides(rest: list[str]) -> list[str]:
     return out
 
 
+def _stage_defaults(stage: str) -> Path | None:
+    if stage != "demo":
+        return None
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / DEMO_CONFIG).is_file():
+            logging.getLogger("instructray").info(
+                "demo: defaults from the shipped %s, then --config, then overrides", DEMO_CONFIG
+            )
+            return root / DEMO_CONFIG
+    raise UserError(
+        f"the demo's settings ({DEMO_CONFIG}) are neither beside the package nor in the working "
+        "directory; pass --config FILE"
+    )
+
+
 def _resolve(target: str):
     module, _, fn = target.partition(":")
     try:
@@ -121,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return _job_command(argv)
     args, rest = _parser().parse_known_args(argv)
     try:
-        cfg = load_config(args.config, _normalize_overrides(rest))
+        defaults = _stage_defaults(args.stage)
+        cfg = load_config(args.config, _normalize_overrides(rest), defaults)
         cfg.validate(args.stage)
         resolve_precision(cfg)  # before config.yaml is written: the run folder records the choice
         if args.print_config:

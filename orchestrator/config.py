@@ -500,18 +500,28 @@ def parse_override(arg: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file, then `--section.key=value` overrides, in that order."""
+def _read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {what}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    defaults: str | Path | None = None,
+) -> Config:
+    """Defaults, then the YAML file, then `--section.key=value` overrides, in that order.
+    `defaults` names a YAML file applied first: a stage's own defaults (the demo's)."""
     cfg = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-        _apply_mapping(cfg, data, str(path))
+    for origin in (defaults, path):
+        if origin is not None:
+            _apply_mapping(cfg, _read_yaml(origin), str(origin))
     for arg in overrides:
         key, value = parse_override(arg)
         set_key(cfg, key, value, f"override --{key}")

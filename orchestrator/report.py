@@ -22,6 +22,7 @@ def table(ev: dict[str, Any]) -> str:
     """The evaluation as a Markdown table (also what the demo prints)."""
     lo, hi = ev["win_rate_ppo_vs_sft_ci95"]
     slo, shi = ev["win_rate_sft_vs_base_ci95"]
+    plo, phi = ev["win_rate_ppo_vs_base_ci95"]
     rude = ev["rude_rate"]
     lines = [
         "| measure | base | SFT | PPO |",
@@ -29,6 +30,9 @@ def table(ev: dict[str, Any]) -> str:
         f"| labeler prefers it over the stage before (95% CI) | | "
         f"{_fmt(ev['win_rate_sft_vs_base'])} [{_fmt(slo)}, {_fmt(shi)}] vs base | "
         f"{_fmt(ev['win_rate_ppo_vs_sft'])} [{_fmt(lo)}, {_fmt(hi)}] vs SFT |",
+        f"| labeler prefers it over the base model (95% CI) | | "
+        f"{_fmt(ev['win_rate_sft_vs_base'])} [{_fmt(slo)}, {_fmt(shi)}] | "
+        f"{_fmt(ev['win_rate_ppo_vs_base'])} [{_fmt(plo)}, {_fmt(phi)}] |",
         "| truthfulness (share of stated facts that are true) | "
         + " | ".join(_fmt(ev["truthfulness"][m]) for m in MODELS)
         + " |",

@@ -177,3 +177,13 @@ def test_grafana_dashboard_is_well_formed():
         }
         assert not cells & mine, f"panel {panel['title']} overlaps another"
         cells |= mine
+
+
+def test_ci_lints_before_it_tests():
+    """CI fails on a ruff finding before any test runs, and then runs the README's test command."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    lint = next(i for i, line in enumerate(lines) if line.startswith("make lint"))
+    test = next(i for i, line in enumerate(lines) if line == "make test")
+    assert lint < test and "exit 1" in lines[lint]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "ruff check ." in makefile and "ruff format --check ." in makefile

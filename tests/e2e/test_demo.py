@@ -48,6 +48,7 @@ def test_the_run_folder_tells_the_story(demo_run):
         "win_rate_ppo_vs_sft",
         "win_rate_ppo_vs_sft_ci95",
         "win_rate_sft_vs_base",
+        "win_rate_ppo_vs_base",
         "truthfulness",
         "rude_rate",
         "kl_to_sft",
@@ -56,6 +57,7 @@ def test_the_run_folder_tells_the_story(demo_run):
         assert key in ev, key
     assert (demo_run / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (demo_run / "report.md").read_text()
+    assert "| labeler prefers it over the base model" in report
     assert "| truthfulness" in report and "## What the reward model learned" in report
     # The RM probe: every hand-made kind of answer, the labeler's hidden score beside the RM's.
     assert list(ev["rm_probe"]) == list(world.PROBE_ANSWERS)
@@ -86,6 +88,6 @@ def test_the_numbers_move_the_way_the_story_says(demo_run):
     probe = ev["rm_probe"]
     assert probe["+ rude words"]["rm"] < probe["answer"]["rm"]
     assert 0 < ev["kl_to_sft"] < 20
-    for key in ("win_rate_ppo_vs_sft", "win_rate_sft_vs_base"):
+    for key in ("win_rate_ppo_vs_sft", "win_rate_sft_vs_base", "win_rate_ppo_vs_base"):
         lo, hi = ev[f"{key}_ci95"]
         assert 0 <= lo <= ev[key] <= hi <= 1

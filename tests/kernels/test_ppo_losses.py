@@ -52,6 +52,28 @@ def loop_policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps, dual_cl
     return total / count, clipped / count, dual / count
 
 
+def test_policy_loss_clamps_a_huge_log_ratio():
+    # log pi - log pi_old = 100: e^100 is inf in fp32, and without the clamp the gradient is NaN.
+    logprobs = torch.zeros(1, 1, requires_grad=True)
+    loss, _ = policy_loss(
+        logprobs, torch.full((1, 1), -100.0), torch.ones(1, 1), torch.ones(1, 1), 0.2
+    )
+    loss.backward()
+    # ratio e^20 > 1 + eps with A = 1: the clipped term -A * 1.2 is taken, and it has no gradient.
+    assert loss.item() == pytest.approx(-1.2)
+    assert logprobs.grad.tolist() == [[0.0]]
+    # The same on a masked token with advantage 0 must leave the other token's gradient as it is.
+    logprobs = torch.tensor([[-1.0, 0.0]], requires_grad=True)
+    old = torch.tensor([[-1.0, -100.0]])
+    loss, _ = policy_loss(
+        logprobs, old, torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 0.0]]), 0.2
+    )
+    loss.backward()
+    # token 0: ratio 1, loss -A * ratio = -2, d/dlogp = -A * ratio = -2 (token mean over 1 token).
+    assert loss.item() == pytest.approx(-2.0)
+    assert logprobs.grad.tolist() == [[-2.0, 0.0]]
+
+
 def test_policy_loss_hand_computed():
     ratio = torch.tensor([[1.5, 0.5, 1.1, 0.7, 3.0]], dtype=F64)
     old_logprobs = torch.full((1, 5), -1.0, dtype=F64)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from orchestrator.cli import main
+from orchestrator.config import load_config
+from orchestrator.precision import resolve_precision
 
 
 def test_help_lists_every_field_with_doc_and_default(capsys):
@@ -50,3 +53,20 @@ def test_console_script_is_installed():
         check=True,
     ).stdout
     assert yaml.safe_load(out)["learner"]["zero_stage"] == 2
+
+
+def test_demo_with_no_config_is_the_shipped_demo(tmp_path, capsys):
+    shipped = load_config(Path(__file__).parents[2] / "deploy" / "configs" / "demo-tiny-cpu.yaml")
+    resolve_precision(shipped)
+    assert main(["demo", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == shipped.to_dict()
+    # A --config still wins where it speaks, and overrides win over both; the rest is the demo's.
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("run:\n  steps: 3\nrm:\n  epochs: 1\n")
+    assert main(["demo", "--config", str(mine), "--print-config", "--run.seed=5"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["run"]["steps"], cfg["rm"]["epochs"], cfg["run"]["seed"]) == (3, 1, 5)
+    assert cfg["rm"]["lr"] == shipped.rm.lr and cfg["pipeline"] == shipped.to_dict()["pipeline"]
+    # Other stages keep the general defaults.
+    assert main(["ppo", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["rm"]["lr"] != shipped.rm.lr
