@@ -44,7 +44,7 @@ from kernels import (
     value_loss,
 )
 from orchestrator.config import Config, set_key
-from orchestrator.metrics import report_throughput
+from orchestrator.output import report_throughput
 
 logger = logging.getLogger(__name__)
 

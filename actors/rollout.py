@@ -18,7 +18,7 @@ import numpy as np
 from actors.faults import inject
 from actors.remote import ActorRestarted
 from actors.weight_sync import Fingerprints
-from orchestrator.metrics import report_throughput
+from orchestrator.output import report_throughput
 
 logger = logging.getLogger(__name__)
 

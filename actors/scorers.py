@@ -14,7 +14,7 @@ import torch
 
 from actors.faults import inject
 from actors.sequences import SequenceBatch, make_sequence_batch, response_logprobs, sequence_scores
-from orchestrator.metrics import report_throughput
+from orchestrator.output import report_throughput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SCORE_STATS_FILE = "score_stats.json"  # {"mean", "std"} saved beside a trained reward model

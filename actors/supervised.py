@@ -35,8 +35,7 @@ from actors.ranks import mean_over_ranks, sum_over_ranks
 from actors.sequences import make_sequence_batch
 from kernels import kwise_ranking_loss, sft_loss
 from orchestrator.config import Config
-from orchestrator.metrics import MetricsLog
-from orchestrator.run_folder import truncate_metrics
+from orchestrator.output import MetricsLog, truncate_metrics
 
 logger = logging.getLogger(__name__)
 

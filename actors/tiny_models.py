@@ -87,7 +87,7 @@ def _corpus(seed: int, n: int = 3000) -> list[str]:
 
 
 def _world_corpus(seed: int) -> list[str]:
-    from orchestrator.world import corpus
+    from orchestrator.demo.world import corpus
 
     return corpus(seed)
 

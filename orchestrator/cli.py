@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from actors.remote import RemoteError
-from orchestrator.config import ConfigError, describe_fields, load_config
+from orchestrator.config import ConfigError, describe_fields, load_config, validate_config
+from orchestrator.config.precision import resolve_precision
 from orchestrator.data import DataError
-from orchestrator.numerics import NonFiniteError
-from orchestrator.precision import resolve_precision
+from orchestrator.ppo.numerics import NonFiniteError
 
 # stage -> (one-line description, "module:function" that runs it with a validated Config)
 STAGES: dict[str, tuple[str, str]] = {
@@ -21,14 +21,14 @@ STAGES: dict[str, tuple[str, str]] = {
     "rm": ("train the K-wise ranking reward model", "orchestrator.supervised:run_rm"),
     "ppo": (
         "PPO against the reward model with KL to the SFT model",
-        "orchestrator.ppo_run:run_ppo",
+        "orchestrator.ppo.run:run_ppo",
     ),
     "pipeline": ("SFT -> RM -> PPO in one run folder", "orchestrator.pipeline:run_pipeline"),
-    "eval": ("evaluate a policy on held-out prompts", "orchestrator.evaluate:run_eval"),
-    "demo": ("the InstructGPT story in miniature", "orchestrator.demo:run_demo"),
+    "eval": ("evaluate a policy on held-out prompts", "orchestrator.demo.evaluate:run_eval"),
+    "demo": ("the InstructGPT story in miniature", "orchestrator.demo.run:run_demo"),
     "bench": (
         "PPO steps at fixed settings; prints seconds and tokens/s",
-        "orchestrator.bench:run_bench",
+        "orchestrator.ppo.bench:run_bench",
     ),
 }
 
@@ -113,14 +113,10 @@ def _stage_defaults(stage: str) -> Path | None:
     )
 
 
-def _resolve(target: str):
-    module, _, fn = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), fn)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            return None
-        raise
+def resolve_runner(stage: str):
+    """The function that runs a stage: "module:function" in STAGES, imported."""
+    module, _, fn = STAGES[stage][1].partition(":")
+    return getattr(importlib.import_module(module), fn)
 
 
 JOB_COMMANDS = ("submit", "status", "logs", "stop")
@@ -145,17 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         defaults = _stage_defaults(args.stage)
         cfg = load_config(args.config, _normalize_overrides(rest), defaults)
-        cfg.validate(args.stage)
+        validate_config(cfg, args.stage)
         resolve_precision(cfg)  # before config.yaml is written: the run folder records the choice
         if args.print_config:
             import yaml
 
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
-        runner = _resolve(STAGES[args.stage][1])
-        if runner is None:
-            raise UserError(f"stage '{args.stage}' is not built yet in this version of InstructRay")
-        runner(cfg)
+        resolve_runner(args.stage)(cfg)
     except USER_ERRORS as e:
         print(f"instructray {args.stage}: error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.faults import ENV as FAULT_ENV
 from orchestrator.config import Config
-from orchestrator.metrics import RUN_ENV, run_label
+from orchestrator.output import RUN_ENV, run_label
 
 logger = logging.getLogger(__name__)
 

@@ -94,11 +94,11 @@ def submit(
     submission_id: str | None = None,
 ) -> str:
     """Check the config locally, submit the stage as a Ray job; returns the job id."""
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, validate_config
 
     check_no_secrets(overrides)
     cfg = load_config(config, overrides)
-    cfg.validate(stage)
+    validate_config(cfg, stage)
     runtime_env = load_runtime_env(runtime_env_path)
     if config and not Path(config).is_absolute():
         # Relative config paths resolve inside the uploaded working directory.

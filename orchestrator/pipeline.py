@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config
-from orchestrator.converters import convert_rankings
-from orchestrator.data import DataError, format_prompt, load_rows, row_problem
-from orchestrator.metrics import run_label
-from orchestrator.ppo_run import run_ppo
-from orchestrator.run_folder import RunFolder
+from orchestrator.data import DataError, convert_rankings, format_prompt, load_rows, row_problem
+from orchestrator.output import RunFolder, run_label
+from orchestrator.ppo.run import run_ppo
 from orchestrator.supervised import run_rm, run_sft
 
 logger = logging.getLogger(__name__)
@@ -72,7 +70,7 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
     interleaved) with one vLLM engine; rank them by labeler."""
     from transformers import AutoTokenizer
 
-    from orchestrator.evaluate import Sampler
+    from orchestrator.sampler import Sampler
 
     p, r, d = cfg.pipeline, cfg.rollout, cfg.data
     tokenizer = AutoTokenizer.from_pretrained(policy)
@@ -132,7 +130,7 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
 def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
     """SFT -> RM -> PPO (-> RM -> PPO ... with a labeler), each stage in its own sub-folder of
     cfg.run.output_dir (or of `folder`, a run folder the caller already opened)."""
-    from orchestrator.roles import resolve_models
+    from orchestrator.model_specs import resolve_models
 
     folder = folder or RunFolder(cfg)
     root = folder.path

@@ -1,6 +1,6 @@
 """`instructray sft` and `instructray rm`: the supervised stages under Ray Train.
 
-The driver loads and checks the examples (orchestrator/examples.py), puts them in the object
+The driver loads and checks the examples (orchestrator/data/examples.py), puts them in the object
 store once, and runs a `TorchTrainer` whose `learner.num_ranks` workers run actors/supervised.py's
 loop under DeepSpeed ZeRO (gloo on CPU, NCCL on GPU). The stage shows in the Ray dashboard's
 Train view; `FailureConfig` restarts a failed group from its last epoch checkpoint.
@@ -18,9 +18,9 @@ import ray
 from actors.remote import RemoteError
 from orchestrator.cluster import actor_env, connect
 from orchestrator.config import Config
-from orchestrator.examples import ExampleSet, load_demonstrations, load_rankings
-from orchestrator.roles import resolve_models
-from orchestrator.run_folder import RunFolder
+from orchestrator.data import ExampleSet, load_demonstrations, load_rankings
+from orchestrator.model_specs import resolve_models
+from orchestrator.output import RunFolder
 
 logger = logging.getLogger(__name__)
 

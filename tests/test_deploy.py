@@ -34,10 +34,10 @@ def _gpus(cfg) -> float:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_config_loads_and_validates_for_its_stage(path):
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, validate_config
 
     stage = path.name.split("-")[0]  # ppo-..., pipeline-..., demo-..., bench-...
-    load_config(path).validate(stage)
+    validate_config(load_config(path), stage)
 
 
 def test_gpu_configs_reserve_the_gpus_they_promise():
@@ -70,18 +70,18 @@ def test_gpu_configs_reserve_the_gpus_they_promise():
     ],
 )
 def test_validate_checks_gpu_arithmetic(overrides, message):
-    from orchestrator.config import ConfigError, load_config
+    from orchestrator.config import ConfigError, load_config, validate_config
 
     cfg = load_config(ROOT / "deploy/configs/ppo-tiny-cpu.yaml", overrides)
     with pytest.raises(ConfigError) as e:
-        cfg.validate("ppo")
+        validate_config(cfg, "ppo")
     assert message in str(e.value)
 
 
 def test_wandb_project_without_wandb_is_a_config_error(monkeypatch):
     import importlib.util
 
-    from orchestrator.config import ConfigError, load_config
+    from orchestrator.config import ConfigError, load_config, validate_config
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -89,7 +89,7 @@ def test_wandb_project_without_wandb_is_a_config_error(monkeypatch):
     )
     cfg = load_config(ROOT / "deploy/configs/ppo-tiny-cpu.yaml", ["--run.wandb_project=p"])
     with pytest.raises(ConfigError, match="wandb is not installed"):
-        cfg.validate("ppo")
+        validate_config(cfg, "ppo")
 
 
 # ---------------------------------------------------------------- cluster files
@@ -113,7 +113,7 @@ def test_cluster_yaml_enables_token_auth_everywhere():
 
 
 def test_rayjob_runs_a_shipped_config_on_the_gpus_it_asks_for():
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, validate_config
 
     job = yaml.safe_load((ROOT / "deploy/rayjob.yaml").read_text())
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
@@ -124,7 +124,7 @@ def test_rayjob_runs_a_shipped_config_on_the_gpus_it_asks_for():
     assert words[:2] == ["instructray", "pipeline"]
     config = words[words.index("--config") + 1]
     cfg = load_config(ROOT / config)
-    cfg.validate("pipeline")
+    validate_config(cfg, "pipeline")
     gpus = sum(
         int(g["replicas"]) * int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
         for g in cluster["workerGroupSpecs"]

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 from testdata import metrics_of, ppo_tiny_config, write_jsonl
 
-from orchestrator.checkpoints import CheckpointError
 from orchestrator.data import tiny_prompts
-from orchestrator.ppo_run import run_ppo
+from orchestrator.ppo.checkpoints import CheckpointError
+from orchestrator.ppo.run import run_ppo
 
 pytestmark = pytest.mark.e2e
 # Numbers that depend on the clock, not on the computation.

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import world
-from orchestrator.config import load_config
-from orchestrator.demo import run_demo
+from orchestrator.config import load_config, validate_config
+from orchestrator.demo import world
+from orchestrator.demo.run import run_demo
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/demo-tiny-cpu.yaml"
 pytestmark = pytest.mark.e2e
@@ -21,10 +21,13 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def demo_run(ray_local, tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    cfg = load_config(
-        CONFIG,
-        [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", *SHRUNKEN],
-    ).validate("demo")
+    cfg = validate_config(
+        load_config(
+            CONFIG,
+            [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", *SHRUNKEN],
+        ),
+        "demo",
+    )
     run_demo(cfg)
     return out
 

@@ -15,7 +15,7 @@ from testdata import every_sync_close, metrics_of, ppo_tiny_config
 from actors.faults import ENV
 from actors.remote import RemoteError
 from orchestrator.config import load_config
-from orchestrator.ppo_run import run_ppo
+from orchestrator.ppo.run import run_ppo
 
 pytestmark = pytest.mark.e2e
 STEPS = 20  # the config's own run.steps

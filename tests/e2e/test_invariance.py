@@ -29,7 +29,7 @@ from actors.learner import LearnerGroup, _free_port
 from actors.sequences import make_sequence_batch
 from kernels import LOSS_AGG_MODES
 from orchestrator.config import load_config
-from orchestrator.examples import Demonstration, Ranking
+from orchestrator.data import Demonstration, Ranking
 
 pytestmark = pytest.mark.e2e
 

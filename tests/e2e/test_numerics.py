@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from testdata import every_sync_close, metrics_of, ppo_tiny_config
 
 from actors.faults import ENV
-from orchestrator.numerics import NonFiniteError
-from orchestrator.ppo_run import run_ppo
+from orchestrator.ppo.numerics import NonFiniteError
+from orchestrator.ppo.run import run_ppo
 
 pytestmark = pytest.mark.e2e
 

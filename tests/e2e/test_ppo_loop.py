@@ -14,9 +14,9 @@ from testdata import PPO_TINY, metrics_of, ppo_tiny_config
 from actors.remote import RemoteError
 from orchestrator.cli import main
 from orchestrator.config import load_config
-from orchestrator.ppo import PPOTrainer
-from orchestrator.ppo_run import run_ppo
-from orchestrator.roles import Roles
+from orchestrator.ppo.roles import Roles
+from orchestrator.ppo.run import run_ppo
+from orchestrator.ppo.trainer import PPOTrainer
 
 CONFIG = PPO_TINY
 pytestmark = pytest.mark.e2e

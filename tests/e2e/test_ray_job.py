@@ -363,7 +363,7 @@ def test_job_api_refuses_a_client_without_the_token(head):
 
 
 def test_ray_job_stop_leaves_a_checkpoint_the_run_resumes_from(head, tiny_dir):
-    from orchestrator.checkpoints import Checkpoints, read_driver_state
+    from orchestrator.ppo.checkpoints import Checkpoints, read_driver_state
 
     out, client = head.run_dir / "sigterm", _client(head)
     ppo = [

@@ -13,7 +13,7 @@ from testdata import metrics_of, write_jsonl
 
 from actors.faults import ENV
 from actors.remote import RemoteError
-from orchestrator.config import load_config
+from orchestrator.config import load_config, validate_config
 from orchestrator.supervised import run_rm, run_sft
 
 pytestmark = pytest.mark.e2e
@@ -78,14 +78,17 @@ def rankings(n: int = 160) -> list[dict]:
 def test_reward_model_learns_a_ranking_rule(ray_local, tiny_dir, tmp_path):
     data = write_jsonl(tmp_path / "rankings.jsonl", rankings())
     out = tmp_path / "rm"
-    cfg = config(
-        tiny_dir,
-        out,
-        f"--data.rankings={data}",
-        "--rm.lr=2e-3",
-        "--rm.epochs=3",
-        "--rm.batch_size=8",
-    ).validate("rm")
+    cfg = validate_config(
+        config(
+            tiny_dir,
+            out,
+            f"--data.rankings={data}",
+            "--rm.lr=2e-3",
+            "--rm.epochs=3",
+            "--rm.batch_size=8",
+        ),
+        "rm",
+    )
     run_rm(cfg)
     rows = metrics_of(out)
     evals = [r for r in rows if "eval/pairwise_accuracy" in r]
@@ -116,7 +119,7 @@ def test_sft_learns_survives_a_worker_crash_and_a_failed_run_resumes(
     markers.mkdir()
     monkeypatch.setenv(ENV, f"{crash}@{markers}")
     restarted = tmp_path / "restarted"
-    run_sft(config(tiny_dir, restarted, *common, "--run.max_failures=1").validate("sft"))
+    run_sft(validate_config(config(tiny_dir, restarted, *common, "--run.max_failures=1"), "sft"))
     assert len(list(markers.iterdir())) == 1
     rows = metrics_of(restarted)
     want = [(r["step"], r["epoch"]) for r in rows]
@@ -139,11 +142,11 @@ def test_sft_learns_survives_a_worker_crash_and_a_failed_run_resumes(
     monkeypatch.setenv(ENV, f"{crash}@{markers}")
     failed = tmp_path / "failed"
     with pytest.raises(RemoteError, match="sft: training failed"):
-        run_sft(config(tiny_dir, failed, *common, "--run.max_failures=0").validate("sft"))
+        run_sft(validate_config(config(tiny_dir, failed, *common, "--run.max_failures=0"), "sft"))
     monkeypatch.delenv(ENV)
     assert not (failed / "final").exists()
     with pytest.raises(FileExistsError, match="unfinished sft run.*--run.resume=auto"):
-        run_sft(config(tiny_dir, failed, *common).validate("sft"))
-    run_sft(config(tiny_dir, failed, *common, "--run.resume=auto").validate("sft"))
+        run_sft(validate_config(config(tiny_dir, failed, *common), "sft"))
+    run_sft(validate_config(config(tiny_dir, failed, *common, "--run.resume=auto"), "sft"))
     assert [(r["step"], r["epoch"]) for r in metrics_of(failed)] == want
     assert (failed / "final" / "model.safetensors").is_file()

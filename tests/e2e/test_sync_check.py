@@ -12,9 +12,9 @@ import pytest
 from testdata import ppo_tiny_config
 
 from actors.faults import ENV
-from orchestrator.ppo import PPOTrainer
-from orchestrator.roles import Roles
-from orchestrator.sync_check import WeightSyncError, sync_logprob_limit
+from orchestrator.ppo.roles import Roles
+from orchestrator.ppo.sync_check import WeightSyncError, sync_logprob_limit
+from orchestrator.ppo.trainer import PPOTrainer
 
 pytestmark = pytest.mark.e2e
 

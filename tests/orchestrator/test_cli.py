@@ -11,7 +11,7 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.config import load_config
-from orchestrator.precision import resolve_precision
+from orchestrator.config.precision import resolve_precision
 
 
 def test_help_lists_every_field_with_doc_and_default(capsys):
@@ -70,3 +70,12 @@ def test_demo_with_no_config_is_the_shipped_demo(tmp_path, capsys):
     # Other stages keep the general defaults.
     assert main(["ppo", "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["rm"]["lr"] != shipped.rm.lr
+
+
+def test_every_stage_the_checks_know_has_a_runner():
+    from orchestrator import cli
+    from orchestrator.config import STAGES
+
+    assert list(cli.STAGES) == list(STAGES)
+    for stage in STAGES:
+        assert callable(cli.resolve_runner(stage)), stage

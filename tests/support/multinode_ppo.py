@@ -17,8 +17,8 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from orchestrator.config import load_config
-from orchestrator.ppo_run import run_ppo
+from orchestrator.config import load_config, validate_config
+from orchestrator.ppo.run import run_ppo
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 
@@ -34,18 +34,21 @@ def main(tiny_dir: str, out: str) -> None:
         workers = [cluster.add_node(**common, num_cpus=2) for _ in range(2)]
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
-        cfg = load_config(
-            CONFIG,
-            [
-                f"--model.tiny_dir={tiny_dir}",
-                f"--run.output_dir={out}",
-                "--rollout.num_engines=2",
-                "--rollout.placement_strategy=SPREAD",
-                "--run.steps=2",
-                "--run.timeout_s=120",
-                "--run.start_timeout_s=300",
-            ],
-        ).validate("ppo")
+        cfg = validate_config(
+            load_config(
+                CONFIG,
+                [
+                    f"--model.tiny_dir={tiny_dir}",
+                    f"--run.output_dir={out}",
+                    "--rollout.num_engines=2",
+                    "--rollout.placement_strategy=SPREAD",
+                    "--run.steps=2",
+                    "--run.timeout_s=120",
+                    "--run.start_timeout_s=300",
+                ],
+            ),
+            "ppo",
+        )
         run_ppo(cfg)
         nodes = {
             "head": cluster.head_node.node_id,

@@ -23,11 +23,14 @@ PPO_TINY = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 
 def ppo_tiny_config(tiny_dir: str, out: Path, *overrides: str):
     """The tiny PPO config with the session's tiny models, writing into out; validated."""
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, validate_config
 
-    return load_config(
-        PPO_TINY, [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", *overrides]
-    ).validate("ppo")
+    return validate_config(
+        load_config(
+            PPO_TINY, [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}", *overrides]
+        ),
+        "ppo",
+    )
 
 
 # How close a verified sync's probe log-probs come to the learner's, by the run's dtype: fp32

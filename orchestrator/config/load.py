@@ -1,0 +1,176 @@
+"""Loading and overriding: defaults, then YAML files, then `--section.key=value`; the field list
+of `--help`. Every key is checked against the schema; an unknown one names the nearest."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from orchestrator.config.schema import Config, ConfigError
+
+
+def sections() -> dict[str, type]:
+    """Section name -> its dataclass."""
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def field_types(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in sections().items() for f in dataclasses.fields(cls)]
+
+
+def _nearest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.0)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+_YAML11_FLOAT = re.compile(r"^[+-]?\d+(\.\d*)?[eE][+-]?\d+$")
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return value as type tp, or raise TypeError. ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise TypeError
+    if isinstance(tp, types.UnionType) or origin is typing.Union:
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            if arg is not type(None):
+                try:
+                    return _coerce(value, arg)
+                except TypeError:
+                    pass
+        raise TypeError
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeError
+        return [_coerce(v, typing.get_args(tp)[0]) for v in value]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _YAML11_FLOAT.match(value):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and type(value) is tp:
+        return value
+    raise TypeError
+
+
+def set_key(cfg: Config, key: str, value: Any, origin: str) -> None:
+    """Set `section.key` on cfg, checking the key and the value's type; origin names the source."""
+    section, _, name = key.partition(".")
+    secs = sections()
+    if section not in secs or not name:
+        raise ConfigError(f"{origin}: unknown config key '{key}'{_nearest(key, all_keys())}")
+    types_ = field_types(secs[section])
+    if name not in types_:
+        raise ConfigError(f"{origin}: unknown config key '{key}'{_nearest(key, all_keys())}")
+    try:
+        coerced = _coerce(value, types_[name])
+    except TypeError:
+        raise ConfigError(
+            f"{origin}: {key} = {value!r} is a {type(value).__name__}, "
+            f"expected {_type_name(types_[name])}"
+        ) from None
+    setattr(getattr(cfg, section), name, coerced)
+
+
+def _apply_mapping(cfg: Config, data: Any, origin: str) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if section not in sections():
+            raise ConfigError(
+                f"{origin}: unknown config section '{section}'"
+                f"{_nearest(str(section), list(sections()))}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section '{section}' must be a mapping of keys")
+        for name, value in values.items():
+            set_key(cfg, f"{section}.{name}", value, origin)
+
+
+def parse_override(arg: str) -> tuple[str, Any]:
+    """`--section.key=value` -> (key, value parsed as a YAML scalar or list)."""
+    if not arg.startswith("--") or "=" not in arg:
+        raise ConfigError(f"override '{arg}' must look like --section.key=value")
+    key, _, raw = arg[2:].partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {what}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    defaults: str | Path | None = None,
+) -> Config:
+    """Defaults, then the YAML file, then `--section.key=value` overrides, in that order.
+    `defaults` names a YAML file applied first: a stage's own defaults (the demo's)."""
+    cfg = Config()
+    for origin in (defaults, path):
+        if origin is not None:
+            _apply_mapping(cfg, _read_yaml(origin), str(origin))
+    for arg in overrides:
+        key, value = parse_override(arg)
+        set_key(cfg, key, value, f"override --{key}")
+    return cfg
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable by load_config)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def describe_fields() -> str:
+    """Every field with its type, default and docstring, by section (for --help)."""
+    lines = []
+    for section, cls in sections().items():
+        lines.append(f"{section}: {cls.__doc__}")
+        hints = field_types(cls)
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True).strip()
+            default = default.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"  --{section}.{f.name}={default}  [{_type_name(hints[f.name])}]")
+            lines.append(f"      {f.metadata['doc']}")
+    return "\n".join(lines)

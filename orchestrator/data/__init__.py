@@ -1,0 +1,49 @@
+"""Data: prompt sets, demonstrations and rankings, read through `datasets`, converted from public
+formats, curated, checked against the DESIGN.md schemas; a bad row is a DataError naming it."""
+
+from orchestrator.data.converters import RANKING_FORMATS, convert_rankings
+from orchestrator.data.curation import CurationReport, curate, split_by_user
+from orchestrator.data.examples import (
+    Demonstration,
+    ExampleSet,
+    Ranking,
+    curation_settings,
+    load_demonstrations,
+    load_rankings,
+)
+from orchestrator.data.prompts import (
+    TINY_PROMPTS,
+    DataError,
+    PromptSampler,
+    PromptSet,
+    format_prompt,
+    load_prompts,
+    load_rows,
+    prompt_text,
+    row_problem,
+    tiny_prompts,
+)
+
+__all__ = [
+    "RANKING_FORMATS",
+    "TINY_PROMPTS",
+    "CurationReport",
+    "DataError",
+    "Demonstration",
+    "ExampleSet",
+    "PromptSampler",
+    "PromptSet",
+    "Ranking",
+    "convert_rankings",
+    "curate",
+    "curation_settings",
+    "format_prompt",
+    "load_demonstrations",
+    "load_prompts",
+    "load_rankings",
+    "load_rows",
+    "prompt_text",
+    "row_problem",
+    "split_by_user",
+    "tiny_prompts",
+]

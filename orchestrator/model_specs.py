@@ -1,0 +1,43 @@
+"""Model specs made concrete before anything starts: `tiny://` models built (or found in their
+cache), local folders made absolute. Not in config/: it imports actors.tiny_models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.tiny_models import is_tiny, resolve
+from orchestrator.config import Config
+from orchestrator.config.precision import resolve_precision
+
+
+def resolve_models(cfg: Config, need_reward: bool = True) -> Config:
+    """Build tiny:// models, check local folders exist; -> cfg with concrete (absolute) paths.
+
+    Mutates cfg (and resolves its precision); config.yaml keeps the specs as given, which the
+    run folder writes before this runs."""
+    resolve_precision(cfg)
+    m = cfg.model
+    cache = m.tiny_dir or None
+    if cfg.reward.function:
+        m.reward = ""
+
+    def concrete(spec: str, key: str) -> str:
+        if is_tiny(spec):
+            return resolve(spec, cache)
+        if Path(spec).exists():
+            return str(Path(spec).resolve())  # actors run in other directories
+        if spec.startswith((".", "/")):
+            raise FileNotFoundError(f"{key}: {spec} does not exist")
+        return spec
+
+    for key in ("policy", "reward", "reference", "tokenizer"):
+        if getattr(m, key):
+            setattr(m, key, concrete(getattr(m, key), f"model.{key}"))
+    cfg.pipeline.ranking_models = [
+        concrete(spec, "pipeline.ranking_models") for spec in cfg.pipeline.ranking_models
+    ]
+    m.reference = m.reference or m.policy
+    m.tokenizer = m.tokenizer or m.policy
+    if need_reward and not cfg.reward.function and not m.reward:
+        raise ValueError("no reward: set model.reward (a reward model) or reward.function")
+    return cfg

@@ -1,0 +1,24 @@
+"""What a run leaves: the run folder (config.yaml, metrics.jsonl, final/) and where the metrics
+go (the file, Ray's dashboard, TensorBoard, W&B). With config/, the only orchestrator code that
+actors import."""
+
+from orchestrator.output.metrics import (
+    RUN_ENV,
+    MetricsLog,
+    metric_name,
+    report_throughput,
+    run_label,
+)
+from orchestrator.output.run_folder import PhaseTimer, RunFolder, read_metrics, truncate_metrics
+
+__all__ = [
+    "RUN_ENV",
+    "MetricsLog",
+    "PhaseTimer",
+    "RunFolder",
+    "metric_name",
+    "read_metrics",
+    "report_throughput",
+    "run_label",
+    "truncate_metrics",
+]

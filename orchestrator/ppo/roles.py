@@ -1,0 +1,123 @@
+"""Starting the actors of a PPO run: rollout engines, reward and reference scorers, the learner."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors.learner import LearnerGroup
+from actors.remote import wait_all
+from actors.rollout import RolloutActor
+from actors.scorers import ReferenceActor, RewardActor
+from orchestrator.cluster import Placement, connect
+from orchestrator.config import Config
+from orchestrator.data import PromptSampler, PromptSet, curation_settings, load_prompts
+from orchestrator.model_specs import resolve_models
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Roles:
+    """Handles to every actor of a PPO run, plus the driver-side tokenizer and prompts."""
+
+    cfg: Config
+    tokenizer: Any
+    prompts: PromptSet
+    sampler: PromptSampler
+    placement: Placement
+    engines: list[Any]
+    rewards: list[Any]
+    references: list[Any]
+    learner: LearnerGroup
+
+    @classmethod
+    def start(cls, cfg: Config) -> Roles:
+        """Resolve models and data, reserve placement groups, start and wait for every actor."""
+        from transformers import AutoTokenizer
+
+        resolve_models(cfg)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
+        prompts = load_prompts(
+            cfg.data.prompts,
+            tokenizer,
+            max_prompt_tokens=cfg.data.max_prompt_tokens,
+            template=cfg.sft.template,
+            split=cfg.data.split,
+            on_bad_row=cfg.data.on_bad_row,
+            curation=curation_settings(cfg),
+        )
+        sampler = PromptSampler(
+            len(prompts), cfg.rollout.prompts_per_step, cfg.run.seed, cfg.data.shuffle
+        )
+        where = connect(cfg)
+        logger.info("ray: %s; dashboard: %s", where, ray.get_runtime_context().gcs_address)
+        placement = Placement(cfg)
+        slots = placement.slots
+        m, r = cfg.model, cfg.rollout
+        engines = [
+            ray.remote(RolloutActor)
+            .options(**s.options(), name=None)
+            .remote(
+                m.policy,
+                dtype=m.dtype,
+                max_model_len=m.max_seq_len,
+                seed=cfg.run.seed,
+                kv_cache_gib=r.kv_cache_gib,
+                enforce_eager=r.enforce_eager,
+                tensor_parallel_size=r.tensor_parallel_size,
+                gpu_memory_utilization=r.gpu_memory_utilization,
+            )
+            for s in slots["rollout"]
+        ]
+        rewards = [
+            ray.remote(RewardActor)
+            .options(**s.options())
+            .remote(
+                m.reward,
+                cfg.reward.function,
+                m.tokenizer,
+                m.dtype,
+                cfg.reward.batch_size,
+                cfg.reward.normalize,
+                m.attn_implementation,
+            )
+            for s in slots["reward"]
+        ]
+        references = [
+            ray.remote(ReferenceActor)
+            .options(**s.options())
+            .remote(
+                m.reference,
+                m.dtype,
+                cfg.reference.batch_size,
+                cfg.reference.logprob_chunk_size,
+                r.temperature,
+                m.attn_implementation,
+            )
+            for s in slots["reference"]
+        ]
+        learner = LearnerGroup(cfg, [s.options() for s in slots["learner"]])
+        # Constructors run in the actors; `ready` surfaces their errors with the role named.
+        actors = engines + rewards + references
+        names = (
+            [f"rollout engine {i}" for i in range(len(engines))]
+            + [f"reward {i}" for i in range(len(rewards))]
+            + [f"reference {i}" for i in range(len(references))]
+        )
+        wait_all(
+            [a.__ray_ready__.remote() for a in actors], "start", names, cfg.run.start_timeout_s
+        )
+        return cls(
+            cfg, tokenizer, prompts, sampler, placement, engines, rewards, references, learner
+        )
+
+    def shutdown(self) -> None:
+        """Stop exactly the actors and placement groups this run started."""
+        self.learner.shutdown()
+        for actor in self.engines + self.rewards + self.references:
+            ray.kill(actor)
+        self.placement.remove()
