@@ -32,7 +32,7 @@ from actors.engine import (
 from actors.faults import inject
 from actors.ranks import mean_over_ranks, sum_over_ranks
 from actors.remote import wait_all
-from actors.sequences import SequenceBatch, make_sequence_batch
+from actors.sequences import Experience, SequenceBatch, make_sequence_batch
 from actors.weight_sync import fingerprints_of, open_group, send_weights
 from kernels import (
     aggregate_loss,
@@ -48,7 +48,6 @@ from orchestrator.output import report_throughput
 
 logger = logging.getLogger(__name__)
 
-EXPERIENCE_KEYS = ("old_logprobs", "advantages", "returns", "old_values")  # each (B, R)
 TRAIN_SETTINGS = ("learner.micro_batch_size", "ppo.minibatch_size", "ppo.loss_agg")
 CHECKPOINT_TAG = "state"  # DeepSpeed's sub-folder name inside each engine's checkpoint folder
 
@@ -182,7 +181,9 @@ class LearnerActor:
             loss, self._poison = loss * float("nan"), False
         return self._backward_and_step(self.policy, loss, "policy", stats)
 
-    def _critic_step(self, part: MicroBatch, exp: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _critic_step(
+        self, part: MicroBatch, exp: dict[str, torch.Tensor], gae_in_learner: bool
+    ) -> dict[str, float]:
         """Critic forward and backward of one micro-batch; DeepSpeed steps at its last.
 
         Given token rewards instead of values (ppo.old_values = train), this forward's values
@@ -190,7 +191,7 @@ class LearnerActor:
         p, mb, rows = self.cfg.ppo, part.batch, part.rows
         self.critic.set_gradient_accumulation_boundary(part.last)
         values = self.critic(*engine_inputs(mb))  # (b, R)
-        if "rewards" in exp:
+        if gae_in_learner:
             old_values = values.detach()
             advantages, returns = compute_gae(
                 exp["rewards"][rows], old_values, mb.response_mask, p.gamma, p.lam
@@ -225,17 +226,11 @@ class LearnerActor:
                 stats[f"{name}/grad_norm"] = float(norm)
         return stats
 
-    def train(self, experience: dict[str, Any]) -> dict[str, float]:
+    def train(self, experience: Experience) -> dict[str, float]:
         """ppo_epochs passes over this rank's rows in shuffled minibatches. -> mean metrics."""
-        p = self.cfg.ppo
-        batch = SequenceBatch(
-            *(experience[k] for k in ("input_ids", "attention_mask", "position_ids")),
-            experience["response_mask"],
-            int(experience["prompt_len"]),
-        ).to(self.device)
-        keys = ("old_logprobs", "rewards") if "rewards" in experience else EXPERIENCE_KEYS
-        keys += ("tis_weights",) if "tis_weights" in experience else ()
-        exp = {k: torch.as_tensor(experience[k]).to(self.device) for k in keys}
+        p, gae_in_learner = self.cfg.ppo, experience.gae_in_learner
+        experience = experience.to(self.device)
+        batch, exp = experience.batch, experience.tensors()
         n = batch.input_ids.shape[0]
         if n == 0 or n % p.minibatch_size:
             raise ValueError(
@@ -252,9 +247,9 @@ class LearnerActor:
         for _ in range(p.ppo_epochs):
             order = torch.tensor(rng.sample(range(n), n), device=self.device)
             parts = self._cut(batch, order)
-            if "rewards" in exp:  # the critic first: its forward gives GAE its values
+            if gae_in_learner:  # the critic first: its forward gives GAE its values
                 exp["advantages"] = torch.zeros_like(exp["rewards"])
-                steps = [self._critic_step(part, exp) for part in parts]
+                steps = [self._critic_step(part, exp, True) for part in parts]
                 if p.whiten_advantages:
                     exp["advantages"] = masked_whiten(
                         exp["advantages"], batch.response_mask, sum_shards=sum_over_ranks
@@ -262,7 +257,7 @@ class LearnerActor:
                 steps += [self._policy_step(part, exp) for part in parts]
             else:
                 steps = [
-                    {**self._policy_step(part, exp), **self._critic_step(part, exp)}
+                    {**self._policy_step(part, exp), **self._critic_step(part, exp, False)}
                     for part in parts
                 ]
             for stats in steps:
@@ -477,17 +472,9 @@ class LearnerGroup:
         outs = self._wait("logprobs_and_values", refs)
         return {key: torch.cat([o[key] for o in outs])[:b] for key in outs[0]}
 
-    def train(self, experience: dict[str, Any]) -> dict[str, float]:
+    def train(self, experience: Experience) -> dict[str, float]:
         """One PPO update on all rows (sharded over the ranks). -> mean metrics over ranks."""
-        b, n = experience["input_ids"].shape[0], len(self.actors)
-        if b % n:
-            raise ValueError(f"learner train: {b} rows do not split evenly over {n} ranks")
-        shards = [{} for _ in range(n)]
-        for key, value in experience.items():
-            # clone: a view would pickle the whole batch's storage to every rank.
-            parts = [c.clone() for c in value.chunk(n)] if torch.is_tensor(value) else [value] * n
-            for shard, part in zip(shards, parts, strict=True):
-                shard[key] = part
+        shards = experience.shards(len(self.actors))
         outs = self._wait(
             "train", [a.train.remote(s) for a, s in zip(self.actors, shards, strict=True)]
         )

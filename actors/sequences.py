@@ -7,7 +7,7 @@ serves the whole batch for log-probs (policy, reference) and values (critic).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -46,6 +46,54 @@ class SequenceBatch:
             self.response_mask.to(device),
             self.prompt_len,
         )
+
+
+@dataclass
+class Experience:
+    """One PPO batch as the learner trains on it: B rows in the SequenceBatch layout.
+
+    With gae_in_learner (ppo.old_values: train; auto where the critic steps once per rollout
+    batch) the driver sends token rewards, and the critic's own training forward gives GAE its
+    values; otherwise it sends old_values, advantages and returns."""
+
+    batch: SequenceBatch
+    old_logprobs: torch.Tensor  # (B, R) log pi_old of each sampled token (engine or learner)
+    rewards: torch.Tensor | None = (
+        None  # (B, R) score on the last token - beta * KL [gae_in_learner]
+    )
+    old_values: torch.Tensor | None = None  # (B, R) the critic at rollout time [else]
+    advantages: torch.Tensor | None = None  # (B, R) GAE, whitened if ppo.whiten_advantages [else]
+    returns: torch.Tensor | None = None  # (B, R) advantages + old_values [else]
+    tis_weights: torch.Tensor | None = None  # (B, R) truncated importance weights [ppo.tis_cap]
+
+    @property
+    def gae_in_learner(self) -> bool:
+        return self.rewards is not None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The per-token fields this batch carries, by name."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "batch" and getattr(self, f.name) is not None
+        }
+
+    def to(self, device: torch.device | str) -> Experience:
+        moved = {k: torch.as_tensor(v).to(device) for k, v in self.tensors().items()}
+        return replace(self, batch=self.batch.to(device), **moved)
+
+    def shards(self, n: int) -> list[Experience]:
+        """n contiguous row chunks, cloned: a view would pickle the whole batch to every rank."""
+        b = self.batch.input_ids.shape[0]
+        if b % n:
+            raise ValueError(f"learner train: {b} rows do not split evenly over {n} ranks")
+        size = b // n
+        out = []
+        for i in range(n):
+            rows = torch.arange(i * size, (i + 1) * size)  # an index: select copies
+            chunk = {k: v[rows] for k, v in self.tensors().items()}
+            out.append(replace(self, batch=self.batch.select(rows), **chunk))
+        return out
 
 
 def make_sequence_batch(

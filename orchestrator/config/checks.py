@@ -23,6 +23,14 @@ def one_critic_step(cfg: Config) -> bool:
     return p.ppo_epochs == 1 and rows == p.minibatch_size * cfg.learner.num_ranks
 
 
+def gae_in_learner(cfg: Config) -> bool:
+    """The one data-flow decision of PPO: whether GAE runs in the learner, on the values of the
+    critic's own training forward (ppo.old_values: train, or auto with one critic step per
+    rollout batch), instead of on the driver with rollout-time values."""
+    mode = cfg.ppo.old_values
+    return mode == "train" or (mode == "auto" and one_critic_step(cfg))
+
+
 def _check_ppo(cfg: Config, errors: list[str]) -> None:
     r, p, learner = cfg.rollout, cfg.ppo, cfg.learner
     if p.old_values == "train" and not one_critic_step(cfg):

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from actors.engine import deepspeed_config, warmup_factor
 from actors.learner import LearnerGroup
 from actors.remote import RemoteError
-from actors.sequences import SequenceBatch, make_sequence_batch, response_logprobs
+from actors.sequences import Experience, SequenceBatch, make_sequence_batch, response_logprobs
 from kernels import compute_gae, masked_whiten, policy_loss, value_loss
 from orchestrator.config import load_config
 
@@ -96,16 +96,16 @@ def _plain_grad_norm(
     return math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in model.parameters()))
 
 
-def _experience(batch: SequenceBatch, out: dict[str, torch.Tensor], seed: int) -> dict:
+def _experience(batch: SequenceBatch, out: dict[str, torch.Tensor], seed: int) -> Experience:
     g = torch.Generator().manual_seed(seed)
     mask = batch.response_mask
-    return {
-        **vars(batch),
-        "old_logprobs": out["old_logprobs"],
-        "old_values": out["values"],
-        "advantages": torch.randn(mask.shape, generator=g) * mask,
-        "returns": torch.randn(mask.shape, generator=g) * mask,
-    }
+    return Experience(
+        batch,
+        old_logprobs=out["old_logprobs"],
+        old_values=out["values"],
+        advantages=torch.randn(mask.shape, generator=g) * mask,
+        returns=torch.randn(mask.shape, generator=g) * mask,
+    )
 
 
 def _export(group: LearnerGroup) -> dict[str, torch.Tensor]:
@@ -233,7 +233,7 @@ def test_train_steps_once_and_changes_weights(zero2, tiny_policy):
     assert metrics["policy/approx_kl"] < 1e-8
     assert 0 < metrics["entropy/mean"] <= math.log(len(before["model.embed_tokens.weight"]))
     # Accumulated over 2 micro-batches and averaged over 2 ranks = one backward of all rows.
-    want = _plain_grad_norm(tiny_policy, batch, exp["advantages"], TEMPERATURE)
+    want = _plain_grad_norm(tiny_policy, batch, exp.advantages, TEMPERATURE)
     assert metrics["policy/grad_norm"] == pytest.approx(want, rel=1e-4)
     after = _export(zero2)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -254,7 +254,7 @@ def test_train_from_token_rewards_runs_gae_on_the_critics_own_forward(zero2, tin
     whitened = masked_whiten(advantages, mask)  # over all 8 rows, though each rank holds 4
     want_value_loss, _ = value_loss(out["values"], out["values"], returns, mask, 0.2)
     want_norm = _plain_grad_norm(tiny_policy, batch, whitened, TEMPERATURE, _export(zero2))
-    metrics = zero2.train({**vars(batch), "old_logprobs": out["old_logprobs"], "rewards": rewards})
+    metrics = zero2.train(Experience(batch, old_logprobs=out["old_logprobs"], rewards=rewards))
     assert metrics["value/loss"] == pytest.approx(want_value_loss.item(), rel=1e-4)
     assert metrics["value/clipfrac"] == 0.0
     assert metrics["policy/grad_norm"] == pytest.approx(want_norm, rel=1e-4)
@@ -358,7 +358,7 @@ def test_nonfinite_loss_skips_the_optimizer_step_on_every_rank(request, stage):
     group = request.getfixturevalue(stage)
     batch = _equal_length_batch(2 * group.cfg.ppo.minibatch_size, seed=11)  # one step per rank
     exp = _experience(batch, group.logprobs_and_values(batch), seed=12)
-    exp["advantages"][0, 0] = float("nan")  # a token of rank 0's first row only
+    exp.advantages[0, 0] = float("nan")  # a token of rank 0's first row only
     before = _export(group)
     metrics = group.train(exp)
     # Means over the ranks: 1 = every rank skipped; the critic (no advantages) stepped.
@@ -370,7 +370,7 @@ def test_nonfinite_loss_skips_the_optimizer_step_on_every_rank(request, stage):
     for name, tensor in before.items():
         assert torch.equal(tensor, after[name]), name
     # Nothing of the bad step lingers: a finite batch steps from the same weights.
-    exp["advantages"][0, 0] = 0.0
+    exp.advantages[0, 0] = 0.0
     metrics = group.train(exp)
     assert metrics["policy/skipped_steps"] == 0
     assert stage == "zero0" or math.isfinite(metrics["policy/grad_norm"])  # ZeRO-0 has none

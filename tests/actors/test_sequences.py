@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from actors.sequences import (
+    Experience,
     make_sequence_batch,
     response_logprobs,
     sequence_scores,
@@ -57,3 +58,18 @@ def test_padded_values_and_scores_equal_one_row_forwards(tiny_reward):
             want_values = per_token[len(p) - 1 : len(p) - 1 + len(r)]
             torch.testing.assert_close(values[i, : len(r)], want_values, atol=1e-5, rtol=0)
             torch.testing.assert_close(scores[i], per_token[-1], atol=1e-5, rtol=0)
+
+
+def test_experience_shards_are_contiguous_copies_of_every_field():
+    batch = make_sequence_batch([[5], [6, 7], [8], [9, 10]], [[1, 2], [3], [4, 4], [5]], pad_id=0)
+    old = torch.arange(8.0).view(4, 2)
+    exp = Experience(batch, old, rewards=-old, tis_weights=torch.ones(4, 2))
+    first, second = exp.shards(2)
+    assert torch.equal(second.batch.input_ids, batch.input_ids[2:])
+    assert second.batch.prompt_len == batch.prompt_len
+    assert torch.equal(second.old_logprobs, old[2:]) and torch.equal(first.rewards, -old[:2])
+    assert second.advantages is None and second.gae_in_learner
+    # Copies, not views: a view would pickle the whole batch to every rank.
+    assert second.old_logprobs.untyped_storage().nbytes() == 4 * 4
+    with pytest.raises(ValueError, match="4 rows do not split evenly over 3 ranks"):
+        exp.shards(3)

@@ -19,6 +19,8 @@ tokens' (SFT) or elements' (RM) sum over the step's count across ranks.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import ray
 import safetensors.torch
@@ -26,7 +28,7 @@ import torch
 from supervised_ranks import SupervisedRank
 
 from actors.learner import LearnerGroup, _free_port
-from actors.sequences import make_sequence_batch
+from actors.sequences import Experience, make_sequence_batch
 from kernels import LOSS_AGG_MODES
 from orchestrator.config import load_config
 from orchestrator.data import Demonstration, Ranking
@@ -68,7 +70,7 @@ def _config(policy: str, reward: str, ranks: int):
     )
 
 
-def _experience(group: LearnerGroup) -> dict:
+def _experience(group: LearnerGroup) -> Experience:
     """8 rows with ragged responses; rollout-time log-probs and values from the group."""
     g = torch.Generator().manual_seed(7)
     prompts = [torch.randint(5, 300, (int(n),), generator=g).tolist() for n in [3, 1, 4, 2] * 2]
@@ -78,19 +80,19 @@ def _experience(group: LearnerGroup) -> dict:
     batch = make_sequence_batch(prompts, responses, pad_id=1)
     out = group.logprobs_and_values(batch)
     mask = batch.response_mask
-    return {
-        **vars(batch),
-        "old_logprobs": out["old_logprobs"] + 0.1 * torch.randn(mask.shape, generator=g) * mask,
-        "old_values": out["values"],
-        "advantages": torch.randn(mask.shape, generator=g) * mask,
-        "returns": torch.randn(mask.shape, generator=g) * mask,
-    }
+    return Experience(
+        batch,
+        old_logprobs=out["old_logprobs"] + 0.1 * torch.randn(mask.shape, generator=g) * mask,
+        old_values=out["values"],
+        advantages=torch.randn(mask.shape, generator=g) * mask,
+        returns=torch.randn(mask.shape, generator=g) * mask,
+    )
 
 
-def _reversed(experience: dict) -> dict:
-    return {
-        k: v.flip(0) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in experience.items()
-    }
+def _reversed(experience: Experience) -> Experience:
+    rows = torch.arange(experience.batch.input_ids.shape[0] - 1, -1, -1)
+    flipped = {k: v[rows] for k, v in experience.tensors().items()}
+    return dataclasses.replace(experience, batch=experience.batch.select(rows), **flipped)
 
 
 def _weights(group: LearnerGroup) -> dict[str, torch.Tensor]:

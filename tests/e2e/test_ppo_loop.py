@@ -134,17 +134,17 @@ def test_zero3_two_engines_colocated_broadcast_sync_and_a_broken_sync_is_caught(
             RemoteError,
             match=r"weight sync: rollout engine 1 \(version 2\): holds version 3, not 2",
         ):
-            trainer.verify_sync()
+            trainer.weights.verify()
         # Under the driver's version, the bits show other weights.
-        trainer.version = 3
+        trainer.weights.version = 3
         ray_local.get(roles.engines[0].update_weights.remote(3, bad), timeout=120)
         with pytest.raises(RemoteError, match=r"engine 0 \(version 3\): worker 0 loaded other"):
-            trainer.verify_sync()
+            trainer.weights.verify()
         # A sync mends both; log-probs beyond the limit (here set below fp32's ~1e-6) stop it.
-        assert trainer.sync_weights() < 1e-4
+        assert trainer.weights.sync() < 1e-4
         cfg.rollout.sync_max_logprob_diff = 1e-12
         with pytest.raises(RemoteError, match=r"differs from the learner by .* \(limit rollout"):
-            trainer.verify_sync()
+            trainer.weights.verify()
     finally:
         roles.shutdown()
 

@@ -58,22 +58,26 @@ def test_broken_syncs_are_caught_and_real_ones_pass(
             r"not the learner's",
         ):
             trainer.step(1)  # the engine took version 2 and loaded nothing
-        assert trainer.sync_weights() <= limit  # version 3: a full sync mends it
+        assert trainer.weights.sync() <= limit  # version 3: a full sync mends it
 
         with pytest.raises(WeightSyncError, match=r"\(version 4\): .* tensors not loaded"):
             trainer.step(2)  # half the tensors
-        assert trainer.sync_weights() <= limit
+        assert trainer.weights.sync() <= limit
 
         # Weights of another version: exported before step 3 trained, sent after it.
         old = roles.learner.export_weights()
         assert trainer.step(3)["weight_sync/max_logprob_diff"] <= limit  # a real sync passes
-        trainer.version += 1
-        ray_local.get(roles.engines[0].update_weights.remote(trainer.version, old), timeout=120)
+        trainer.weights.version += 1
+        ray_local.get(
+            roles.engines[0].update_weights.remote(trainer.weights.version, old), timeout=120
+        )
         with pytest.raises(WeightSyncError, match=r"tensors not the learner's"):
-            trainer.verify_sync()
+            trainer.weights.verify()
         # An engine behind the driver's version.
-        trainer.version += 1
-        with pytest.raises(WeightSyncError, match=rf"holds version {trainer.version - 1}, not"):
-            trainer.verify_sync()
+        trainer.weights.version += 1
+        with pytest.raises(
+            WeightSyncError, match=rf"holds version {trainer.weights.version - 1}, not"
+        ):
+            trainer.weights.verify()
     finally:
         roles.shutdown()

@@ -1,0 +1,120 @@
+"""From samples to the batch the learner trains on: the rollout of one step, the KL-shaped token
+rewards and advantages made of it (each equation one call into kernels/), the step's rollout
+metrics, and how rows are split among actors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import kernels
+from actors.sequences import Experience, SequenceBatch
+from orchestrator.config import Config
+
+
+@dataclass
+class Rollout:
+    """One step's samples: B = prompts x rollout.samples_per_prompt rows, in engine order."""
+
+    prompts: list[str]  # B prompt texts, one per sample
+    prompt_ids: list[list[int]]  # B prompts' token ids
+    response_ids: list[list[int]]  # B sampled responses' token ids
+    responses: list[str]  # B responses, decoded
+    finish_reasons: list[str]  # B: "stop" or "length"
+    batch: SequenceBatch  # the shared layout, (B, P + R)
+    logprobs: torch.Tensor  # (B, R) the engines' log-probs of the sampled tokens, 0 on padding
+
+
+def make_experience(
+    cfg: Config,
+    batch: SequenceBatch,
+    scored: dict[str, torch.Tensor],  # scores (B,); ref_logprobs, old_logprobs[, values] (B, R)
+    kl_coef: float,
+    in_learner: bool,
+    tis_weights: torch.Tensor | None = None,  # (B, R)
+) -> tuple[Experience, dict[str, torch.Tensor]]:
+    """KL-shaped token rewards, then GAE advantages (whitened when asked) and returns, unless
+    GAE runs in the learner (in_learner: it gets the rewards). -> the Experience, and every
+    field by name (the scored ones, rewards, kl, ...) for the non-finite check and metrics."""
+    p, mask = cfg.ppo, batch.response_mask
+    old_logprobs = scored["old_logprobs"]
+    rewards, kl = kernels.compute_token_rewards(
+        scored["scores"],
+        old_logprobs,
+        scored["ref_logprobs"],
+        mask,
+        kl_coef,
+        p.kl_estimator,
+        cfg.reward.clip,
+    )
+    fields = {**scored, "rewards": rewards, "kl": kl}
+    if in_learner:
+        return Experience(batch, old_logprobs, rewards=rewards, tis_weights=tis_weights), fields
+    values = scored["values"]
+    advantages, returns = kernels.compute_gae(rewards, values, mask, p.gamma, p.lam)
+    if p.whiten_advantages:
+        advantages = kernels.masked_whiten(advantages, mask)
+    fields |= {"advantages": advantages, "returns": returns}
+    experience = Experience(
+        batch, old_logprobs, None, values, advantages, returns, tis_weights=tis_weights
+    )
+    return experience, fields
+
+
+def step_metrics(
+    step: int, rollout: Rollout, scores: torch.Tensor, kl: torch.Tensor, kl_coef: float
+) -> dict[str, float]:
+    """The rollout's own metrics of a step: reward, KL to the reference, response lengths."""
+    mask = rollout.batch.response_mask
+    seq_kl, lengths = (kl * mask).sum(-1), mask.sum(-1)  # (B,) each
+    return {
+        "step": step,
+        "reward/mean": scores.mean().item(),
+        "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+        "kl/mean": seq_kl.mean().item(),
+        "kl/token_mean": kernels.masked_mean(kl, mask).item(),
+        "kl_coef": kl_coef,
+        "response_length/mean": lengths.mean().item(),
+        "response_length/clipped_ratio": sum(r == "length" for r in rollout.finish_reasons)
+        / len(lengths),
+    }
+
+
+def split_by_load(loads: list[float], parts: int) -> list[range]:
+    """Contiguous ranges of items, one per part, with near-equal total load and none empty
+    (while there are items enough): cut where the running total is nearest each k/parts share."""
+    n, total = len(loads), float(sum(loads))
+    cuts, running, i = [0], 0.0, 0
+    for k in range(1, parts):
+        target = total * k / parts
+        # Advance while taking the next item brings the running total nearer the target, and
+        # leave at least one item for each later part.
+        while i < n - (parts - k) and abs(running + loads[i] - target) <= abs(running - target):
+            running += loads[i]
+            i += 1
+        if i == cuts[-1] and i < n - (parts - k):  # never an empty part when avoidable
+            running += loads[i]
+            i += 1
+        cuts.append(i)
+    cuts.append(n)
+    return [range(a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
+def split_evenly(n: int, parts: int) -> list[range]:
+    """n items into `parts` contiguous ranges whose sizes differ by at most one."""
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def pad_rows(rows: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
+    """Ragged per-token values into the (B, R) response layout, 0 on padding."""
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out

@@ -1,0 +1,153 @@
+"""The weight sync of a PPO run: the learner's policy weights to every rollout engine under a
+rising version, then checked on each engine (version, weight fingerprints bit for bit, the
+probe batch's log-probs within the dtype's rounding). Through the object store (one copy, each
+engine loads it) or a broadcast group (learner rank 0 and every engine worker: gloo or NCCL).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from actors.remote import ActorDied, RemoteError, wait_all
+from orchestrator.config import Config
+from orchestrator.ppo.calls import RoleCalls, learner_deaths, names
+from orchestrator.ppo.roles import Roles
+from orchestrator.ppo.sync_check import (
+    WeightSyncError,
+    max_logprob_diff,
+    sync_logprob_limit,
+    sync_problem,
+)
+
+logger = logging.getLogger(__name__)
+
+PROBE_ROWS = 4  # the probe batch: the run's first sequences, fixed for the run
+
+
+class WeightSync:
+    """Owns the weight version and the probe batch; brings every engine, or one restarted
+    engine, to the learner's current weights."""
+
+    def __init__(self, cfg: Config, roles: Roles, calls: RoleCalls):
+        self.cfg, self.roles, self.calls = cfg, roles, calls
+        self.version = 0
+        self.probe: list[list[int]] | None = None
+        self.broadcast = cfg.rollout.weight_sync != "object_store"
+
+    def set_probe(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> float:
+        """Fix the probe batch (the first sequences of the run) and check the engines against
+        the learner on it; -> the initial max log-prob difference."""
+        rows = zip(prompt_ids[:PROBE_ROWS], response_ids[:PROBE_ROWS], strict=True)
+        self.probe = [p + r for p, r in rows]
+        return self.verify()
+
+    def open_group(self) -> None:
+        """Broadcast transports: learner rank 0 and every engine worker form the weight group."""
+        r = self.cfg.rollout
+        engines = self.roles.engines
+        world = 1 + len(engines) * r.tensor_parallel_size
+        host, port, refs = self.roles.learner.open_weight_group(world, r.weight_sync)
+        timeout = self.cfg.run.start_timeout_s
+        refs += [
+            e.join_weight_group.remote(
+                host, port, 1 + i * r.tensor_parallel_size, world, r.weight_sync, timeout
+            )
+            for i, e in enumerate(engines)
+        ]
+        with learner_deaths("learner weight group"):
+            wait_all(
+                refs, "weight group", ["learner rank 0"] + names("rollout engine", engines), timeout
+            )
+
+    def sync(self) -> float:
+        """Push the learner's weights to every engine (new version), then verify; -> max diff."""
+        self.version += 1
+        engines = self.roles.engines
+        if not self.broadcast:
+            weights = self.roles.learner.export_weights()  # ObjectRef: one copy in the store
+            refs = [e.update_weights.remote(self.version, weights) for e in engines]
+            # A restarted engine gets this version while it recovers; then only confirm it.
+            retry = self.calls.retry("rollout", lambda i: engines[i].version.remote())
+            wait_all(
+                refs,
+                "weight sync",
+                names("rollout engine", refs),
+                self.cfg.run.timeout_s,
+                retry=retry,
+            )
+        else:
+            try:
+                self._broadcast(self.version)
+            except RemoteError as e:  # a member died, or a send or receive broke with it
+                if isinstance(e, ActorDied) and e.phase.startswith("learner"):
+                    raise  # the learner is rebuilt, and the group with it
+                self.reform(e)
+                self._broadcast(self.version, again=True)
+        return self.verify()
+
+    def resend(self, i: int) -> None:
+        """Engine i was restarted: it receives the current weights, under the current version,
+        before it serves (with a broadcast transport, in a group formed again)."""
+        if self.broadcast:
+            self.reform()  # the restarted engine left the old group
+            if self.version > 0:
+                self._broadcast(self.version, again=True)
+        elif self.version > 0:
+            weights = self.roles.learner.export_weights()
+            ref = self.roles.engines[i].update_weights.remote(self.version, weights)
+            wait_all([ref], "restart", [f"rollout engine {i}"], self.cfg.run.start_timeout_s)
+
+    def _broadcast(self, version: int, again: bool = False) -> None:
+        """Learner rank 0 broadcasts the weights to every engine as version (again: engines
+        that hold it already take it once more: a broadcast redone after a restart)."""
+        refs = [e.receive_weights.remote(version, again) for e in self.roles.engines]
+        sends = self.roles.learner.broadcast_weights(version)
+        all_names = names("rollout engine", refs) + names("learner rank", sends)
+        with learner_deaths("learner sync"):
+            wait_all(refs + sends, "weight sync", all_names, self.cfg.run.timeout_s)
+
+    def reform(self, error: Exception | None = None) -> None:
+        """A member of the broadcast group died: wait for every engine to serve again (a
+        restarted one, or one whose half-done receive fails by the group's timeout), then form
+        a new group. Restarts stay bounded by run.max_actor_restarts."""
+        if error is not None:
+            logger.warning("%s; forming the weight group again", error)
+        for i, engine in enumerate(self.roles.engines):
+            self.calls.wait_alive(engine, "weight group", f"rollout engine {i}")
+        self.open_group()
+
+    def verify(self) -> float:
+        """Check every engine against the learner; -> max |engine - learner| probe log-prob.
+
+        Each engine must hold the current version, its loader must have taken in exactly the
+        learner's weights (their fingerprints, bit for bit, every tensor), and its log-probs of
+        the probe batch must agree within the dtype's rounding (sync_logprob_limit). Anything
+        else stops the run (WeightSyncError) with what differs.
+        """
+        assert self.probe is not None
+        n = len(self.roles.engines)
+        pending = self.calls.start(
+            "rollout", lambda engine, probe: engine.weights_state.remote(probe), [(self.probe,)] * n
+        )
+        learner = self.roles.learner.weights_state(self.probe)
+        engines = self.calls.wait(pending, "sync check")
+        limit = sync_logprob_limit(self.cfg)
+        diff = 0.0
+        for i, engine in enumerate(engines):
+            where = f"weight sync: rollout engine {i} (version {self.version})"
+            problem = sync_problem(engine, learner["fingerprints"], self.version)
+            if problem:
+                raise WeightSyncError(f"{where}: {problem}")
+            engine_diff = max_logprob_diff(engine["logprobs"], learner["logprobs"])
+            if not engine_diff <= limit:
+                raise WeightSyncError(
+                    f"{where} differs from the learner by {engine_diff:.3g} in log-prob on the "
+                    f"probe batch (limit rollout.sync_max_logprob_diff = {limit:g} for "
+                    f"{self.cfg.model.dtype})"
+                )
+            diff = max(diff, engine_diff)
+        return diff
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "probe": self.probe}
