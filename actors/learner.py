@@ -1,15 +1,13 @@
 """The PPO learner: DeepSpeed ZeRO ranks holding the policy and the critic.
 
-`LearnerActor` is one rank (a plain class; `LearnerGroup` wraps it with `ray.remote`).
-`LearnerGroup` is the driver's handle: it shards rows over the ranks, calls every rank (ZeRO's
-collectives need all of them) and waits with a timeout, naming the phase and the rank on failure.
+`LearnerActor` is one rank (a plain class; `LearnerGroup` in learner_group.py wraps it with
+`ray.remote` and is the driver's handle on all of them).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +21,12 @@ from actors.engine import (
     TokenValues,
     build_engine,
     engine_inputs,
-    full_weights,
-    gathered_state_dict,
     init_distributed,
     load_model,
-    save_hf_folder,
 )
+from actors.export import full_weights, gathered_state_dict, save_hf_folder
 from actors.faults import inject
-from actors.ranks import mean_over_ranks, sum_over_ranks
-from actors.remote import wait_all
+from actors.ranks import free_port, mean_over_ranks, sum_over_ranks
 from actors.sequences import Experience, SequenceBatch, make_sequence_batch
 from actors.weight_sync import fingerprints_of, open_group, send_weights
 from kernels import (
@@ -52,12 +47,6 @@ TRAIN_SETTINGS = ("learner.micro_batch_size", "ppo.minibatch_size", "ppo.loss_ag
 CHECKPOINT_TAG = "state"  # DeepSpeed's sub-folder name inside each engine's checkpoint folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class MicroBatch:
     """One micro-batch of a rank's rows in a train call."""
@@ -76,7 +65,7 @@ class LearnerActor:
         # A rendezvous on this rank's node: rank 0's is the group's, which the group passes to
         # every rank's setup (the others' go unused).
         self.master_addr = ray.util.get_node_ip_address()
-        self.master_port = _free_port()
+        self.master_port = free_port()
         self.policy: Any = None  # DeepSpeedEngine around PolicyLogprobs
         self.critic: Any = None  # DeepSpeedEngine around TokenValues
         self.train_calls = 0
@@ -322,7 +311,7 @@ class LearnerActor:
 
     def weight_group_address(self) -> tuple[str, int]:
         """Where rank 0 will host the weight group's rendezvous (this node, a free port)."""
-        return ray.util.get_node_ip_address(), _free_port()
+        return ray.util.get_node_ip_address(), free_port()
 
     def open_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
         """Rank 0 joins the weight group as its rank 0 (the engines' workers join alongside)."""
@@ -404,132 +393,3 @@ class LearnerActor:
         state = torch.load(rank_file, weights_only=True)
         self.train_calls = int(state["train_calls"])
         torch.set_rng_state(state["torch_rng"])
-
-
-class LearnerGroup:
-    """Driver-side handle on the learner ranks; holds actor handles only."""
-
-    def __init__(self, cfg: Config, placement: list[dict[str, Any]] | None = None):
-        self.cfg = cfg
-        self.timeout_s = cfg.run.timeout_s
-        n = cfg.learner.num_ranks
-        remote_cls = ray.remote(LearnerActor)
-        self.actors: list[Any] = []
-        try:
-            # Every rank's process starts at once (imports take most of the start-up); the
-            # rendezvous is rank 0's, and every rank's setup gets it.
-            self.actors = [
-                remote_cls.options(**self._options(rank, placement)).remote(cfg, rank, n)
-                for rank in range(n)
-            ]
-            start_s = cfg.run.start_timeout_s  # model loads and process-group set-up
-            [(addr, port)] = self._wait(
-                "start", [self.actors[0].master_address.remote()], timeout_s=start_s
-            )
-            self._wait(
-                "setup", [a.setup.remote(addr, port) for a in self.actors], timeout_s=start_s
-            )
-        except BaseException:
-            self.shutdown()
-            raise
-
-    def _options(self, rank: int, placement: list[dict[str, Any]] | None) -> dict[str, Any]:
-        """Actor options of a rank: the given slot's (placement group bundle), else plain."""
-        if placement is not None:
-            return placement[rank]
-        return {
-            "num_cpus": self.cfg.learner.cpus_per_rank,
-            "num_gpus": self.cfg.learner.gpus_per_rank,
-        }
-
-    def _wait(
-        self,
-        phase: str,
-        refs: list[Any],
-        fetch: list[bool] | None = None,
-        timeout_s: float | None = None,
-    ) -> list[Any]:
-        """Results of refs[r] (rank r) within timeout_s (default: the group's timeout)."""
-        names = [f"rank {r}" for r in range(len(refs))]
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        return wait_all(refs, f"learner {phase}", names, timeout_s, fetch)
-
-    def logprobs_and_values(
-        self, batch: SequenceBatch, with_logprobs: bool = True, with_values: bool = True
-    ) -> dict[str, torch.Tensor]:
-        """Rows split evenly over the ranks. -> {values, old_logprobs} (B, R) float32, those
-        asked for."""
-        b, n = batch.input_ids.shape[0], len(self.actors)
-        # Every rank must run the same number of forwards (ZeRO-3 gathers are collective): pad
-        # with copies of the last row to a multiple of the ranks, and drop them afterwards.
-        per_rank = -(-b // n)
-        rows = torch.cat([torch.arange(b), torch.full((per_rank * n - b,), b - 1)])
-        # Index with tensors: a copy per rank, not a view that would pickle the whole batch.
-        refs = [
-            actor.logprobs_and_values.remote(batch.select(part), with_logprobs, with_values)
-            for actor, part in zip(self.actors, rows.split(per_rank), strict=True)
-        ]
-        outs = self._wait("logprobs_and_values", refs)
-        return {key: torch.cat([o[key] for o in outs])[:b] for key in outs[0]}
-
-    def train(self, experience: Experience) -> dict[str, float]:
-        """One PPO update on all rows (sharded over the ranks). -> mean metrics over ranks."""
-        shards = experience.shards(len(self.actors))
-        outs = self._wait(
-            "train", [a.train.remote(s) for a, s in zip(self.actors, shards, strict=True)]
-        )
-        return outs[0]
-
-    def update_settings(self, settings: dict[str, Any]) -> None:
-        """Every rank's LearnerActor.update_settings (between train calls)."""
-        self._wait("update_settings", [a.update_settings.remote(settings) for a in self.actors])
-
-    def export_weights(self, model: str = "policy") -> Any:
-        """ObjectRef of the policy's (or critic's) safetensors bytes (rank 0's; stays in the
-        object store)."""
-        refs = [a.export_weights.remote(model) for a in self.actors]
-        fetch = [rank != 0 for rank in range(len(refs))]
-        return self._wait("export_weights", refs, fetch)[0]
-
-    def open_weight_group(self, world_size: int, backend: str) -> tuple[str, int, list[Any]]:
-        """Start rank 0 joining a broadcast weight group of world_size ranks. -> (host, port,
-        refs): the engines' workers join at host:port; the caller waits on refs with theirs."""
-        [(host, port)] = self._wait("weight group", [self.actors[0].weight_group_address.remote()])
-        return (
-            host,
-            port,
-            [self.actors[0].open_weight_group.remote(host, port, world_size, backend)],
-        )
-
-    def broadcast_weights(self, version: int) -> list[Any]:
-        """Start every rank's part of a broadcast sync (see LearnerActor.broadcast_weights).
-        -> refs by rank, for the caller to wait on with the engines' receives."""
-        return [a.broadcast_weights.remote(version) for a in self.actors]
-
-    def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
-        """Log-probs of tokens 1..L-1 of each sequence (all ranks run it; rank 0's answer)."""
-        return self._wait(
-            "probe_logprobs", [a.probe_logprobs.remote(sequences) for a in self.actors]
-        )[0]
-
-    def weights_state(self, sequences: list[list[int]]) -> dict[str, Any]:
-        """Rank 0's fingerprints of the policy's weights and the probe's log-probs."""
-        refs = [a.weights_state.remote(sequences) for a in self.actors]
-        return self._wait("weights_state", refs)[0]
-
-    def save_pretrained(self, path: str) -> None:
-        """Hugging Face folder of the policy at path (on rank 0's node)."""
-        self._wait("save_pretrained", [a.save_pretrained.remote(path) for a in self.actors])
-
-    def save_checkpoint(self, path: str) -> None:
-        """Every rank's training state under path (a folder all ranks can reach)."""
-        self._wait("save_checkpoint", [a.save_checkpoint.remote(path) for a in self.actors])
-
-    def load_checkpoint(self, path: str) -> None:
-        self._wait("load_checkpoint", [a.load_checkpoint.remote(path) for a in self.actors])
-
-    def shutdown(self) -> None:
-        """Kill the ranks (idempotent)."""
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []

@@ -3,6 +3,8 @@ SFT and the reward model use them (gloo on CPU, NCCL on GPUs)."""
 
 from __future__ import annotations
 
+import socket
+
 import torch
 
 
@@ -19,3 +21,10 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     t = sum_over_ranks(t) / torch.distributed.get_world_size()
     return dict(zip(keys, t.tolist(), strict=True))
+
+
+def free_port() -> int:
+    """A TCP port free on this node now (the rendezvous port of a process group)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]

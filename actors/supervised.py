@@ -15,7 +15,6 @@ import math
 import random
 import tempfile
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,10 @@ from actors.engine import (
     SequenceScores,
     build_engine,
     engine_inputs,
-    gathered_state_dict,
     load_model,
-    save_hf_folder,
 )
+from actors.epoch_checkpoints import epoch_checkpoints, write_progress
+from actors.export import gathered_state_dict, save_hf_folder
 from actors.faults import inject
 from actors.ranks import mean_over_ranks, sum_over_ranks
 from actors.sequences import make_sequence_batch
@@ -38,8 +37,6 @@ from orchestrator.config import Config
 from orchestrator.output import MetricsLog, truncate_metrics
 
 logger = logging.getLogger(__name__)
-
-PROGRESS_FILE = "progress.json"  # in a checkpoint: the epochs done
 
 
 # ---------------------------------------------------------------- batch planning (pure)
@@ -368,32 +365,6 @@ def train_loop(config: dict[str, Any]) -> None:
             cfg.model.trust_remote_code,
             extra,
         )
-
-
-def epoch_checkpoints(folders: Iterable[Path]) -> list[tuple[int, float, str]]:
-    """The complete epoch checkpoints among folders: a progress file that lists every file of
-    the checkpoint with its size, each there in full (a copy cut short by a crash is not).
-    -> [(epochs done, modified time, folder)]."""
-    out = []
-    for folder in folders:
-        progress = folder / PROGRESS_FILE
-        try:
-            state = json.loads(progress.read_text())
-            complete = all(
-                (folder / name).stat().st_size == size for name, size in state["files"].items()
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-        if complete:
-            out.append((state["epochs_done"], progress.stat().st_mtime, str(folder.resolve())))
-    return out
-
-
-def write_progress(folder: Path, epochs_done: int) -> None:
-    """The progress file of an epoch checkpoint, written last: epochs done and every file's size."""
-    files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file()}
-    progress = {"epochs_done": epochs_done, "files": files}
-    (folder / PROGRESS_FILE).write_text(json.dumps(progress))
 
 
 def _report_with_checkpoint(

@@ -106,7 +106,7 @@ def _resume_from(cfg: Config, storage: Path, stage: str) -> str:
     """run.resume for SFT / RM: "" -> "", refusing a folder that holds an unfinished run;
     auto -> the epoch checkpoint with the most epochs done under storage ("" if none); else
     that checkpoint folder. Resuming restarts the epoch after it (the optimizer starts anew)."""
-    from actors.supervised import epoch_checkpoints
+    from actors.epoch_checkpoints import epoch_checkpoints
 
     found = epoch_checkpoints(storage.glob("*/checkpoint_*"))
     if not cfg.run.resume:

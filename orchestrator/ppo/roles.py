@@ -8,7 +8,7 @@ from typing import Any
 
 import ray
 
-from actors.learner import LearnerGroup
+from actors.learner_group import LearnerGroup
 from actors.remote import wait_all
 from actors.rollout import RolloutActor
 from actors.scorers import ReferenceActor, RewardActor

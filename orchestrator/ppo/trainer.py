@@ -75,7 +75,7 @@ class PPOTrainer:
     def rebuild_learner(self, checkpoint: Path) -> int:
         """A learner rank died: start a new group in the same placement bundles, load the
         checkpoint into it and bring the engines to its weights; -> the step to redo from."""
-        from actors.learner import LearnerGroup
+        from actors.learner_group import LearnerGroup
 
         self.roles.learner.shutdown()
         slots = self.roles.placement.slots["learner"]

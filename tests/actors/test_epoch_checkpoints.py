@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from actors.supervised import PROGRESS_FILE, epoch_checkpoints, write_progress
+from actors.epoch_checkpoints import PROGRESS_FILE, epoch_checkpoints, write_progress
 
 
 def test_only_complete_epoch_checkpoints_are_found(tmp_path):

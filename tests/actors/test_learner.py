@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from actors.engine import deepspeed_config, warmup_factor
-from actors.learner import LearnerGroup
+from actors.learner_group import LearnerGroup
 from actors.remote import RemoteError
 from actors.sequences import Experience, SequenceBatch, make_sequence_batch, response_logprobs
 from kernels import compute_gae, masked_whiten, policy_loss, value_loss

@@ -27,7 +27,8 @@ import safetensors.torch
 import torch
 from supervised_ranks import SupervisedRank
 
-from actors.learner import LearnerGroup, _free_port
+from actors.learner_group import LearnerGroup
+from actors.ranks import free_port
 from actors.sequences import Experience, make_sequence_batch
 from kernels import LOSS_AGG_MODES
 from orchestrator.config import load_config
@@ -181,7 +182,7 @@ def _supervised_examples(stage: str) -> list:
 
 def _supervised_step(cfg, stage, model_path, pad_id, deal, examples):
     """(weights before, weights after) one step of ranks given examples as dealt."""
-    port = _free_port()
+    port = free_port()
     ranks = [
         SupervisedRank.remote(cfg, stage, model_path, pad_id, r, len(deal), port)
         for r in range(len(deal))

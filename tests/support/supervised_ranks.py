@@ -32,7 +32,7 @@ class SupervisedRank:
 
     def weights(self) -> bytes:
         """The model's weights (safetensors bytes); every rank gathers, rank 0's are returned."""
-        from actors.engine import gathered_state_dict
+        from actors.export import gathered_state_dict
 
         state = gathered_state_dict(self.task.hf_model())
         if state is None:
