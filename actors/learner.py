@@ -26,6 +26,7 @@ from actors.engine import (
 )
 from actors.export import full_weights, gathered_state_dict, save_hf_folder
 from actors.faults import inject
+from actors.logs import quiet_libraries
 from actors.ranks import free_port, mean_over_ranks, sum_over_ranks
 from actors.sequences import Experience, SequenceBatch, make_sequence_batch
 from actors.weight_sync import fingerprints_of, open_group, send_weights
@@ -61,6 +62,7 @@ class LearnerActor:
     """One data-parallel rank: policy and critic DeepSpeed engines."""
 
     def __init__(self, cfg: Config, rank: int, world_size: int):
+        quiet_libraries()
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         # A rendezvous on this rank's node: rank 0's is the group's, which the group passes to
         # every rank's setup (the others' go unused).

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from actors.faults import inject
+from actors.logs import drop_expected, quiet_libraries
 from actors.remote import ActorRestarted
 from actors.weight_sync import Fingerprints
 from orchestrator.output import report_throughput
@@ -33,13 +34,6 @@ CPU_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
 }
-
-
-class _DropThreadCountWarning(logging.Filter):
-    """vLLM's CPU worker warns on every tokenizer call that torch threads are fixed; drop it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "torch.set_num_threads" not in record.getMessage()
 
 
 def _on_gpu() -> bool:
@@ -96,6 +90,7 @@ class RolloutActor:
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.5,
     ):
+        quiet_libraries()
         engine_args: dict[str, Any] = {}
         if _on_gpu():
             engine_args["gpu_memory_utilization"] = gpu_memory_utilization
@@ -105,8 +100,9 @@ class RolloutActor:
             # Bytes rather than the integer-GiB VLLM_CPU_KVCACHE_SPACE, which would win if set.
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
             engine_args["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
-            logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_DropThreadCountWarning())
         from vllm import LLM
+
+        drop_expected()  # vLLM's handler exists once it is imported
 
         self.max_model_len = max_model_len
         self._version = 0

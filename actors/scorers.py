@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from actors.faults import inject
+from actors.logs import quiet_libraries
 from actors.sequences import SequenceBatch, make_sequence_batch, response_logprobs, sequence_scores
 from orchestrator.output import report_throughput
 
@@ -57,6 +58,7 @@ class RewardActor:
         normalize: bool = False,
         attn_implementation: str = "sdpa",
     ):
+        quiet_libraries()
         self.batch_size = batch_size
         self.fn = load_reward_function(function) if function else None
         self.model = self.tokenizer = None
@@ -131,6 +133,7 @@ class ReferenceActor:
         temperature: float = 1.0,
         attn_implementation: str = "sdpa",
     ):
+        quiet_libraries()
         from transformers import AutoModelForCausalLM
 
         if not Path(model_path).exists():

@@ -30,6 +30,7 @@ from actors.engine import (
 from actors.epoch_checkpoints import epoch_checkpoints, write_progress
 from actors.export import gathered_state_dict, save_hf_folder
 from actors.faults import inject
+from actors.logs import quiet_libraries
 from actors.ranks import mean_over_ranks, sum_over_ranks
 from actors.sequences import make_sequence_batch
 from kernels import kwise_ranking_loss, sft_loss
@@ -286,6 +287,7 @@ def train_loop(config: dict[str, Any]) -> None:
     config: cfg (Config), stage ("sft" / "rm"), backend, train / eval (ObjectRefs of example
     lists), model_path, pad_id, run_dir, first_metrics (logged in the step-0 row).
     """
+    quiet_libraries()
     import deepspeed
     import ray
     import ray.train

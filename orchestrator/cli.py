@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from actors.remote import RemoteError
+from orchestrator.cluster import PlacementError
 from orchestrator.config import ConfigError, describe_fields, load_config, validate_config
 from orchestrator.config.precision import resolve_precision
 from orchestrator.data import DataError
@@ -46,6 +47,7 @@ class UserError(Exception):
 # Errors whose message is the whole story for the user: printed on one line, no traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
+    PlacementError,
     UserError,
     DataError,
     RemoteError,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.faults import ENV as FAULT_ENV
+from actors.logs import LEVEL_ENV as LOG_LEVEL_ENV
 from orchestrator.config import Config
 from orchestrator.output import RUN_ENV, run_label
 
@@ -96,6 +98,10 @@ CPU_THREAD_ENV = {
 }
 
 
+class PlacementError(RuntimeError):
+    """The cluster cannot give the run's actors their resources (now or within the timeout)."""
+
+
 @dataclass
 class Slot:
     """Where one actor goes: a placement group bundle and the resources it asks for."""
@@ -141,7 +147,7 @@ def _restarts(cfg: Config, role: str) -> int:
 
 def actor_env(cfg: Config) -> dict[str, str]:
     """Environment variables of every actor and Ray Train worker of a run."""
-    env = {RUN_ENV: run_label(cfg)}  # they label their own metrics with the run
+    env = {RUN_ENV: run_label(cfg), LOG_LEVEL_ENV: cfg.run.log_level}  # their metrics' label
     if os.environ.get(FAULT_ENV):  # tests inject faults through it (actors/faults.py)
         env[FAULT_ENV] = os.environ[FAULT_ENV]
     return env
@@ -177,15 +183,45 @@ class Placement:
         self._wait(requests, cfg.run.timeout_s)
 
     def _wait(self, requests: dict[str, list[dict[str, float]]], timeout_s: float) -> None:
-        try:
-            ray.get([pg.ready() for pg in self.groups], timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
+        """Wait for every group within timeout_s, saying every WAIT_REPORT_S what is pending;
+        fail at once where the cluster can never fit the actors (and no autoscaler may grow it)."""
+        problem = never_fits(requests, _node_totals())
+        if problem and not autoscaler_running():
             self.remove()
-            wanted = {role: reqs[0] if reqs else {} for role, reqs in requests.items()}
-            raise RuntimeError(
-                f"placement: the cluster could not reserve the resources within {timeout_s:.0f} s "
-                f"(per actor: {wanted}; available: {ray.available_resources()})"
-            ) from None
+            raise PlacementError(
+                f"placement: the cluster can never fit this run's actors: {problem}"
+            )
+        if len(self.groups) == 1:  # run.colocate: one group for every role
+            pending = {"every role (run.colocate)": self.groups[0].ready()}
+        else:
+            pending = dict(zip(requests, (pg.ready() for pg in self.groups), strict=True))
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            ready, _ = ray.wait(
+                list(pending.values()),
+                num_returns=len(pending),
+                timeout=max(0.0, min(WAIT_REPORT_S, deadline - time.monotonic())),
+            )
+            pending = {role: ref for role, ref in pending.items() if ref not in ready}
+            if not pending:
+                return
+            wanted = {role: describe(requests.get(role, [])) for role in pending}
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.remove()
+                raise PlacementError(
+                    f"placement: the cluster could not reserve the resources within "
+                    f"{timeout_s:.0f} s (pending: {wanted}; available: "
+                    f"{_rounded(ray.available_resources())})"
+                )
+            logger.warning(
+                "placement: waiting for resources (%.0f s left of run.timeout_s) for %s; "
+                "available: %s%s",
+                left,
+                wanted,
+                _rounded(ray.available_resources()),
+                f"; {problem}, waiting for the autoscaler" if problem else "",
+            )
 
     def nodes(self) -> dict[str, list[str]]:
         """The node id each actor of each role was placed on: {role: [node id per actor]}."""
@@ -200,3 +236,69 @@ class Placement:
         for pg in self.groups:
             remove_placement_group(pg)
         self.groups = []
+
+
+WAIT_REPORT_S = 30.0  # how often a placement that waits says what it waits for
+
+
+def _rounded(resources: dict[str, float]) -> dict[str, float]:
+    """Resources as a user reads them: no per-node or per-group bookkeeping keys."""
+    hidden = ("node:", "accelerator_type:", "bundle_group_")
+    return {
+        k: round(v, 3)
+        for k, v in sorted(resources.items())
+        if not k.startswith(hidden) and "_group_" not in k
+    }
+
+
+def describe(reqs: list[dict[str, float]]) -> str:
+    """A role's actors as `2 x {CPU: 1}`."""
+    if not reqs:
+        return "none"
+    first = reqs[0]
+    if all(r == first for r in reqs):
+        return f"{len(reqs)} x {_rounded(first)}"
+    return " + ".join(str(_rounded(r)) for r in reqs)
+
+
+def _node_totals() -> list[dict[str, float]]:
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def never_fits(requests: dict[str, list[dict[str, float]]], nodes: list[dict[str, float]]) -> str:
+    """Why these actors can never be placed on nodes of these total resources, or "": an actor
+    larger than every node, or more of a resource in all than the nodes hold together."""
+    total: dict[str, float] = {}
+    for node in nodes:
+        for k, v in node.items():
+            total[k] = total.get(k, 0.0) + v
+    needed: dict[str, float] = {}
+    for role, reqs in requests.items():
+        for r in reqs:
+            for k, v in r.items():
+                needed[k] = needed.get(k, 0.0) + v
+            if r and not any(all(node.get(k, 0.0) >= v for k, v in r.items()) for node in nodes):
+                return (
+                    f"one {role} actor needs {_rounded(r)}, more than any node has "
+                    f"(nodes: {[_rounded(n) for n in nodes]})"
+                )
+    short = {k: v for k, v in needed.items() if v > total.get(k, 0.0) + 1e-9}
+    if not short:
+        return ""
+    per_role = "; ".join(f"{role} {describe(reqs)}" for role, reqs in requests.items() if reqs)
+    return (
+        f"they need {_rounded(needed)} in all ({per_role}), the cluster has "
+        f"{_rounded({k: total.get(k, 0.0) for k in needed})}"
+    )
+
+
+def autoscaler_running() -> bool:
+    """Whether an autoscaler serves this cluster: it may add the nodes a placement waits for.
+    Ray's autoscaler writes its status into the GCS (`ray status` reads it there)."""
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        return bool(_internal_kv_get(DEBUG_AUTOSCALING_STATUS))
+    except Exception:  # an older or newer Ray without it: assume the cluster may grow
+        return True

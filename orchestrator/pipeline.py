@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config
-from orchestrator.data import DataError, convert_rankings, format_prompt, load_rows, row_problem
+from orchestrator.data import (
+    DataError,
+    convert_rankings,
+    format_prompt,
+    load_rows,
+    row_problem,
+    tokenize_prompt,
+)
 from orchestrator.output import RunFolder, run_label
 from orchestrator.ppo.run import run_ppo
 from orchestrator.supervised import run_rm, run_sft
@@ -77,9 +84,7 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
     rows, ids = [], []
     for row in load_rows(d.prompts, d.split):
         if row_problem(row) is None:
-            tokens = tokenizer(
-                format_prompt(row, tokenizer, cfg.sft.template), add_special_tokens=False
-            )["input_ids"]
+            tokens = tokenize_prompt(row, tokenizer, cfg.sft.template)
             if len(tokens) <= d.max_prompt_tokens:
                 rows.append(row)
                 ids.append(tokens)

@@ -10,8 +10,9 @@ import ray
 
 from actors.remote import wait_all
 from actors.rollout import RolloutActor
+from orchestrator.cluster import actor_env
 from orchestrator.config import Config
-from orchestrator.data import format_prompt
+from orchestrator.data import tokenize_prompt
 
 
 class Sampler:
@@ -23,7 +24,7 @@ class Sampler:
         self.cfg, self.tokenizer, self.version = cfg, tokenizer, 0
         self.engine = (
             ray.remote(RolloutActor)
-            .options(num_cpus=r.cpus_per_engine)
+            .options(num_cpus=r.cpus_per_engine, runtime_env={"env_vars": actor_env(cfg)})
             .remote(
                 first_model,
                 dtype=cfg.model.dtype,
@@ -46,13 +47,8 @@ class Sampler:
         )
 
     def prompt_ids(self, texts: list[str]) -> list[list[int]]:
-        return [
-            self.tokenizer(
-                format_prompt({"prompt": t}, self.tokenizer, self.cfg.sft.template),
-                add_special_tokens=False,
-            )["input_ids"]
-            for t in texts
-        ]
+        template = self.cfg.sft.template
+        return [tokenize_prompt({"prompt": t}, self.tokenizer, template) for t in texts]
 
     def sample(
         self, prompt_ids: list[list[int]], n: int, temperature: float, max_tokens: int

@@ -348,6 +348,11 @@ class RunConfig:
     max_failures: int = param(
         1, "Restarts of a failed SFT / RM worker group (Ray Train FailureConfig); -1 = no limit."
     )
+    log_level: Literal["warning", "info", "debug"] = param(
+        "warning",
+        "What actors print: their libraries' warnings and above (lines of a working run that "
+        "read like failures left out), info, or debug (everything).",
+    )
 
 
 @dataclass

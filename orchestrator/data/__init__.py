@@ -22,6 +22,7 @@ from orchestrator.data.prompts import (
     prompt_text,
     row_problem,
     tiny_prompts,
+    tokenize_prompt,
 )
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "row_problem",
     "split_by_user",
     "tiny_prompts",
+    "tokenize_prompt",
 ]

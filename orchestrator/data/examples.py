@@ -17,7 +17,7 @@ from kernels import MAX_RESPONSES, MIN_RESPONSES
 from orchestrator.config import Config
 from orchestrator.data.converters import convert_rankings
 from orchestrator.data.curation import curate, split_by_user
-from orchestrator.data.prompts import DataError, format_prompt, load_rows, prompt_text
+from orchestrator.data.prompts import DataError, load_rows, prompt_text, tokenize_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ class _Tokens:
             _check_messages(row["messages"])
         else:
             _text(row, "prompt")
-        text = format_prompt(row, self.tokenizer, self.cfg.sft.template)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenize_prompt(row, self.tokenizer, self.cfg.sft.template)
         limit = self.cfg.data.max_prompt_tokens
         if len(ids) > limit:
             raise BadRow(

@@ -114,6 +114,11 @@ def format_prompt(row: dict[str, Any], tokenizer: Any, template: str) -> str:
     return template.format(prompt=row["prompt"])
 
 
+def tokenize_prompt(row: dict[str, Any], tokenizer: Any, template: str) -> list[int]:
+    """The token ids of a row's formatted prompt (format_prompt), no special tokens added."""
+    return tokenizer(format_prompt(row, tokenizer, template), add_special_tokens=False)["input_ids"]
+
+
 def prompt_text(row: dict[str, Any]) -> str:
     """The user-visible prompt of a row (what curation compares)."""
     messages = row.get("messages")
@@ -197,7 +202,7 @@ def load_prompts(
     for i, row in numbered:
         problem = row_problem(row)
         if problem is None:
-            text = format_prompt(row, tokenizer, template)
+            text = format_prompt(row, tokenizer, template)  # kept: the set holds its texts
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) > max_prompt_tokens:
                 problem = (

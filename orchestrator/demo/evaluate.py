@@ -20,8 +20,9 @@ from actors.remote import wait_all
 from actors.scorers import ReferenceActor, RewardActor
 from actors.sequences import make_sequence_batch
 from kernels import kl_penalty, masked_sum
+from orchestrator.cluster import actor_env
 from orchestrator.config import Config
-from orchestrator.data import format_prompt
+from orchestrator.data import tokenize_prompt
 from orchestrator.demo import world
 from orchestrator.sampler import Sampler
 
@@ -141,15 +142,17 @@ def _model_scores(cfg, tokenizer, sft, reward_model, prompts, answers, kl_prompt
     score and the RM's mean normalized score."""
     pad = tokenizer.pad_token_id
     texts = [p.text for p in prompts]
-    ids = [
-        tokenizer(
-            format_prompt({"prompt": t}, tokenizer, cfg.sft.template), add_special_tokens=False
-        )["input_ids"]
-        for t in texts
-    ]
-    reward = ray.remote(RewardActor).remote(reward_model, "", sft, cfg.model.dtype, 64, True)
-    reference = ray.remote(ReferenceActor).remote(
-        sft, cfg.model.dtype, 64, cfg.reference.logprob_chunk_size, 1.0
+    ids = [tokenize_prompt({"prompt": t}, tokenizer, cfg.sft.template) for t in texts]
+    env = {"runtime_env": {"env_vars": actor_env(cfg)}}
+    reward = (
+        ray.remote(RewardActor)
+        .options(**env)
+        .remote(reward_model, "", sft, cfg.model.dtype, batch_size=64, normalize=True)
+    )
+    reference = (
+        ray.remote(ReferenceActor)
+        .options(**env)
+        .remote(sft, cfg.model.dtype, 64, cfg.reference.logprob_chunk_size, temperature=1.0)
     )
     try:
         refs, names = [], []

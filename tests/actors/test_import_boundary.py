@@ -15,7 +15,7 @@ LAYERS = {
     "actors": 2,
     "orchestrator.cluster": 3,
     "orchestrator.model_specs": 3,
-    "orchestrator.sampler": 3,
+    "orchestrator.sampler": 4,
     "orchestrator.ppo": 4,
     "orchestrator.supervised": 4,
     "orchestrator.pipeline": 5,

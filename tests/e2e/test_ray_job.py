@@ -243,6 +243,20 @@ def test_ray_job_submit_runs_the_tiny_pipeline(pipeline_job, head):
     assert cli_logs.returncode == 0 and "ppo" in cli_logs.stdout
 
 
+def test_the_console_of_a_working_run_shows_no_failure(pipeline_job):
+    # SFT, RM and PPO with weight syncs: what a user reads is the stage lines, progress bars and
+    # real warnings (run.log_level warning), none of the library lines that read like failures.
+    _, logs, _ = pipeline_job
+    for line in (
+        "Failed to load weights",  # vLLM's in-place reload on every sync
+        "Reloading weights inplace",  # vLLM INFO
+        "FutureWarning",
+        "torch_dtype is deprecated",
+        "Setting accelerator to CPU",  # DeepSpeed's accelerator guess
+    ):
+        assert line not in logs, line
+
+
 def test_prometheus_shows_the_runs_metrics_with_sane_values(pipeline_job, head):
     _, _, seen = pipeline_job
     driver = {"run": "jobtest", "role": "driver", "stage": "ppo"}
