@@ -119,6 +119,20 @@ def make_sequence_batch(
     return SequenceBatch(input_ids, attention_mask, position_ids, response_mask, p_len)
 
 
+def trunk(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder under a head, as transformers names it for the family (`base_model`: `.model`
+    for Qwen and Llama, `.transformer` for GPT-2, `.gpt_neox` for GPT-NeoX, ...)."""
+    return model.base_model
+
+
+def score_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The scalar head of a sequence-classification model (`score` in the decoder families)."""
+    head = getattr(model, "score", None)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no `score` head (not a decoder reward model)")
+    return head
+
+
 def hidden_states(backbone: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
     """Last hidden states of a decoder backbone. -> (B, P + R, H)."""
     out = backbone(
@@ -141,7 +155,7 @@ def response_logprobs(
 
     Masked (padding) positions hold garbage log-probs; callers mask them.
     """
-    hidden = hidden_states(causal_lm.model, batch)  # (B, P + R, H)
+    hidden = hidden_states(trunk(causal_lm), batch)  # (B, P + R, H)
     p, r = batch.prompt_len, batch.response_mask.shape[1]
     predicting = hidden[:, p - 1 : p - 1 + r]  # (B, R, H): state before each response token
     weight = causal_lm.get_output_embeddings().weight  # (V, H)
@@ -152,14 +166,14 @@ def response_logprobs(
 
 def token_values(value_model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
     """Per-token outputs of a scalar-head model (critic) at each response step. -> (B, R)."""
-    hidden = hidden_states(value_model.model, batch)  # (B, P + R, H)
+    hidden = hidden_states(trunk(value_model), batch)  # (B, P + R, H)
     p, r = batch.prompt_len, batch.response_mask.shape[1]
-    return value_model.score(hidden[:, p - 1 : p - 1 + r]).squeeze(-1).float()
+    return score_head(value_model)(hidden[:, p - 1 : p - 1 + r]).squeeze(-1).float()
 
 
 def sequence_scores(value_model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
     """Scalar-head output at each row's last real token (the reward model's score). -> (B,)."""
-    hidden = hidden_states(value_model.model, batch)  # (B, P + R, H)
+    hidden = hidden_states(trunk(value_model), batch)  # (B, P + R, H)
     last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(-1).argmax(-1)  # (B,)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return value_model.score(hidden[rows, last]).squeeze(-1).float()
+    return score_head(value_model)(hidden[rows, last]).squeeze(-1).float()

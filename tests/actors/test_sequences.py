@@ -73,3 +73,88 @@ def test_experience_shards_are_contiguous_copies_of_every_field():
     assert second.old_logprobs.untyped_storage().nbytes() == 4 * 4
     with pytest.raises(ValueError, match="4 rows do not split evenly over 3 ranks"):
         exp.shards(3)
+
+
+def _family(name: str):
+    """A tiny random model config of a decoder family, built here (nothing downloaded)."""
+    import transformers as tf
+
+    small = {
+        "vocab_size": 64,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "num_labels": 1,
+    }
+    return {
+        "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=32, **small),
+        "llama": lambda: tf.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+            **small,
+        ),
+        "mistral": lambda: tf.MistralConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            **small,
+        ),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            **small,
+        ),
+        "opt": lambda: tf.OPTConfig(
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            word_embed_proj_dim=32,
+            max_position_embeddings=32,
+            **small,
+        ),
+        "phi3": lambda: tf.Phi3Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            **small,
+        ),
+    }[name]()
+
+
+FAMILIES = ["gpt2", "llama", "mistral", "gpt_neox", "opt", "phi3"]
+SMALL_PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+SMALL_RESPONSES = [[20, 21], [22, 23, 24, 25], [26]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_decoder_family_is_reached_through_transformers_accessors(family):
+    # The trunk and the heads by the names transformers gives them (GPT-2's `.transformer`,
+    # GPT-NeoX's `.gpt_neox`, ...), padded rows equal to one-row forwards.
+    torch.manual_seed(0)
+    config = _family(family)
+    causal = AutoModelForCausalLM.from_config(config).eval()
+    scalar = AutoModelForSequenceClassification.from_config(config).eval()
+    batch = make_sequence_batch(SMALL_PROMPTS, SMALL_RESPONSES, pad_id=0)
+    with torch.no_grad():
+        got = response_logprobs(causal, batch, chunk_size=7)
+        values, scores = token_values(scalar, batch), sequence_scores(scalar, batch)
+        for i, (p, r) in enumerate(zip(SMALL_PROMPTS, SMALL_RESPONSES, strict=True)):
+            ids = torch.tensor([p + r])
+            logits = causal(ids).logits[0, len(p) - 1 : len(p) - 1 + len(r)]
+            want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None])[:, 0]
+            torch.testing.assert_close(got[i, : len(r)], want, atol=1e-5, rtol=0)
+            per_token = scalar.score(scalar.base_model(ids).last_hidden_state[0]).squeeze(-1)
+            want_values = per_token[len(p) - 1 : len(p) - 1 + len(r)]
+            torch.testing.assert_close(values[i, : len(r)], want_values, atol=1e-5, rtol=0)
+            torch.testing.assert_close(scores[i], per_token[-1], atol=1e-5, rtol=0)
