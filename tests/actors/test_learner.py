@@ -309,7 +309,7 @@ def test_zero3_gradients_equal_a_plain_backward(zero3, tiny_policy):
     metrics = zero3.train(_experience(batch, out, seed=8))
     assert METRIC_KEYS <= set(metrics), metrics
     assert metrics["policy/clipfrac"] == 0.0
-    advantages = _experience(batch, out, seed=8)["advantages"]
+    advantages = _experience(batch, out, seed=8).advantages
     want = _plain_grad_norm(tiny_policy, batch, advantages)
     assert metrics["policy/grad_norm"] == pytest.approx(want, rel=1e-4)
 

@@ -76,3 +76,10 @@ def test_a_placement_that_waits_says_for_what(ray_local, monkeypatch, caplog):
         assert waits and "'learner': '2 x {'CPU': 1.0}'" in waits[0], waits
     finally:
         remove_placement_group(hog)
+
+
+def test_every_actor_gets_the_runs_log_level():
+    from actors.logs import LEVEL_ENV
+
+    assert cluster.actor_env(load_config(CONFIG, []))[LEVEL_ENV] == "warning"
+    assert cluster.actor_env(load_config(CONFIG, ["--run.log_level=debug"]))[LEVEL_ENV] == "debug"
