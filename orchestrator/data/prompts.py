@@ -143,6 +143,13 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def metrics(self) -> dict[str, int]:
+        """Flat counts for metrics.jsonl (as ExampleSet.metrics)."""
+        out = {"data/prompts": len(self)}
+        out.update({f"data/skipped/{k}": v for k, v in self.skipped.items()})
+        out.update({f"data/curation/{k}": v for k, v in self.curation.items()})
+        return out
+
 
 def row_problem(row: dict[str, Any]) -> tuple[str, str] | None:
     """(field, problem) if the row does not follow the prompt schema."""

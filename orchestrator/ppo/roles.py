@@ -57,49 +57,9 @@ class Roles:
         logger.info("ray: %s; dashboard: %s", where, ray.get_runtime_context().gcs_address)
         placement = Placement(cfg)
         slots = placement.slots
-        m, r = cfg.model, cfg.rollout
-        engines = [
-            ray.remote(RolloutActor)
-            .options(**s.options(), name=None)
-            .remote(
-                m.policy,
-                dtype=m.dtype,
-                max_model_len=m.max_seq_len,
-                seed=cfg.run.seed,
-                kv_cache_gib=r.kv_cache_gib,
-                enforce_eager=r.enforce_eager,
-                tensor_parallel_size=r.tensor_parallel_size,
-                gpu_memory_utilization=r.gpu_memory_utilization,
-            )
-            for s in slots["rollout"]
-        ]
-        rewards = [
-            ray.remote(RewardActor)
-            .options(**s.options())
-            .remote(
-                m.reward,
-                cfg.reward.function,
-                m.tokenizer,
-                m.dtype,
-                cfg.reward.batch_size,
-                cfg.reward.normalize,
-                m.attn_implementation,
-            )
-            for s in slots["reward"]
-        ]
-        references = [
-            ray.remote(ReferenceActor)
-            .options(**s.options())
-            .remote(
-                m.reference,
-                m.dtype,
-                cfg.reference.batch_size,
-                cfg.reference.logprob_chunk_size,
-                r.temperature,
-                m.attn_implementation,
-            )
-            for s in slots["reference"]
-        ]
+        engines = [start_engine(cfg, s.options()) for s in slots["rollout"]]
+        rewards = [start_reward(cfg, s.options()) for s in slots["reward"]]
+        references = [start_reference(cfg, s.options()) for s in slots["reference"]]
         learner = LearnerGroup(cfg, [s.options() for s in slots["learner"]])
         # Constructors run in the actors; `ready` surfaces their errors with the role named.
         actors = engines + rewards + references
@@ -121,3 +81,57 @@ class Roles:
         for actor in self.engines + self.rewards + self.references:
             ray.kill(actor)
         self.placement.remove()
+
+
+def start_engine(cfg: Config, options: dict[str, Any]) -> Any:
+    """One rollout engine (a vLLM RolloutActor) with the run's settings; returns at once."""
+    m, r = cfg.model, cfg.rollout
+    return (
+        ray.remote(RolloutActor)
+        .options(**options, name=None)
+        .remote(
+            m.policy,
+            dtype=m.dtype,
+            max_model_len=m.max_seq_len,
+            seed=cfg.run.seed,
+            kv_cache_gib=r.kv_cache_gib,
+            enforce_eager=r.enforce_eager,
+            tensor_parallel_size=r.tensor_parallel_size,
+            gpu_memory_utilization=r.gpu_memory_utilization,
+        )
+    )
+
+
+def start_reward(cfg: Config, options: dict[str, Any]) -> Any:
+    """One reward scorer (a reward model or reward.function); returns at once."""
+    m = cfg.model
+    return (
+        ray.remote(RewardActor)
+        .options(**options)
+        .remote(
+            m.reward,
+            cfg.reward.function,
+            m.tokenizer,
+            m.dtype,
+            batch_size=cfg.reward.batch_size,
+            normalize=cfg.reward.normalize,
+            attn_implementation=m.attn_implementation,
+        )
+    )
+
+
+def start_reference(cfg: Config, options: dict[str, Any]) -> Any:
+    """One frozen reference-policy scorer; returns at once."""
+    m = cfg.model
+    return (
+        ray.remote(ReferenceActor)
+        .options(**options)
+        .remote(
+            m.reference,
+            m.dtype,
+            batch_size=cfg.reference.batch_size,
+            chunk_size=cfg.reference.logprob_chunk_size,
+            temperature=cfg.rollout.temperature,
+            attn_implementation=m.attn_implementation,
+        )
+    )

@@ -259,13 +259,7 @@ class PPOTrainer:
         initial = self.weights.set_probe(rollout.prompt_ids, rollout.response_ids)
         if self.engine_logprobs is None:
             self.engine_logprobs = self.decide_old_logprobs(initial)
-        prompts = self.roles.prompts
-        return {
-            "weight_sync/initial_max_logprob_diff": initial,
-            "data/prompts": len(prompts),
-            **{f"data/skipped/{k}": v for k, v in prompts.skipped.items()},
-            **{f"data/curation/{k}": v for k, v in prompts.curation.items()},
-        }
+        return {"weight_sync/initial_max_logprob_diff": initial, **self.roles.prompts.metrics()}
 
     def _count_skip(self, step: int, reason: str, stats: dict, prompts: list[str]) -> None:
         """Count a skipped step (reason set) or end a run of them; keep its diagnostics."""

@@ -52,6 +52,7 @@ def test_skip_mode_counts_bad_rows(tmp_path, tok):
         write_jsonl(tmp_path / "p.jsonl", rows), tok, max_prompt_tokens=32, on_bad_row="skip"
     )
     assert len(ps) == 2 and ps.skipped == {"prompt": 2}
+    assert ps.metrics() == {"data/prompts": 2, "data/skipped/prompt": 2}
 
 
 def test_empty_or_missing_sources_are_clear(tmp_path, tok):
