@@ -186,7 +186,7 @@ class Placement:
         """Wait for every group within timeout_s, saying every WAIT_REPORT_S what is pending;
         fail at once where the cluster can never fit the actors (and no autoscaler may grow it)."""
         problem = never_fits(requests, _node_totals())
-        if problem and not autoscaler_running():
+        if problem and not may_grow():
             self.remove()
             raise PlacementError(
                 f"placement: the cluster can never fit this run's actors: {problem}"
@@ -211,15 +211,14 @@ class Placement:
                 self.remove()
                 raise PlacementError(
                     f"placement: the cluster could not reserve the resources within "
-                    f"{timeout_s:.0f} s (pending: {wanted}; available: "
-                    f"{_rounded(ray.available_resources())})"
+                    f"{timeout_s:.0f} s (pending: {wanted}; available: {_free()})"
                 )
             logger.warning(
                 "placement: waiting for resources (%.0f s left of run.timeout_s) for %s; "
                 "available: %s%s",
                 left,
                 wanted,
-                _rounded(ray.available_resources()),
+                _free(),
                 f"; {problem}, waiting for the autoscaler" if problem else "",
             )
 
@@ -243,7 +242,7 @@ WAIT_REPORT_S = 30.0  # how often a placement that waits says what it waits for
 
 def _rounded(resources: dict[str, float]) -> dict[str, float]:
     """Resources as a user reads them: no per-node or per-group bookkeeping keys."""
-    hidden = ("node:", "accelerator_type:", "bundle_group_")
+    hidden = ("node:", "accelerator_type:", "bundle_group_", "memory", "object_store_memory")
     return {
         k: round(v, 3)
         for k, v in sorted(resources.items())
@@ -292,12 +291,23 @@ def never_fits(requests: dict[str, list[dict[str, float]]], nodes: list[dict[str
     )
 
 
-def autoscaler_running() -> bool:
-    """Whether an autoscaler serves this cluster: it may add the nodes a placement waits for.
-    Ray's autoscaler writes its status into the GCS (`ray status` reads it there)."""
+def _free() -> dict[str, float]:
+    """What the cluster has free now, of each resource it has (0 where all is taken)."""
+    free = ray.available_resources()
+    return _rounded({k: free.get(k, 0.0) for k in ray.cluster_resources()})
+
+
+def may_grow() -> bool:
+    """Whether nodes may join for a placement that waits: an autoscaler serves the cluster
+    (Ray's autoscaler writes its status into the GCS, which `ray status` reads). A local Ray
+    this process started has none that can add nodes, though its monitor runs."""
+    from ray._private import worker
     from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
     from ray.experimental.internal_kv import _internal_kv_get
 
+    node = getattr(worker, "_global_node", None)
+    if node is not None and getattr(node, "head", False):  # started here, not joined
+        return False
     try:
         return bool(_internal_kv_get(DEBUG_AUTOSCALING_STATUS))
     except Exception:  # an older or newer Ray without it: assume the cluster may grow

@@ -73,7 +73,8 @@ def test_a_placement_that_waits_says_for_what(ray_local, monkeypatch, caplog):
             with pytest.raises(PlacementError, match=r"could not reserve the resources within 2 s"):
                 Placement(cfg)
         waits = [r.getMessage() for r in caplog.records if "waiting for resources" in r.message]
-        assert waits and "'learner': '2 x {'CPU': 1.0}'" in waits[0], waits
+        assert waits and "'learner': \"2 x {'CPU': 1.0}\"" in waits[0], waits
+        assert "available: {'CPU': 0.0}" in waits[0], waits
     finally:
         remove_placement_group(hog)
 
