@@ -2,8 +2,7 @@
 warning by default), less the lines of a working run that read like failures.
 
 Each actor calls `quiet_libraries()` first thing, before it imports vLLM, DeepSpeed or
-transformers (some read their level from the environment at import), and `drop_expected()` once
-vLLM has set up its own log handler.
+transformers (some read their level from the environment at import).
 """
 
 from __future__ import annotations
@@ -14,22 +13,36 @@ import warnings
 
 LEVEL_ENV = "INSTRUCTRAY_LOG_LEVEL"  # run.log_level, handed to every actor by its runtime_env
 LIBRARIES = ("vllm", "DeepSpeed", "deepspeed", "transformers", "torch", "datasets", "filelock")
-# Lines a working run prints, each with why it is not a failure.
-EXPECTED = (
+# Lines a working run prints, by the logger that prints them, each with why it is no failure.
+EXPECTED = {
     # vLLM's in-place weight reload names the modules it had nothing to load into: a tied
     # lm_head (its weight is the embedding's) and rotary embeddings (buffers, no weights).
-    "Failed to load weights",
+    "vllm.model_executor.model_loader.reload.layerwise": ("Failed to load weights",),
     # vLLM casting a checkpoint's fp32 tensors into a bf16 engine, as asked.
-    "Attempted to load weight",
-    # vLLM's CPU worker, on every tokenizer call: the actor fixes its torch threads on purpose.
-    "torch.set_num_threads",
-)
+    "vllm.model_executor.models.utils": ("Attempted to load weight",),
+    "vllm.model_executor.model_loader.weight_utils": ("Attempted to load weight",),
+    # The CPU build runs without Triton (and so without Model Runner V2); the engine runs in
+    # process and eagerly on purpose (rollout.enforce_eager), each request seeded by the run.
+    "vllm.platforms.cpu": ("Triton is not installed", "Reset SSM cache type"),
+    "vllm.config.vllm": (
+        "Model Runner V2 requires Triton",
+        "Enforce eager set",
+        "Inductor compilation was disabled",
+    ),
+    "vllm.engine.arg_utils": ("The global random seed is set",),
+    # On every tokenizer call: the actor fixes its torch threads on purpose.
+    "vllm.v1.worker.cpu_worker": ("torch.set_num_threads",),
+}
 
 
 class _DropExpected(logging.Filter):
+    def __init__(self, lines: tuple[str, ...]):
+        super().__init__()
+        self.lines = lines
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(line in message for line in EXPECTED)
+        return not any(line in message for line in self.lines)
 
 
 def level() -> str:
@@ -37,26 +50,22 @@ def level() -> str:
 
 
 def quiet_libraries() -> None:
-    """Libraries' loggers at the run's level; below debug, no FutureWarning or
-    DeprecationWarning (notes to developers of the stack, not to its users)."""
+    """Libraries' loggers at the run's level, EXPECTED lines left out; below debug, no
+    FutureWarning or DeprecationWarning (notes to the stack's developers, not its users)."""
     name = level()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", name)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", name.lower())
-    if name != "DEBUG":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_gpu() else "cuda")
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
     for library in LIBRARIES:
         logging.getLogger(library).setLevel(name)
-
-
-def drop_expected(logger: str = "vllm") -> None:
-    """Drop EXPECTED lines at the handlers of a library's logger (its children log through
-    them); at run.log_level debug, nothing is dropped."""
-    if level() == "DEBUG":
+    if name == "DEBUG":
         return
-    for handler in logging.getLogger(logger).handlers:
-        handler.addFilter(_DropExpected())
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_gpu() else "cpu")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for logger, lines in EXPECTED.items():  # a logger's own filters outlive vLLM's dictConfig
+        target = logging.getLogger(logger)
+        if not any(isinstance(f, _DropExpected) for f in target.filters):
+            target.addFilter(_DropExpected(lines))
 
 
 def _has_gpu() -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from actors.faults import inject
-from actors.logs import drop_expected, quiet_libraries
+from actors.logs import quiet_libraries
 from actors.remote import ActorRestarted
 from actors.weight_sync import Fingerprints
 from orchestrator.output import report_throughput
@@ -101,8 +101,6 @@ class RolloutActor:
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
             engine_args["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
         from vllm import LLM
-
-        drop_expected()  # vLLM's handler exists once it is imported
 
         self.max_model_len = max_model_len
         self._version = 0

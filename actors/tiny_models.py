@@ -141,7 +141,7 @@ def build_model(recipe: TinyRecipe, out_dir: Path) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
         num_labels=1,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(recipe.seed)
     cls = Qwen2ForCausalLM if recipe.kind == "causal_lm" else Qwen2ForSequenceClassification
