@@ -12,7 +12,16 @@ import os
 import warnings
 
 LEVEL_ENV = "INSTRUCTRAY_LOG_LEVEL"  # run.log_level, handed to every actor by its runtime_env
-LIBRARIES = ("vllm", "DeepSpeed", "deepspeed", "transformers", "torch", "datasets", "filelock")
+LIBRARIES = (
+    "vllm",
+    "DeepSpeed",
+    "deepspeed",
+    "transformers",
+    "torch",
+    "datasets",
+    "filelock",
+    "ray.train",  # "Checkpoint successfully created at ..." on every epoch
+)
 # Lines a working run prints, by the logger that prints them, each with why it is no failure.
 EXPECTED = {
     # vLLM's in-place weight reload names the modules it had nothing to load into: a tied
