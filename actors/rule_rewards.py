@@ -6,7 +6,70 @@ response. Write your own in any importable module.
 
 from __future__ import annotations
 
+import importlib
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
 TARGET_WORD = "cat"
+
+
+def load_function(spec: str, key: str) -> Callable[..., Any]:
+    """Import `module:function` (the reward function, the pipeline's labeler); raise ValueError
+    naming the config key and what is missing."""
+    module_name, _, fn_name = spec.partition(":")
+    if not module_name or not fn_name:
+        raise ValueError(f"{key} must look like module:function, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"{key} = {spec!r}: cannot import module '{module_name}': {e}") from None
+    fn = getattr(module, fn_name, None)
+    if fn is None:
+        raise ValueError(f"{key} = {spec!r}: module '{module_name}' has no function '{fn_name}'")
+    if not callable(fn):
+        raise ValueError(
+            f"{key} = {spec!r}: '{fn_name}' in module '{module_name}' is not a function but "
+            f"{type(fn).__name__} {fn!r:.40}"
+        )
+    return fn
+
+
+def check_scores(scores: Any, n: int, prompts: list[str], key: str = "reward") -> list[float]:
+    """A reward's return as n floats; a wrong type or count, or a non-finite value, is a
+    ValueError naming the sample and its prompt."""
+    if isinstance(scores, (str, bytes)) or not hasattr(scores, "__len__"):
+        raise ValueError(
+            f"{key} returned a {type(scores).__name__}, expected a list of {n} numbers"
+        )
+    if len(scores) != n:
+        raise ValueError(f"{key} returned {len(scores)} scores for {n} samples")
+    out = []
+    for i, s in enumerate(scores.tolist() if hasattr(scores, "tolist") else scores):
+        where = f"sample {i} (prompt {prompts[i][:60]!r})"
+        if isinstance(s, bool) or not isinstance(s, numbers.Real):
+            raise ValueError(
+                f"{key} returned a {type(s).__name__} ({str(s)[:40]!r}) for {where}, expected "
+                f"a number"
+            )
+        if not math.isfinite(s):
+            raise ValueError(f"{key} returned non-finite {s} for {where}")
+        out.append(float(s))
+    return out
+
+
+def check_ranking(ranking: Any, n: int, key: str = "pipeline.labeler") -> list[int]:
+    """A labeler's return as a permutation of 0..n-1 (best first), or a ValueError."""
+    ok = isinstance(ranking, (list, tuple)) and all(
+        isinstance(j, numbers.Integral) and not isinstance(j, bool) for j in ranking
+    )
+    if not ok or sorted(int(j) for j in ranking) != list(range(n)):
+        raise ValueError(
+            f"{key} returned {str(ranking)[:80]} for {n} responses; expected a list of the "
+            f"indices 0..{n - 1} (best first), each once"
+        )
+    return [int(j) for j in ranking]
 
 
 def count_target_word(prompts: list[str], responses: list[str]) -> list[float]:

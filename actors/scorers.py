@@ -3,46 +3,26 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from actors.faults import inject
 from actors.logs import quiet_libraries
-from actors.sequences import SequenceBatch, make_sequence_batch, response_logprobs, sequence_scores
+from actors.rule_rewards import check_scores, load_function
+from actors.sequences import (
+    SequenceBatch,
+    load_tokenizer,
+    make_sequence_batch,
+    response_logprobs,
+    sequence_scores,
+)
 from orchestrator.output import report_throughput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SCORE_STATS_FILE = "score_stats.json"  # {"mean", "std"} saved beside a trained reward model
-
-
-def load_reward_function(spec: str) -> Callable[[list[str], list[str]], list[float]]:
-    """Import `module:function`; raise ValueError naming what is missing."""
-    module_name, _, fn_name = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"reward.function '{spec}': cannot import '{module_name}': {e}") from e
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise ValueError(f"reward.function '{spec}': module has no function '{fn_name}'")
-    return fn
-
-
-def check_scores(scores: list[float] | torch.Tensor, n: int, prompts: list[str]) -> torch.Tensor:
-    """Scores as a (B,) float tensor; a wrong count or a non-finite value names the sample."""
-    if len(scores) != n:
-        raise ValueError(f"reward returned {len(scores)} scores for {n} samples")
-    out = torch.as_tensor([float(s) for s in scores], dtype=torch.float32)
-    for i, s in enumerate(out.tolist()):
-        if not math.isfinite(s):
-            raise ValueError(f"non-finite reward {s} for sample {i} (prompt {prompts[i][:60]!r})")
-    return out
 
 
 class RewardActor:
@@ -60,12 +40,12 @@ class RewardActor:
     ):
         quiet_libraries()
         self.batch_size = batch_size
-        self.fn = load_reward_function(function) if function else None
+        self.fn = load_function(function, "reward.function") if function else None
         self.model = self.tokenizer = None
         self.mean, self.std = 0.0, 1.0
         if self.fn is not None:
             return
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         if not Path(model_path).exists():
             raise ValueError(f"reward model folder {model_path} does not exist")
@@ -76,8 +56,8 @@ class RewardActor:
             num_labels=1,
             use_safetensors=True,
         ).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        policy_tok = AutoTokenizer.from_pretrained(policy_tokenizer) if policy_tokenizer else None
+        self.tokenizer = load_tokenizer(model_path)
+        policy_tok = load_tokenizer(policy_tokenizer) if policy_tokenizer else None
         # Same vocabulary: score the policy's token ids directly; else re-tokenize the text.
         self.same_vocab = (
             policy_tok is not None and policy_tok.get_vocab() == self.tokenizer.get_vocab()
@@ -112,11 +92,10 @@ class RewardActor:
                 raw = self.fn(prompts, responses)
             except Exception as e:
                 raise ValueError(f"reward function raised {type(e).__name__}: {e}") from e
-            if not hasattr(raw, "__len__"):
-                raise ValueError(f"reward function returned {type(raw).__name__}, expected a list")
-            return check_scores(raw, n, prompts)
+            return torch.tensor(check_scores(raw, n, prompts, "reward.function"))
         start = time.perf_counter()
-        scores = check_scores(self._model_scores(batch, prompts, responses), n, prompts)
+        raw = self._model_scores(batch, prompts, responses).float()
+        scores = torch.tensor(check_scores(raw, n, prompts, "reward model"))
         report_throughput("reward", int(batch.attention_mask.sum()), time.perf_counter() - start)
         return (scores - self.mean) / self.std
 

@@ -14,6 +14,17 @@ import torch
 from kernels import logprobs_from_hidden
 
 
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """A model's tokenizer, padding with EOS when it has no pad token of its own (the padding
+    is masked everywhere, so which id pads does not matter; the pre-flight check says so)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 @dataclass
 class SequenceBatch:
     """Token ids of B (prompt, response) pairs in the shared layout."""

@@ -8,6 +8,7 @@ import importlib
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from actors.remote import RemoteError
 from orchestrator.cluster import PlacementError
@@ -15,6 +16,7 @@ from orchestrator.config import ConfigError, describe_fields, load_config, valid
 from orchestrator.config.precision import resolve_precision
 from orchestrator.data import DataError
 from orchestrator.ppo.numerics import NonFiniteError
+from orchestrator.preflight import preflight
 
 # stage -> (one-line description, "module:function" that runs it with a validated Config)
 STAGES: dict[str, tuple[str, str]] = {
@@ -54,6 +56,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     NonFiniteError,
     FileNotFoundError,
     FileExistsError,
+    PermissionError,
     ValueError,
 )
 
@@ -140,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in JOB_COMMANDS:
         return _job_command(argv)
     args, rest = _parser().parse_known_args(argv)
+    debug = "--run.log_level=debug" in _normalize_overrides(rest)  # before the config loads
     try:
         defaults = _stage_defaults(args.stage)
         cfg = load_config(args.config, _normalize_overrides(rest), defaults)
+        debug = cfg.run.log_level == "debug"
         validate_config(cfg, args.stage)
         resolve_precision(cfg)  # before config.yaml is written: the run folder records the choice
         if args.print_config:
@@ -150,11 +155,33 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
-        resolve_runner(args.stage)(cfg)
-    except USER_ERRORS as e:
-        print(f"instructray {args.stage}: error: {e}", file=sys.stderr)
+        preflight(cfg, args.stage)  # every input the stage reads, before Ray or any actor
+        _run_stage(args.stage, cfg)
+    except Exception as e:
+        if debug:
+            raise
+        what = "" if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: "
+        hint = "" if isinstance(e, USER_ERRORS) else " (--run.log_level=debug shows where)"
+        text = " ".join(str(e).split()) or type(e).__name__
+        # The last line on screen: Ray's actor logs were flushed when Ray stopped.
+        print(f"instructray {args.stage}: error: {what}{text}{hint}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_stage(stage: str, cfg: Any) -> None:
+    """Run the stage; should it fail, stop the Ray it started (which flushes the actors' last
+    log lines, so that the error printed after them is the last line on screen). A Ray that was
+    running before (a test's, a notebook's) is left as it is."""
+    import ray
+
+    ours = not ray.is_initialized()
+    try:
+        resolve_runner(stage)(cfg)
+    except BaseException:
+        if ours and ray.is_initialized():
+            ray.shutdown()
+        raise
 
 
 if __name__ == "__main__":

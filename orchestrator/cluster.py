@@ -36,24 +36,38 @@ def loopback_only() -> None:
 
 
 def connect(cfg: Config) -> str:
-    """Join `run.ray_address` / RAY_ADDRESS, or start a local Ray on loopback. Returns a label."""
+    """Join `run.ray_address` / RAY_ADDRESS, or start a local Ray on loopback. Returns a label
+    that names the dashboard's address."""
     if ray.is_initialized():
-        return "the Ray already initialized in this process"
+        return f"the Ray already initialized in this process; {_dashboard(None)}"
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
-        ray.init(address=address, log_to_driver=True)
-        return address
+        context = ray.init(address=address, log_to_driver=True)
+        return f"{address}; {_dashboard(context)}"
     # address="local" never joins a stale cluster recorded by an earlier `ray start`. Logical CPUs
     # cover every actor even on a 2-core laptop: the roles take turns, they rarely compute at once.
     wanted = sum(r.get("CPU", 0.0) for reqs in role_requests(cfg).values() for r in reqs)
     loopback_only()
-    ray.init(
+    context = ray.init(
         address="local",
         num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)),
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
     )
-    return "a new local Ray"
+    return f"a new local Ray; {_dashboard(context)}"
+
+
+def _dashboard(context: Any) -> str:
+    """'dashboard: http://HOST:PORT' of the Ray this process joined (or says there is none)."""
+    url = getattr(context, "dashboard_url", None) if context is not None else None
+    if context is None:
+        try:
+            from ray._private.worker import global_worker
+
+            url = global_worker.node.webui_url if global_worker.node else None
+        except Exception:  # internal API: the label is only informative
+            url = None
+    return f"dashboard: http://{url}" if url else "dashboard: not running"
 
 
 def on_gpu(cfg: Config) -> bool:

@@ -58,9 +58,20 @@ def _one_line(error: BaseException) -> str:
 
 
 def load_runtime_env(path: Path) -> dict[str, Any]:
-    """deploy/runtime_env.yaml as a dict (a clear error when it is missing or not a mapping)."""
+    """deploy/runtime_env.yaml as a dict (a clear error when it is missing or not a mapping).
+    The shipped file is found beside the package when the working directory has none; its
+    relative working_dir then means the repository it lies in, not the working directory."""
+    if not path.exists() and not path.is_absolute():
+        beside = Path(__file__).resolve().parents[1] / path
+        if beside.is_file():
+            env = load_runtime_env(beside)
+            if not Path(env.get("working_dir", ".")).is_absolute():
+                env["working_dir"] = str(beside.parents[1] / env.get("working_dir", "."))
+            return env
     if not path.exists():
-        raise JobError(f"runtime_env file {path} does not exist (run from the repository root)")
+        raise JobError(
+            f"runtime_env file {path} does not exist here nor beside the installed package"
+        )
     env = yaml.safe_load(path.read_text()) or {}
     if not isinstance(env, dict):
         raise JobError(f"{path}: a runtime_env must be a YAML mapping")

@@ -23,7 +23,10 @@ def resolve_models(cfg: Config, need_reward: bool = True) -> Config:
 
     def concrete(spec: str, key: str) -> str:
         if is_tiny(spec):
-            return resolve(spec, cache)
+            try:
+                return resolve(spec, cache)
+            except ValueError as e:  # an unknown name: say which key named it
+                raise ValueError(f"{key}: {e}") from None
         if Path(spec).exists():
             return str(Path(spec).resolve())  # actors run in other directories
         if spec.startswith((".", "/")):

@@ -16,7 +16,6 @@ accumulates); PPO continues from the current policy, still held near the SFT mod
 from __future__ import annotations
 
 import copy
-import importlib
 import itertools
 import json
 import logging
@@ -25,6 +24,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from actors.rule_rewards import check_ranking, load_function
+from actors.sequences import load_tokenizer
 from orchestrator.config import Config
 from orchestrator.data import (
     DataError,
@@ -50,18 +51,6 @@ def _stage(cfg: Config, root: Path, name: str, **models: str) -> Config:
     return stage
 
 
-def load_labeler(spec: str) -> Any:
-    """`module:function` with signature (prompt: str, responses: list[str]) -> list[int], the
-    response indices best first."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"pipeline.labeler must be 'module:function', got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"pipeline.labeler {spec!r} cannot be loaded: {e}") from e
-
-
 def pool_responses(per_model: list[list[str]]) -> list[str]:
     """One prompt's samples from several models, interleaved (one of each model in turn, so that
     the first K mix the models), distinct and non-empty."""
@@ -75,12 +64,11 @@ def pool_responses(per_model: list[list[str]]) -> list[str]:
 def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]:
     """Sample K responses per prompt from `policy` (and from each of `pipeline.ranking_models`,
     interleaved) with one vLLM engine; rank them by labeler."""
-    from transformers import AutoTokenizer
 
     from orchestrator.sampler import Sampler
 
     p, r, d = cfg.pipeline, cfg.rollout, cfg.data
-    tokenizer = AutoTokenizer.from_pretrained(policy)
+    tokenizer = load_tokenizer(policy, cfg.model.trust_remote_code)
     rows, ids = [], []
     for row in load_rows(d.prompts, d.split):
         if row_problem(row) is None:
@@ -121,12 +109,7 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
             responses = responses[: k_rng.randint(k_min, min(k_max, len(responses)))]
         row = rows[picked[i]]
         text = format_prompt(row, tokenizer, cfg.sft.template)
-        ranking = [int(j) for j in labeler(text, responses)]
-        if sorted(ranking) != list(range(len(responses))):
-            raise ValueError(
-                f"pipeline.labeler returned {ranking} for {len(responses)} responses; expected a "
-                f"permutation of 0..{len(responses) - 1}"
-            )
+        ranking = check_ranking(labeler(text, responses), len(responses))
         prompt = {"messages": row["messages"]} if row.get("messages") else {"prompt": row["prompt"]}
         ranked.append({**prompt, "responses": responses, "ranking": ranking})
     return ranked
@@ -141,7 +124,11 @@ def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
     root = folder.path
     iterations = cfg.pipeline.iterations
     from_samples = not cfg.data.rankings  # InstructGPT's own way: rank the SFT model's samples
-    labeler = load_labeler(cfg.pipeline.labeler) if iterations > 1 or from_samples else None
+    labeler = (
+        load_function(cfg.pipeline.labeler, "pipeline.labeler")
+        if iterations > 1 or from_samples
+        else None
+    )
     resolve_models(cfg, need_reward=False)
 
     logger.info("pipeline 1/%d: sft", 1 + 2 * iterations)

@@ -16,6 +16,7 @@ from typing import Any
 import ray
 
 from actors.remote import RemoteError
+from actors.sequences import load_tokenizer
 from orchestrator.cluster import actor_env, connect
 from orchestrator.config import Config
 from orchestrator.data import ExampleSet, load_demonstrations, load_rankings
@@ -43,13 +44,12 @@ def run_supervised(cfg: Config, stage: str) -> RunFolder:
     """Train SFT ("sft") or the reward model ("rm") into cfg.run.output_dir/final."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
-    from transformers import AutoTokenizer
 
     from actors.supervised import train_loop
 
     folder = RunFolder(cfg, stage=stage)
     resolve_models(cfg, need_reward=False)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.trust_remote_code)
     loader = load_demonstrations if stage == "sft" else load_rankings
     examples: ExampleSet = loader(cfg, tokenizer)
     logger.info(

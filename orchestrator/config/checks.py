@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 
+from orchestrator.config.fields import describe_range, in_range
 from orchestrator.config.schema import Config, ConfigError
 
 STAGES = ("sft", "rm", "ppo", "pipeline", "eval", "demo", "bench")
 
 
-def _positive(errors: list[str], **values: float) -> None:
-    for key, value in values.items():
-        if value <= 0:
-            errors.append(f"{key.replace('__', '.')} must be > 0, got {value}")
+def _check_ranges(cfg: Config, errors: list[str]) -> None:
+    """Every number of every section: finite, and inside the range its field declares
+    (`param(gt=.., ge=.., lt=.., le=..)` in schema.py); null passes where a field allows it."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            value, key = getattr(values, f.name), f"{section.name}.{f.name}"
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                errors.append(f"{key} must be a finite number, got {value}")
+                continue
+            bounds = f.metadata.get("range", {})
+            if bounds and not in_range(value, bounds):
+                where = describe_range(bounds)
+                verb = "lie" if where.startswith("in ") else "be"
+                null = " (or null)" if f.default is None else ""
+                errors.append(f"{key} must {verb} {where}{null}, got {value}")
 
 
 def one_critic_step(cfg: Config) -> bool:
@@ -70,47 +87,13 @@ def _check_ppo(cfg: Config, errors: list[str]) -> None:
             "rollout.weight_sync = nccl needs GPUs but learner.gpus_per_rank = 0; use gloo or "
             "object_store on CPU"
         )
-    if r.sync_bucket_mib <= 0:
-        errors.append(f"rollout.sync_bucket_mib must be > 0, got {r.sync_bucket_mib}")
-    if p.dual_clip is not None and p.dual_clip <= 1:
-        errors.append(f"ppo.dual_clip must be > 1 (or null), got {p.dual_clip}")
-    if not 0 <= p.gamma <= 1 or not 0 <= p.lam <= 1:
-        errors.append(f"ppo.gamma and ppo.lam must lie in [0, 1], got {p.gamma} and {p.lam}")
-    if not 0 < r.top_p <= 1:
-        errors.append(f"rollout.top_p must lie in (0, 1], got {r.top_p}")
-    _positive(
-        errors,
-        rollout__prompts_per_step=r.prompts_per_step,
-        rollout__samples_per_prompt=r.samples_per_prompt,
-        rollout__max_new_tokens=r.max_new_tokens,
-        rollout__temperature=r.temperature,
-        rollout__num_engines=r.num_engines,
-        ppo__minibatch_size=p.minibatch_size,
-        ppo__ppo_epochs=p.ppo_epochs,
-        ppo__clip_eps=p.clip_eps,
-        reference__num_actors=cfg.reference.num_actors,
-        reward__num_actors=cfg.reward.num_actors,
-    )
-    if p.tis_cap is not None and p.tis_cap <= 0:
-        errors.append(f"ppo.tis_cap must be > 0 (or null: off), got {p.tis_cap}")
-    if p.old_logprobs_tolerance < 0:
-        errors.append(f"ppo.old_logprobs_tolerance must be >= 0, got {p.old_logprobs_tolerance}")
-    limit = r.sync_max_logprob_diff
-    if limit is not None and limit <= 0:
-        errors.append(f"rollout.sync_max_logprob_diff must be > 0 (or null), got {limit}")
-    if p.max_skipped_steps < 0:
-        errors.append(f"ppo.max_skipped_steps must be >= 0, got {p.max_skipped_steps}")
-    if p.adaptive_kl:
-        _positive(errors, ppo__kl_target=p.kl_target, ppo__kl_horizon=p.kl_horizon)
 
 
 def _check_gpus(cfg: Config, errors: list[str]) -> None:
     """GPU arithmetic every stage relies on. A run is on GPUs when learner.gpus_per_rank > 0."""
     learner, r = cfg.learner, cfg.rollout
     gpus = learner.gpus_per_rank
-    if gpus < 0:
-        errors.append(f"learner.gpus_per_rank must be >= 0, got {gpus}")
-    elif gpus != int(gpus):
+    if math.isfinite(gpus) and gpus != int(gpus):
         # Two ranks with half a GPU each may share one device, and NCCL refuses two ranks of a
         # group on one device. run.colocate shares GPUs among roles by itself.
         errors.append(
@@ -119,9 +102,7 @@ def _check_gpus(cfg: Config, errors: list[str]) -> None:
             f"among the roles itself)"
         )
     tp = r.tensor_parallel_size
-    if not isinstance(tp, int) or tp < 1:
-        errors.append(f"rollout.tensor_parallel_size must be a whole number >= 1, got {tp}")
-    elif tp > 1 and gpus <= 0:
+    if tp > 1 and gpus <= 0:
         errors.append(
             f"rollout.tensor_parallel_size = {tp} needs GPUs but learner.gpus_per_rank = {gpus} "
             f"(the run is on CPU); use 1 on CPU"
@@ -130,10 +111,6 @@ def _check_gpus(cfg: Config, errors: list[str]) -> None:
         errors.append(
             f"learner.backend = nccl needs GPUs but learner.gpus_per_rank = {gpus}; use gloo or "
             f"auto on CPU"
-        )
-    if not 0 < r.gpu_memory_utilization <= 1:
-        errors.append(
-            f"rollout.gpu_memory_utilization must lie in (0, 1], got {r.gpu_memory_utilization}"
         )
 
 
@@ -160,25 +137,11 @@ def validate_config(cfg: Config, stage: str) -> Config:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage '{stage}', expected one of {', '.join(STAGES)}")
     errors: list[str] = []
-    learner = cfg.learner
-    if learner.zero_stage not in (0, 1, 2, 3):
-        errors.append(f"learner.zero_stage must be 0, 1, 2 or 3, got {learner.zero_stage}")
-    _positive(
-        errors,
-        learner__num_ranks=learner.num_ranks,
-        learner__micro_batch_size=learner.micro_batch_size,
-        learner__adam_eps=learner.adam_eps,
-        model__max_seq_len=cfg.model.max_seq_len,
-        data__max_prompt_tokens=cfg.data.max_prompt_tokens,
-        run__timeout_s=cfg.run.timeout_s,
-    )
-    if cfg.run.steps < 0 or cfg.run.save_every < 0:
-        errors.append(
-            f"run.steps and run.save_every must be >= 0, got {cfg.run.steps} and "
-            f"{cfg.run.save_every}"
-        )
-    if not 0 <= cfg.data.eval_fraction < 1:
-        errors.append(f"data.eval_fraction must lie in [0, 1), got {cfg.data.eval_fraction}")
+    _check_ranges(cfg, errors)
+    if cfg.learner.zero_stage not in (0, 1, 2, 3):
+        errors.append(f"learner.zero_stage must be 0, 1, 2 or 3, got {cfg.learner.zero_stage}")
+    if stage in ("ppo", "pipeline", "demo", "bench") and cfg.run.steps < 1:
+        errors.append(f"run.steps must be >= 1 for {stage} (its PPO steps), got {cfg.run.steps}")
     if cfg.reward.function and ":" not in cfg.reward.function:
         errors.append(
             f"reward.function must look like module:function, got '{cfg.reward.function}'"
@@ -193,14 +156,9 @@ def validate_config(cfg: Config, stage: str) -> Config:
         _check_ppo(cfg, errors)
         _check_colocated_gpus(cfg, errors)
     if stage in ("sft", "pipeline"):
-        _positive(errors, sft__epochs=cfg.sft.epochs, sft__lr=cfg.sft.lr)
-        _positive(errors, sft__max_tokens_per_batch=cfg.sft.max_tokens_per_batch)
         if not cfg.data.demonstrations:
             errors.append("data.demonstrations is empty: give a file or a Hub data set")
     if stage in ("rm", "pipeline"):
-        _positive(
-            errors, rm__epochs=cfg.rm.epochs, rm__lr=cfg.rm.lr, rm__batch_size=cfg.rm.batch_size
-        )
         if not cfg.data.rankings and (stage == "rm" or ":" not in cfg.pipeline.labeler):
             hint = (
                 ", or a pipeline.labeler to rank the SFT model's samples" if stage != "rm" else ""
@@ -213,8 +171,6 @@ def validate_config(cfg: Config, stage: str) -> Config:
         )
     if stage == "pipeline":
         pl = cfg.pipeline
-        if pl.iterations < 1:
-            errors.append(f"pipeline.iterations must be >= 1, got {pl.iterations}")
         if pl.iterations > 1 and ":" not in pl.labeler:
             errors.append(
                 f"pipeline.iterations = {pl.iterations} needs pipeline.labeler (module:function) "
@@ -225,10 +181,6 @@ def validate_config(cfg: Config, stage: str) -> Config:
             errors.append(
                 f"pipeline.min_samples_per_prompt must lie in [2, pipeline.samples_per_prompt = "
                 f"{pl.samples_per_prompt}], got {k_min}"
-            )
-        if not 2 <= pl.samples_per_prompt <= 9:
-            errors.append(
-                f"pipeline.samples_per_prompt must lie in [2, 9], got {pl.samples_per_prompt}"
             )
     if errors:
         raise ConfigError("; ".join(errors))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
 import types
 import typing
@@ -14,7 +15,10 @@ from typing import Any, Literal
 
 import yaml
 
+from orchestrator.config.fields import describe_range
 from orchestrator.config.schema import Config, ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def sections() -> dict[str, type]:
@@ -149,7 +153,10 @@ def load_config(
     cfg = Config()
     for origin in (defaults, path):
         if origin is not None:
-            _apply_mapping(cfg, _read_yaml(origin), str(origin))
+            data = _read_yaml(origin)
+            if data is None:
+                logger.warning("config file %s is empty: every setting keeps its default", origin)
+            _apply_mapping(cfg, data, str(origin))
     for arg in overrides:
         key, value = parse_override(arg)
         set_key(cfg, key, value, f"override --{key}")
@@ -171,6 +178,8 @@ def describe_fields() -> str:
         for f in dataclasses.fields(cls):
             default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True).strip()
             default = default.removesuffix("\n...").removesuffix("...").strip()
-            lines.append(f"  --{section}.{f.name}={default}  [{_type_name(hints[f.name])}]")
+            where = describe_range(f.metadata.get("range", {}))
+            kind = _type_name(hints[f.name]) + (f", {where}" if where else "")
+            lines.append(f"  --{section}.{f.name}={default}  [{kind}]")
             lines.append(f"      {f.metadata['doc']}")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
-"""The one source of truth for settings: nested dataclasses, a docstring per field.
+"""The one source of truth for settings: nested dataclasses, a docstring per field and, for a
+number, its range (`param`, fields.py); the stages around PPO have their sections in stages.py.
 
 YAML files and `--section.key=value` overrides only set fields that exist here (load.py);
-`validate_config` (checks.py) checks the arithmetic that ties sections together and puts the
-numbers in its messages.
+`validate_config` (checks.py) checks every number against its range and the arithmetic that
+ties sections together, with the numbers in its messages.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from orchestrator.config.fields import param
+from orchestrator.config.stages import (
+    DemoConfig,
+    EvalConfig,
+    PipelineConfig,
+    RMConfig,
+    SFTConfig,
+)
+
 
 class ConfigError(ValueError):
     """A bad config file, key, value or combination; the message is one line for the user."""
-
-
-def param(default: Any, doc: str) -> Any:
-    """A config field with its docstring (shown by `instructray <stage> --help`)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass
@@ -51,7 +54,7 @@ class ModelConfig:
         "vLLM's own). auto = eager in bf16 on a CPU (torch's SDPA backward is slow there), else "
         "sdpa; flash_attention_2 needs the flash-attn package and a GPU.",
     )
-    max_seq_len: int = param(256, "Context length: prompt tokens + response tokens.")
+    max_seq_len: int = param(256, "Context length: prompt tokens + response tokens.", gt=0)
     trust_remote_code: bool = param(False, "Allow model code from the model folder (off: safer).")
     tiny_dir: str = param(
         "", "Where tiny:// models are built and cached; empty = ~/.cache/instructray/tiny."
@@ -70,7 +73,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where prompts, demonstrations and rankings come from (see DESIGN.md for the schemas)."""
+    """Where prompts, demonstrations and rankings come from (the schemas: README, "Data")."""
 
     prompts: str = param(
         "tiny://prompts",
@@ -87,23 +90,31 @@ class DataConfig:
         "data set, or tiny://rankings); see data.rankings_format for public formats.",
     )
     split: str = param("train", "Split to read from a Hub data set or a multi-split folder.")
-    eval_fraction: float = param(0.05, "Share of rows held out for evaluation (split by user id).")
-    max_prompt_tokens: int = param(64, "Longest prompt in tokens; longer prompts are bad rows.")
+    eval_fraction: float = param(
+        0.05, "Share of rows held out for evaluation (split by user id).", ge=0, lt=1
+    )
+    max_prompt_tokens: int = param(
+        64, "Longest prompt in tokens; longer prompts are bad rows.", gt=0
+    )
     on_bad_row: Literal["error", "skip"] = param(
         "error", "A bad row stops the run (error) or is skipped and counted (skip)."
     )
     shuffle: bool = param(True, "Shuffle prompts each epoch (seeded by run.seed).")
     rankings_format: Literal["auto", "hh-rlhf", "oasst1"] = param(
         "auto",
-        "Format of data.rankings: auto (the DESIGN.md schemas), hh-rlhf (Anthropic HH-RLHF "
+        "Format of data.rankings: auto (the README's schemas), hh-rlhf (Anthropic HH-RLHF "
         "chosen/rejected dialogues) or oasst1 (OpenAssistant OASST1 message trees).",
     )
     user_field: str = param("user_id", "Row field naming the user who wrote the prompt.")
     max_prompts_per_user: int = param(
-        200, "Keep at most this many prompts per user id (InstructGPT: 200); 0 = no cap."
+        200,
+        "Keep at most this many prompts per user id (InstructGPT: 200); 0 = no cap.",
+        ge=0,
     )
     dedup_prefix_chars: int = param(
-        0, "Drop a prompt whose first N characters match an earlier one's; 0 = off."
+        0,
+        "Drop a prompt whose first N characters match an earlier one's; 0 = off.",
+        ge=0,
     )
     drop_pii: bool = param(
         True,
@@ -116,20 +127,24 @@ class DataConfig:
 class RolloutConfig:
     """vLLM rollout engines."""
 
-    num_engines: int = param(1, "Number of vLLM engines; prompts are shared among them.")
-    tensor_parallel_size: int = param(1, "GPUs per engine (tensor parallel); 1 on CPU.")
-    prompts_per_step: int = param(8, "Prompts per PPO step.")
-    samples_per_prompt: int = param(4, "Responses sampled per prompt (n).")
-    max_new_tokens: int = param(32, "Longest response in tokens.")
-    temperature: float = param(1.0, "Sampling temperature (> 0).")
-    top_p: float = param(1.0, "Nucleus sampling mass in (0, 1].")
-    top_k: int = param(-1, "Top-k sampling; -1 = off.")
+    num_engines: int = param(1, "Number of vLLM engines; prompts are shared among them.", gt=0)
+    tensor_parallel_size: int = param(1, "GPUs per engine (tensor parallel); 1 on CPU.", ge=1)
+    prompts_per_step: int = param(8, "Prompts per PPO step.", gt=0)
+    samples_per_prompt: int = param(4, "Responses sampled per prompt (n).", gt=0)
+    max_new_tokens: int = param(32, "Longest response in tokens.", gt=0)
+    temperature: float = param(1.0, "Sampling temperature (> 0).", gt=0)
+    top_p: float = param(1.0, "Nucleus sampling mass in (0, 1].", gt=0, le=1)
+    top_k: int = param(-1, "Top-k sampling; -1 = off.", ge=-1)
     stop: list[str] = param([], "Extra stop strings besides the tokenizer's EOS.")
     ignore_eos: bool = param(
         False, "Always generate max_new_tokens (fixed length, for benchmarks)."
     )
-    kv_cache_gib: float = param(1.0, "KV cache per engine in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
-    gpu_memory_utilization: float = param(0.5, "Share of GPU memory an engine may take.")
+    kv_cache_gib: float = param(
+        1.0, "KV cache per engine in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).", gt=0
+    )
+    gpu_memory_utilization: float = param(
+        0.5, "Share of GPU memory an engine may take.", gt=0, le=1
+    )
     enforce_eager: bool = param(True, "Skip CUDA graph capture (faster start, slower decode).")
     weight_sync: Literal["object_store", "gloo", "nccl"] = param(
         "object_store",
@@ -138,18 +153,21 @@ class RolloutConfig:
         "of this backend: nccl (GPUs on both sides; the fast path on clusters) or gloo (CPU).",
     )
     sync_bucket_mib: float = param(
-        256.0, "Bucket size of the broadcast transports in MiB (a larger tensor goes alone)."
+        256.0,
+        "Bucket size of the broadcast transports in MiB (a larger tensor goes alone).",
+        gt=0,
     )
     sync_max_logprob_diff: float | None = param(
         None,
         "Stop the run when engine and learner log-probs of the probe batch differ by more; "
         "null = the model dtype's rounding spread: 1e-3 in float32, 1.0 in bfloat16, 0.25 in "
         "float16 (the weights' bits are checked exactly besides).",
+        gt=0,
     )
     placement_strategy: Literal["PACK", "SPREAD"] = param(
         "PACK", "Placement-group strategy for the engines across nodes."
     )
-    cpus_per_engine: float = param(1.0, "CPUs reserved per engine (its torch threads).")
+    cpus_per_engine: float = param(1.0, "CPUs reserved per engine (its torch threads).", ge=0)
 
 
 @dataclass
@@ -161,21 +179,25 @@ class RewardConfig:
         "Rule-based reward `module:function`, called as fn(prompts, responses) -> list of floats; "
         "when set, no reward model is loaded.",
     )
-    num_actors: int = param(1, "Number of reward scorer actors.")
-    batch_size: int = param(16, "Sequences per reward-model forward.")
+    num_actors: int = param(1, "Number of reward scorer actors.", gt=0)
+    batch_size: int = param(16, "Sequences per reward-model forward.", gt=0)
     normalize: bool = param(False, "Normalize scores with the RM's saved mean/std.")
-    cpus_per_actor: float = param(1.0, "CPUs reserved per reward actor (its torch threads).")
-    clip: float | None = param(None, "Clip scores to [-clip, clip] after normalization.")
+    cpus_per_actor: float = param(1.0, "CPUs reserved per reward actor (its torch threads).", ge=0)
+    clip: float | None = param(None, "Clip scores to [-clip, clip] after normalization.", gt=0)
 
 
 @dataclass
 class ReferenceConfig:
     """Frozen reference (SFT) policy scorers."""
 
-    num_actors: int = param(1, "Number of reference scorer actors.")
-    batch_size: int = param(16, "Sequences per reference forward.")
-    logprob_chunk_size: int = param(1024, "Token rows per chunk of the chunked log-prob kernel.")
-    cpus_per_actor: float = param(1.0, "CPUs reserved per reference actor (its torch threads).")
+    num_actors: int = param(1, "Number of reference scorer actors.", gt=0)
+    batch_size: int = param(16, "Sequences per reference forward.", gt=0)
+    logprob_chunk_size: int = param(
+        1024, "Token rows per chunk of the chunked log-prob kernel.", gt=0
+    )
+    cpus_per_actor: float = param(
+        1.0, "CPUs reserved per reference actor (its torch threads).", ge=0
+    )
 
 
 @dataclass
@@ -183,43 +205,47 @@ class LearnerConfig:
     """DeepSpeed ZeRO ranks that train the policy and the critic (and SFT, RM)."""
 
     num_ranks: int = param(
-        1, "Data-parallel ranks (one Ray actor each, one torch.distributed group)."
+        1,
+        "Data-parallel ranks (one Ray actor each, one torch.distributed group).",
+        gt=0,
     )
     zero_stage: int = param(2, "DeepSpeed ZeRO stage, 0-3.")
     offload: bool = param(False, "Offload optimizer state (and params under ZeRO-3) to CPU.")
     gradient_checkpointing: bool = param(False, "Recompute activations in backward to save memory.")
-    lr: float = param(1e-5, "Policy learning rate (AdamW).")
-    critic_lr: float = param(1e-5, "Critic learning rate (AdamW).")
-    weight_decay: float = param(0.0, "AdamW weight decay.")
-    adam_eps: float = param(1e-8, "AdamW epsilon (added to the root of the second moment).")
-    warmup_steps: int = param(0, "Linear warm-up optimizer steps.")
-    max_grad_norm: float = param(1.0, "Gradient clipping norm.")
-    micro_batch_size: int = param(4, "Sequences per forward/backward per rank.")
+    lr: float = param(1e-5, "Policy learning rate (AdamW).", gt=0)
+    critic_lr: float = param(1e-5, "Critic learning rate (AdamW).", gt=0)
+    weight_decay: float = param(0.0, "AdamW weight decay.", ge=0)
+    adam_eps: float = param(1e-8, "AdamW epsilon (added to the root of the second moment).", gt=0)
+    warmup_steps: int = param(0, "Linear warm-up optimizer steps.", ge=0)
+    max_grad_norm: float = param(1.0, "Gradient clipping norm.", ge=0)
+    micro_batch_size: int = param(4, "Sequences per forward/backward per rank.", gt=0)
     backend: Literal["auto", "gloo", "nccl"] = param(
         "auto", "torch.distributed backend; auto = nccl on GPU, gloo on CPU."
     )
-    cpus_per_rank: float = param(1.0, "CPUs reserved per rank (its torch threads).")
-    gpus_per_rank: float = param(0.0, "GPUs per rank; 0 on CPU.")
+    cpus_per_rank: float = param(1.0, "CPUs reserved per rank (its torch threads).", ge=0)
+    gpus_per_rank: float = param(0.0, "GPUs per rank; 0 on CPU.", ge=0)
 
 
 @dataclass
 class PPOConfig:
     """PPO with a per-token KL penalty against the reference (InstructGPT step 3)."""
 
-    ppo_epochs: int = param(1, "Passes over each rollout batch.")
-    minibatch_size: int = param(8, "Sequences per optimizer step per rank.")
-    clip_eps: float = param(0.2, "Policy ratio clip epsilon.")
-    dual_clip: float | None = param(None, "Dual-clip constant c > 1 for negative advantages.")
-    value_clip: float | None = param(0.2, "Value clip around the rollout values; null = no clip.")
-    vf_coef: float = param(0.5, "Weight of the value loss.")
-    entropy_coef: float = param(0.0, "Weight of the entropy bonus.")
-    gamma: float = param(1.0, "Discount factor.")
-    lam: float = param(0.95, "GAE lambda.")
-    kl_coef: float = param(0.05, "KL penalty coefficient beta (initial value when adaptive).")
+    ppo_epochs: int = param(1, "Passes over each rollout batch.", gt=0)
+    minibatch_size: int = param(8, "Sequences per optimizer step per rank.", gt=0)
+    clip_eps: float = param(0.2, "Policy ratio clip epsilon.", gt=0)
+    dual_clip: float | None = param(None, "Dual-clip constant c > 1 for negative advantages.", gt=1)
+    value_clip: float | None = param(
+        0.2, "Value clip around the rollout values; null = no clip.", gt=0
+    )
+    vf_coef: float = param(0.5, "Weight of the value loss.", ge=0)
+    entropy_coef: float = param(0.0, "Weight of the entropy bonus.", ge=0)
+    gamma: float = param(1.0, "Discount factor.", ge=0, le=1)
+    lam: float = param(0.95, "GAE lambda.", ge=0, le=1)
+    kl_coef: float = param(0.05, "KL penalty coefficient beta (initial value when adaptive).", ge=0)
     kl_estimator: Literal["k1", "k2", "k3"] = param("k1", "Per-token KL estimator.")
     adaptive_kl: bool = param(False, "Adapt kl_coef toward kl_target (Ziegler et al. 2019).")
-    kl_target: float = param(6.0, "Target KL per sequence for the adaptive controller.")
-    kl_horizon: int = param(10000, "Horizon of the adaptive controller, in samples.")
+    kl_target: float = param(6.0, "Target KL per sequence for the adaptive controller.", gt=0)
+    kl_horizon: int = param(10000, "Horizon of the adaptive controller, in samples.", gt=0)
     whiten_advantages: bool = param(True, "Whiten advantages over the batch.")
     old_logprobs: Literal["auto", "learner", "rollout"] = param(
         "auto",
@@ -232,12 +258,14 @@ class PPOConfig:
         1e-3,
         "Largest engine-vs-learner probe log-prob difference at which auto lets the engine's "
         "log-probs serve as old_logprobs.",
+        ge=0,
     )
     tis_cap: float | None = param(
         2.0,
         "With learner old_logprobs, weight each token's policy loss by min(pi_learner / "
         "pi_engine, tis_cap): truncated importance sampling of the engine-vs-learner mismatch "
         "(needs rollout.temperature 1, top_p 1, top_k -1); null = off.",
+        gt=0,
     )
     old_values: Literal["auto", "rollout", "train"] = param(
         "auto",
@@ -254,70 +282,7 @@ class PPOConfig:
         "Steps in a row skipped for non-finite numbers (experience, or the loss or gradients of "
         "every policy optimizer step) before the run stops with a checkpoint and batch "
         "statistics; 0 = never stop.",
-    )
-
-
-@dataclass
-class RMConfig:
-    """Reward-model training from K-wise rankings (InstructGPT step 2)."""
-
-    lr: float = param(1e-5, "Learning rate.")
-    epochs: int = param(1, "Passes over the rankings.")
-    batch_size: int = param(8, "Prompts per batch; each prompt's C(K,2) pairs are one element.")
-
-
-@dataclass
-class SFTConfig:
-    """Supervised fine-tuning on demonstrations (InstructGPT step 1)."""
-
-    lr: float = param(1e-5, "Learning rate.")
-    epochs: int = param(1, "Passes over the demonstrations.")
-    max_tokens_per_batch: int = param(4096, "Token budget per packed batch per rank.")
-    packing: bool = param(True, "Pack demonstrations into token-budget batches (no padding paid).")
-    template: str = param(
-        "{prompt}\n", "Plain prompt template used when the tokenizer has no chat template."
-    )
-
-
-@dataclass
-class EvalConfig:
-    """Held-out evaluation."""
-
-    num_prompts: int = param(64, "Held-out prompts to evaluate.")
-    max_new_tokens: int = param(32, "Longest evaluated response.")
-    temperature: float = param(0.7, "Sampling temperature for evaluated responses.")
-
-
-@dataclass
-class DemoConfig:
-    """The embedded demo's synthetic world (orchestrator/demo/world.py): how much of each text."""
-
-    base_examples: int = param(3000, "Dialogues of the world's unfiltered text the base LM sees.")
-    base_epochs: int = param(2, "Passes of the base LM's brief pretraining.")
-    base_lr: float = param(3e-3, "Learning rate of the base LM's pretraining.")
-    demonstrations: int = param(400, "Labeler demonstrations for SFT.")
-    ppo_prompts: int = param(512, "Prompts for PPO (and for the labeler's rankings).")
-
-
-@dataclass
-class PipelineConfig:
-    """SFT -> RM -> PPO in one run."""
-
-    iterations: int = param(1, "Times steps 2-3 (rank, RM, PPO) run.")
-    labeler: str = param(
-        "",
-        "`module:function` (prompt: str, responses: list[str]) -> list[int] (indices, best first) "
-        "that ranks the current policy's samples between iterations.",
-    )
-    samples_per_prompt: int = param(4, "Responses (K, 2..9) sampled per prompt for new rankings.")
-    min_samples_per_prompt: int = param(
-        0, "Smallest K kept per prompt (K drawn per prompt up to samples_per_prompt); 0 = fixed K."
-    )
-    rank_prompts: int = param(32, "Prompts sampled for new rankings per iteration.")
-    ranking_models: list[str] = param(
-        [],
-        "More model folders (same tokenizer) whose samples join the current policy's in new "
-        "rankings, as InstructGPT ranked outputs of several models: e.g. the base model.",
+        ge=0,
     )
 
 
@@ -326,16 +291,18 @@ class RunConfig:
     """The run folder, steps, seeds, cluster."""
 
     output_dir: str = param("runs/default", "Run folder (config.yaml, metrics.jsonl, final/).")
-    steps: int = param(10, "Steps of the stage (for a pipeline: of its PPO stage).")
-    seed: int = param(0, "Seed of every random choice.")
-    save_every: int = param(0, "Checkpoint every N steps; 0 = only the final model.")
-    keep_last: int = param(2, "Checkpoints kept.")
+    steps: int = param(10, "Steps of the stage (for a pipeline: of its PPO stage).", ge=0)
+    seed: int = param(0, "Seed of every random choice.", ge=0)
+    save_every: int = param(0, "Checkpoint every N steps; 0 = only the final model.", ge=0)
+    keep_last: int = param(2, "Checkpoints kept.", ge=1)
     resume: str = param("", "`auto` (latest checkpoint in output_dir) or a checkpoint path.")
     ray_address: str = param("", "Ray cluster to join; empty = RAY_ADDRESS or a new local Ray.")
     colocate: bool = param(False, "Pack all roles onto shared bundles (GPUs) instead of their own.")
-    timeout_s: float = param(600.0, "Longest wait for any remote call before the run fails.")
+    timeout_s: float = param(600.0, "Longest wait for any remote call before the run fails.", gt=0)
     start_timeout_s: float = param(
-        900.0, "Longest wait for the actors to start (model loads, vLLM engine start)."
+        900.0,
+        "Longest wait for the actors to start (model loads, vLLM engine start).",
+        gt=0,
     )
     name: str = param("", "Run label for metrics; empty = the output folder's name.")
     tensorboard: bool = param(True, "Also write metrics as TensorBoard events (run folder).")
@@ -343,10 +310,14 @@ class RunConfig:
         "", "Also log metrics to this W&B project (needs wandb; WANDB_MODE=offline works)."
     )
     max_actor_restarts: int = param(
-        3, "Restarts of rollout, reward and reference actors in one PPO run before it stops."
+        3,
+        "Restarts of rollout, reward and reference actors in one PPO run before it stops.",
+        ge=0,
     )
     max_failures: int = param(
-        1, "Restarts of a failed SFT / RM worker group (Ray Train FailureConfig); -1 = no limit."
+        1,
+        "Restarts of a failed SFT / RM worker group (Ray Train FailureConfig); -1 = no limit.",
+        ge=-1,
     )
     log_level: Literal["warning", "info", "debug"] = param(
         "warning",

@@ -9,24 +9,23 @@ from orchestrator.data.examples import (
     Ranking,
     curation_settings,
     load_demonstrations,
+    load_prompt_set,
     load_rankings,
 )
 from orchestrator.data.prompts import (
-    TINY_PROMPTS,
-    DataError,
     PromptSampler,
     PromptSet,
     format_prompt,
     load_prompts,
-    load_rows,
-    prompt_text,
     row_problem,
-    tiny_prompts,
     tokenize_prompt,
 )
+from orchestrator.data.schema import DataError, prompt_text
+from orchestrator.data.sources import TINY_DATA, TINY_PROMPTS, load_rows, tiny_prompts
 
 __all__ = [
     "RANKING_FORMATS",
+    "TINY_DATA",
     "TINY_PROMPTS",
     "CurationReport",
     "DataError",
@@ -40,6 +39,7 @@ __all__ = [
     "curation_settings",
     "format_prompt",
     "load_demonstrations",
+    "load_prompt_set",
     "load_prompts",
     "load_rankings",
     "load_rows",

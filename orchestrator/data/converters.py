@@ -9,7 +9,8 @@ A normalized ranking row is
 
 Supported formats: Anthropic HH-RLHF (`{"chosen", "rejected"}` dialogues) and the OpenAssistant
 OASST1 flat message table. A malformed row raises `DataError` with a one-line message naming the
-source, the row and the field.
+source, the row (its line in a JSONL file) and the field. The converted rows keep the places of
+the rows they came from, so later errors point into the source file too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from orchestrator.data.prompts import DataError
+from orchestrator.data.schema import (
+    BadRow,
+    DataError,
+    Rows,
+    require_text,
+    row_error,
+    shown,
+    where_of,
+)
 
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
@@ -40,57 +49,57 @@ OASST_REQUIRED = (
 MAX_RESPONSES = 9  # InstructGPT shows labelers K = 4..9 responses to rank
 
 
-def _error(source: str, i: int, field: str, problem: str) -> DataError:
-    return DataError(f"{source}: row {i}: field '{field}': {problem}")
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+def _convert_each(
+    rows: Iterable[Any], source: str, convert: Callable[[Any], Any]
+) -> tuple[list[Any], Callable[[int], str]]:
+    """[convert(row)] of every row, a BadRow made a DataError naming its place; and the places."""
+    at, out = where_of(rows), []
+    for i, row in enumerate(rows):
+        try:
+            out.append(convert(row))
+        except BadRow as e:
+            raise row_error(source, at(i), e.field, e.problem) from None
+    return out, at
 
 
 # ----------------------------------------------------------------------------------- HH-RLHF
 
 
-def _hh_messages(prompt: str, source: str, i: int) -> list[dict[str, str]]:
+def _hh_messages(prompt: str) -> list[dict[str, str]]:
     """Messages of an HH-RLHF prompt part (a dialogue that ends right before the final reply)."""
     parts = _TURN.split(prompt)
     if parts[0].strip():
-        raise _error(source, i, "chosen", "text before the first '\\n\\nHuman:' turn")
+        raise BadRow("chosen", "text before the first '\\n\\nHuman:' turn")
     messages = [
         {"role": _ROLE_OF_MARKER[marker], "content": content.strip()}
         for marker, content in zip(parts[1::2], parts[2::2], strict=True)
     ]
     if not messages or messages[0]["role"] != "user" or messages[-1]["role"] != "user":
-        raise _error(
-            source, i, "chosen", "the dialogue must start with and reply to a 'Human:' turn"
-        )
+        raise BadRow("chosen", "the dialogue must start with and reply to a 'Human:' turn")
     return messages
 
 
-def _hh_row(row: Any, source: str, i: int) -> dict[str, Any]:
+def _hh_row(row: Any) -> dict[str, Any]:
     if not isinstance(row, Mapping):
-        raise _error(source, i, "chosen", f"row is a {_type_name(row)}, not an object")
+        raise BadRow("chosen", f"the row must be an object, got {shown(row)}")
     for field in ("chosen", "rejected"):
-        if row.get(field) is None:
-            raise _error(source, i, field, "missing")
-        if not isinstance(row[field], str):
-            raise _error(source, i, field, f"expected a string, got {_type_name(row[field])}")
+        require_text(row.get(field), field)
         if ASSISTANT not in row[field]:
-            raise _error(source, i, field, "no '\\n\\nAssistant:' turn")
+            raise BadRow(field, f"no '\\n\\nAssistant:' turn in {shown(row[field])}")
     chosen, rejected = row["chosen"], row["rejected"]
     shared = os.path.commonprefix([chosen, rejected])
     cut = shared.rfind(ASSISTANT)
     if cut < 0:
-        raise _error(source, i, "rejected", "does not share the dialogue before the final reply")
+        raise BadRow("rejected", "does not share the dialogue before the final reply")
     cut += len(ASSISTANT)
     responses = []
     for field, text in (("chosen", chosen), ("rejected", rejected)):
         reply = text[cut:]
         if HUMAN in reply or ASSISTANT in reply:
-            raise _error(source, i, field, "does not share the dialogue before the final reply")
+            raise BadRow(field, "does not share the dialogue before the final reply")
         responses.append(reply.strip())
     return {
-        "messages": _hh_messages(chosen[: cut - len(ASSISTANT)], source, i),
+        "messages": _hh_messages(chosen[: cut - len(ASSISTANT)]),
         "responses": responses,
         "ranking": [0, 1],
         "user_id": None,
@@ -99,42 +108,45 @@ def _hh_row(row: Any, source: str, i: int) -> dict[str, Any]:
 
 def hh_rlhf_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str, Any]]:
     """Ranking rows (K = 2, chosen first) of Anthropic HH-RLHF `{"chosen", "rejected"}` rows."""
-    return [_hh_row(row, source, i) for i, row in enumerate(rows)]
+    out, at = _convert_each(rows, source, _hh_row)
+    return Rows(out, [at(i) for i in range(len(out))])
 
 
 # ------------------------------------------------------------------------------------ OASST1
 
 
-def _check_oasst_row(row: Any, source: str, i: int) -> None:
-    """Raise DataError unless the row has the OASST1 columns this converter reads."""
+def _oasst_row(row: Any) -> Mapping[str, Any]:
+    """The row, if it has the OASST1 columns this converter reads; else BadRow."""
     if not isinstance(row, Mapping):
-        raise _error(source, i, "message_id", f"row is a {_type_name(row)}, not an object")
+        raise BadRow("message_id", f"the row must be an object, got {shown(row)}")
     for field in OASST_REQUIRED:
         if field not in row:
-            raise _error(source, i, field, "missing (expected the OASST1 message table columns)")
-    if not isinstance(row["message_id"], str) or not row["message_id"]:
-        raise _error(source, i, "message_id", "expected a non-empty string")
-    if row["parent_id"] is not None and not isinstance(row["parent_id"], str):
-        raise _error(source, i, "parent_id", "expected a string or null")
-    if row["user_id"] is not None and not isinstance(row["user_id"], str):
-        raise _error(source, i, "user_id", "expected a string or null")
+            raise BadRow(field, "missing (expected the OASST1 message table columns)")
+    require_text(row["message_id"], "message_id")
+    for field in ("parent_id", "user_id"):
+        if row[field] is not None and not isinstance(row[field], str):
+            raise BadRow(field, f"must be a string or null, got {shown(row[field])}")
     if row["created_date"] is None:
-        raise _error(source, i, "created_date", "missing")
+        raise BadRow("created_date", "missing")
     if not isinstance(row["text"], str):
-        raise _error(source, i, "text", f"expected a string, got {_type_name(row['text'])}")
+        raise BadRow("text", f"must be a string, got {shown(row['text'])}")
     if row["role"] not in OASST_ROLES:
-        raise _error(source, i, "role", f"expected 'prompter' or 'assistant', got {row['role']!r}")
+        raise BadRow("role", f"must be 'prompter' or 'assistant', got {shown(row['role'])}")
     if not isinstance(row["deleted"], bool):
-        raise _error(source, i, "deleted", f"expected true or false, got {row['deleted']!r}")
+        raise BadRow("deleted", f"must be true or false, got {shown(row['deleted'])}")
     rank = row["rank"]
     if rank is not None and (
         isinstance(rank, bool) or not isinstance(rank, int | float) or rank != int(rank)
     ):
-        raise _error(source, i, "rank", f"expected an integer or null, got {rank!r}")
+        raise BadRow("rank", f"must be an integer or null, got {shown(rank)}")
+    return row
 
 
 def _oasst_thread(
-    index: int, rows: list[Mapping[str, Any]], position: dict[str, int], source: str
+    index: int,
+    rows: list[Mapping[str, Any]],
+    position: dict[str, int],
+    error: Callable[[int, str, str], DataError],
 ) -> list[int] | None:
     """Row indices from the tree root down to rows[index]; None if a message on it is deleted."""
     thread: list[int] = []
@@ -142,7 +154,7 @@ def _oasst_thread(
     j: int | None = index
     while j is not None:
         if j in seen:
-            raise _error(source, j, "parent_id", "the parent links form a cycle")
+            raise error(j, "parent_id", "the parent links form a cycle")
         seen.add(j)
         if rows[j]["deleted"]:
             return None
@@ -153,14 +165,12 @@ def _oasst_thread(
         elif parent in position:
             j = position[parent]
         else:
-            raise _error(source, j, "parent_id", f"parent message {parent!r} is not in the table")
+            raise error(j, "parent_id", f"parent message {parent!r} is not in the table")
     thread.reverse()
     for depth, j in enumerate(thread):
         expected = "prompter" if depth % 2 == 0 else "assistant"
         if rows[j]["role"] != expected:
-            raise _error(
-                source, j, "role", f"expected '{expected}' at depth {depth} of its message tree"
-            )
+            raise error(j, "role", f"must be '{expected}' at depth {depth} of its message tree")
     return thread
 
 
@@ -172,17 +182,16 @@ def oasst1_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str
     lists their indices by rank, best (rank 0) first. Rows come in the input order of their
     prompter message.
     """
-    table = list(rows)
+    table, at = _convert_each(rows, source, _oasst_row)
+
+    def error(i: int, field: str, problem: str) -> DataError:
+        return row_error(source, at(i), field, problem)
+
     position: dict[str, int] = {}
     for i, row in enumerate(table):
-        _check_oasst_row(row, source, i)
         if row["message_id"] in position:
-            raise _error(
-                source,
-                i,
-                "message_id",
-                f"duplicate of row {position[row['message_id']]}: {row['message_id']!r}",
-            )
+            first = position[row["message_id"]]
+            raise error(i, "message_id", f"{row['message_id']!r} is also the id at {at(first)}")
         position[row["message_id"]] = i
 
     replies: dict[str, list[int]] = {}
@@ -196,11 +205,12 @@ def oasst1_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str
             replies.setdefault(row["parent_id"], []).append(i)
 
     out: list[dict[str, Any]] = []
+    places: list[str] = []  # of each prompter message a converted row comes from
     for i, row in enumerate(table):
         ranked = replies.get(row["message_id"], [])
         if row["role"] != "prompter" or len(ranked) < 2:
             continue
-        thread = _oasst_thread(i, table, position, source)
+        thread = _oasst_thread(i, table, position, error)
         if thread is None:
             continue
         best = sorted(ranked, key=lambda j: (int(table[j]["rank"]), j))[:MAX_RESPONSES]
@@ -217,7 +227,8 @@ def oasst1_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str
                 "user_id": row["user_id"],
             }
         )
-    return out
+        places.append(at(i))
+    return Rows(out, places)
 
 
 # ---------------------------------------------------------------------------------- dispatch

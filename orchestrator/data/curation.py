@@ -5,8 +5,9 @@ with an earlier kept prompt, and prompts that contain personal data (e-mail addr
 numbers, card numbers). `split_by_user` makes a train/held-out split where all rows of one user
 land on the same side, so held-out prompts come from users the model never trained on.
 
-Rows are dicts of any schema (prompts, demonstrations, rankings); the caller says how to read a
-row's text with `text_of`.
+Rows are dicts of any schema (prompts, demonstrations, rankings), or anything else: the caller
+says how to read a row's text with `text_of`, and a row without text (one that breaks its schema,
+mostly) is kept for the schema check to report, never compared or dropped here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import functools
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,8 +146,8 @@ def find_pii(text: str) -> list[str]:
     return kinds
 
 
-def _user_of(row: dict[str, Any], user_field: str) -> str | None:
-    user = row.get(user_field)
+def _user_of(row: Any, user_field: str) -> str | None:
+    user = row.get(user_field) if isinstance(row, Mapping) else None
     return None if user is None or str(user) == "" else str(user)
 
 
@@ -168,7 +169,8 @@ def curate(
     Filters, in order: (a) at most `max_per_user` rows per user (rows without a user are never
     capped; None disables); (b) drop a prompt whose first `prefix_chars` characters, after
     collapsing whitespace and lowercasing, equal those of an earlier kept prompt (shorter texts
-    compare whole; None disables); (c) drop prompts where `find_pii` finds anything.
+    compare whole; None disables); (c) drop prompts where `find_pii` finds anything. A row whose
+    text is empty passes (b) and (c).
     """
     if max_per_user is not None and max_per_user < 1:
         raise ValueError(f"max_per_user must be >= 1 or None, got {max_per_user}")
@@ -188,6 +190,9 @@ def curate(
                 continue
             per_user[user] = per_user.get(user, 0) + 1
         text = text_of(row)
+        if not isinstance(text, str) or not text.strip():
+            kept.append(row)  # nothing to compare: the schema check reports the row, or skips it
+            continue
         if prefix_chars is not None:
             key = _prefix_key(text, prefix_chars)
             if key in prefixes:

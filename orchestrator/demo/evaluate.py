@@ -18,7 +18,7 @@ import torch
 
 from actors.remote import wait_all
 from actors.scorers import ReferenceActor, RewardActor
-from actors.sequences import make_sequence_batch
+from actors.sequences import load_tokenizer, make_sequence_batch
 from kernels import kl_penalty, masked_sum
 from orchestrator.cluster import actor_env
 from orchestrator.config import Config
@@ -54,10 +54,9 @@ def _win_rate(labeler: world.Labeler, prompts, a: list[str], b: list[str]) -> di
 
 def evaluate_world(cfg: Config, models: dict[str, str], reward_model: str) -> dict[str, Any]:
     """eval.json of the demo: models {"base", "sft", "ppo"} -> folders; the RM's folder."""
-    from transformers import AutoTokenizer
 
     e, seed = cfg.eval, cfg.run.seed
-    tokenizer = AutoTokenizer.from_pretrained(models["sft"])
+    tokenizer = load_tokenizer(models["sft"])
     prompts = held_out_prompts(e.num_prompts, seed + 7919)
     by_tone = {t: [world.with_tone(p, t) for p in prompts] for t in world.TONES}
     sampler = Sampler(cfg, tokenizer, models["base"])

@@ -9,13 +9,20 @@ from orchestrator.output.metrics import (
     report_throughput,
     run_label,
 )
-from orchestrator.output.run_folder import PhaseTimer, RunFolder, read_metrics, truncate_metrics
+from orchestrator.output.run_folder import (
+    PhaseTimer,
+    RunFolder,
+    check_run_folder,
+    read_metrics,
+    truncate_metrics,
+)
 
 __all__ = [
     "RUN_ENV",
     "MetricsLog",
     "PhaseTimer",
     "RunFolder",
+    "check_run_folder",
     "metric_name",
     "read_metrics",
     "report_throughput",

@@ -7,6 +7,7 @@ looks finished.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,25 @@ from orchestrator.config.precision import resolve_precision
 from orchestrator.output.metrics import MetricsLog
 
 
+def check_run_folder(path: Path, resume: str) -> None:
+    """run.output_dir can hold this run: a folder (or none yet) without a finished run's
+    final/ unless resuming, under a folder this user can write."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"run.output_dir: {path} is a file, not a folder; choose a folder")
+    if (path / "final").exists() and not resume:
+        raise FileExistsError(
+            f"{path} already holds a finished run (final/); choose another run.output_dir or "
+            f"remove it"
+        )
+    parent = path
+    while not parent.exists():  # the nearest folder that exists is where mkdir writes
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FileExistsError(f"run.output_dir: {parent} (in {path}) is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"run.output_dir: cannot write in {parent} (permission denied)")
+
+
 class RunFolder:
     """Writes one run's folder."""
 
@@ -25,11 +45,7 @@ class RunFolder:
         # Absolute: stage folders become model paths that actors and Ray Train workers open
         # from their own working directories.
         self.path = Path(cfg.run.output_dir).resolve()
-        if (self.path / "final").exists() and not cfg.run.resume:
-            raise FileExistsError(
-                f"{self.path} already holds a finished run (final/); choose another "
-                f"run.output_dir or remove it"
-            )
+        check_run_folder(self.path, cfg.run.resume)
         self.path.mkdir(parents=True, exist_ok=True)
         resolve_precision(cfg)  # config.yaml records the dtype and attention used, never auto
         dump_config(cfg, self.path / "config.yaml")

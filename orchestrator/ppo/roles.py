@@ -12,9 +12,10 @@ from actors.learner_group import LearnerGroup
 from actors.remote import wait_all
 from actors.rollout import RolloutActor
 from actors.scorers import ReferenceActor, RewardActor
+from actors.sequences import load_tokenizer
 from orchestrator.cluster import Placement, connect
 from orchestrator.config import Config
-from orchestrator.data import PromptSampler, PromptSet, curation_settings, load_prompts
+from orchestrator.data import PromptSampler, PromptSet, load_prompt_set
 from orchestrator.model_specs import resolve_models
 
 logger = logging.getLogger(__name__)
@@ -37,24 +38,14 @@ class Roles:
     @classmethod
     def start(cls, cfg: Config) -> Roles:
         """Resolve models and data, reserve placement groups, start and wait for every actor."""
-        from transformers import AutoTokenizer
-
         resolve_models(cfg)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
-        prompts = load_prompts(
-            cfg.data.prompts,
-            tokenizer,
-            max_prompt_tokens=cfg.data.max_prompt_tokens,
-            template=cfg.sft.template,
-            split=cfg.data.split,
-            on_bad_row=cfg.data.on_bad_row,
-            curation=curation_settings(cfg),
-        )
+        tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.trust_remote_code)
+        prompts = load_prompt_set(cfg, tokenizer)
         sampler = PromptSampler(
             len(prompts), cfg.rollout.prompts_per_step, cfg.run.seed, cfg.data.shuffle
         )
         where = connect(cfg)
-        logger.info("ray: %s; dashboard: %s", where, ray.get_runtime_context().gcs_address)
+        logger.info("ray: %s", where)
         placement = Placement(cfg)
         slots = placement.slots
         engines = [start_engine(cfg, s.options()) for s in slots["rollout"]]

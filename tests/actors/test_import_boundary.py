@@ -1,5 +1,5 @@
 """The driver's layers import one way: config/ -> data/, output/ -> actors/ -> cluster,
-model_specs -> ppo/, supervised -> pipeline, jobs, cli -> demo/. Every import counts, also one
+model_specs, model_check -> sampler, ppo/, supervised, preflight, jobs -> pipeline, cli -> demo/. Every import counts, also one
 inside a function (a lazy import is still an edge a reader must follow)."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ LAYERS = {
     "actors": 2,
     "orchestrator.cluster": 3,
     "orchestrator.model_specs": 3,
+    "orchestrator.model_check": 3,
+    "orchestrator.preflight": 4,
     "orchestrator.sampler": 4,
     "orchestrator.ppo": 4,
     "orchestrator.supervised": 4,

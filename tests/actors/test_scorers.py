@@ -46,8 +46,8 @@ def test_reward_function_scores_and_errors(reward_module):
     assert got.tolist() == [1.0, 2.0, 0.0]
     cases = {
         "short": "returned 1 scores for 3 samples",
-        "nan": "non-finite reward nan for sample 1 (prompt 'b')",
-        "not_a_list": "returned float, expected a list",
+        "nan": "returned non-finite nan for sample 1 (prompt 'b')",
+        "not_a_list": "returned a float, expected a list of 3 numbers",
         "boom": "reward function raised KeyError",
     }
     for name, message in cases.items():
@@ -56,7 +56,7 @@ def test_reward_function_scores_and_errors(reward_module):
 
 
 def test_reward_function_spec_errors(reward_module):
-    with pytest.raises(ValueError, match="cannot import 'no_such_module_xyz'"):
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
         RewardActor(function="no_such_module_xyz:f")
     with pytest.raises(ValueError, match="has no function 'missing'"):
         RewardActor(function=f"{reward_module}:missing")

@@ -19,10 +19,10 @@ def test_help_lists_every_field_with_doc_and_default(capsys):
         main(["ppo", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--rollout.num_engines=1  [int]" in out
+    assert "--rollout.num_engines=1  [int, > 0]" in out
     assert "Number of vLLM engines; prompts are shared among them." in out
     assert "--learner.zero_stage=2  [int]" in out
-    assert "--ppo.dual_clip=null  [float | null]" in out
+    assert "--ppo.dual_clip=null  [float | null, > 1]" in out
 
 
 def test_print_config_applies_both_override_forms(capsys):

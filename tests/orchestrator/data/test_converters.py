@@ -195,7 +195,11 @@ GOOD_HH = {
     [
         ({"rejected": GOOD_HH["rejected"]}, "chosen", "missing"),
         ({"chosen": GOOD_HH["chosen"], "rejected": None}, "rejected", "missing"),
-        ({"chosen": GOOD_HH["chosen"], "rejected": ["No."]}, "rejected", "expected a string"),
+        (
+            {"chosen": GOOD_HH["chosen"], "rejected": ["No."]},
+            "rejected",
+            "must be a non-empty string, got list ['No.']",
+        ),
         ({"chosen": "\n\nHuman: Hi there", "rejected": "\n\nHuman: Hi"}, "chosen", "Assistant"),
         (
             {"chosen": GOOD_HH["chosen"], "rejected": "\n\nHuman: Bye\n\nAssistant: Bye."},
@@ -212,14 +216,14 @@ GOOD_HH = {
             "chosen",
             "before the first",
         ),
-        ("not a row", "chosen", "not an object"),
+        ("not a row", "chosen", "must be an object, got str 'not a row'"),
     ],
 )
 def test_hh_rlhf_bad_row_is_named(bad, field, problem):
     with pytest.raises(DataError) as e:
         hh_rlhf_rows([GOOD_HH, bad], "hh.jsonl")
     msg = str(e.value)
-    assert msg.startswith(f"hh.jsonl: row 1: field '{field}': "), msg
+    assert msg.startswith(f"hh.jsonl: row 2: field '{field}': "), msg
     assert problem in msg and "\n" not in msg
 
 
@@ -323,5 +327,5 @@ def test_oasst1_bad_row_is_named(corrupt, row, field):
     with pytest.raises(DataError) as e:
         oasst1_rows(rows, "oasst.jsonl")
     msg = str(e.value)
-    assert msg.startswith(f"oasst.jsonl: row {row}: field '{field}': "), msg
+    assert msg.startswith(f"oasst.jsonl: row {row + 1}: field '{field}': "), msg
     assert "\n" not in msg

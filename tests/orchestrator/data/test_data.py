@@ -34,9 +34,9 @@ def test_prompt_and_messages_rows_use_the_chat_template(tmp_path, tok):
 
 def test_bad_rows_name_file_row_and_field(tmp_path, tok):
     cases = [
-        ({"text": "x"}, "row 1: field 'prompt': missing"),
-        ({"prompt": "  "}, "row 1: field 'prompt': empty"),
-        ({"messages": []}, "row 1: field 'messages'"),
+        ({"text": "x"}, "line 2: field 'prompt': missing"),
+        ({"prompt": "  "}, "line 2: field 'prompt': must be a non-empty string, got str '  '"),
+        ({"messages": []}, "line 2: field 'messages'"),
         ({"prompt": "cat " * 100}, "longer than data.max_prompt_tokens = 32"),
     ]
     for bad, message in cases:

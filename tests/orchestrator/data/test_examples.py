@@ -45,14 +45,22 @@ def test_rankings_and_pairs_tokenize_with_eos_and_keep_their_order(tmp_path, tok
         (
             {**GOOD, "responses": ["a cat", "b", "a cat"]},
             "responses",
-            "responses 0 and 2 are identical",
+            "responses[2] is identical to responses[0]",
         ),
-        ({**GOOD, "responses": ["a cat", " ", "b"]}, "responses", "response 1 is empty"),
-        ({**GOOD, "prompt": ""}, "prompt", "empty"),
+        (
+            {**GOOD, "responses": ["a cat", " ", "b"]},
+            "responses",
+            "responses[1]: must be a non-empty string, got str ' '",
+        ),
+        ({**GOOD, "prompt": ""}, "prompt", "must be a non-empty string, got str ''"),
         ({"responses": GOOD["responses"], "ranking": [0, 1, 2]}, "prompt", "missing"),
         ({"prompt": "x", "ranking": [0, 1]}, "responses", "missing"),
         ({"prompt": "x", "responses": ["a", "b"]}, "ranking", "missing"),
-        ({"prompt": "x", "chosen": "a", "rejected": ""}, "rejected", "empty"),
+        (
+            {"prompt": "x", "chosen": "a", "rejected": ""},
+            "rejected",
+            "must be a non-empty string, got str ''",
+        ),
         (
             {**GOOD, "responses": ["cat " * 80, "b", "c"]},
             "responses",
@@ -66,7 +74,7 @@ def test_each_bad_ranking_row_is_named(tmp_path, tok, row, field, message):
     with pytest.raises(DataError) as e:
         load_rankings(cfg_for(f"--data.rankings={path}"), tok)
     text = str(e.value)
-    assert text.startswith(f"{path}: row 1: field '{field}': ") and message in text, text
+    assert text.startswith(f"{path}: line 2: field '{field}': ") and message in text, text
     assert "\n" not in text
 
 
@@ -82,7 +90,7 @@ def test_bad_rows_can_be_skipped_and_are_counted(tmp_path, tok):
     ("row", "field", "message"),
     [
         ({"prompt": "x"}, "response", "missing"),
-        ({"prompt": "x", "response": ""}, "response", "empty"),
+        ({"prompt": "x", "response": ""}, "response", "must be a non-empty string, got str ''"),
         (
             {"messages": [{"role": "user", "content": "hi"}]},
             "messages",
@@ -91,7 +99,7 @@ def test_bad_rows_can_be_skipped_and_are_counted(tmp_path, tok):
         (
             {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]},
             "messages",
-            "non-empty content",
+            "messages[0]['content']: must be a non-empty string, got str ''",
         ),
         ({"prompt": "x", "response": "cat " * 80}, "response", "longer than model.max_seq_len"),
     ],
@@ -101,12 +109,13 @@ def test_each_bad_demonstration_row_is_named(tmp_path, tok, row, field, message)
     path = write_jsonl(tmp_path / "d.jsonl", [good, row])
     with pytest.raises(DataError) as e:
         load_demonstrations(cfg_for(f"--data.demonstrations={path}"), tok)
-    assert str(e.value).startswith(f"{path}: row 1: field '{field}': ") and message in str(e.value)
+    text = str(e.value)
+    assert text.startswith(f"{path}: line 2: field '{field}': ") and message in text, text
 
 
 def test_an_empty_or_missing_source_is_named(tmp_path, tok):
     path = write_jsonl(tmp_path / "d.jsonl", [])
-    with pytest.raises(DataError, match="d.jsonl"):
+    with pytest.raises(DataError, match=r"d\.jsonl: the file is empty \(no rows\)"):
         load_demonstrations(cfg_for(f"--data.demonstrations={path}"), tok)
     with pytest.raises(DataError, match="no such file"):
         load_demonstrations(cfg_for(f"--data.demonstrations={tmp_path / 'nope.jsonl'}"), tok)
@@ -170,6 +179,6 @@ def test_cli_reports_a_bad_ranking_on_one_line_and_leaves_no_final(tmp_path, tin
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].endswith(
-        f"{path}: row 1: field 'ranking': [1, 1, 0] is not a permutation of 0..2"
+        f"{path}: line 2: field 'ranking': [1, 1, 0] is not a permutation of 0..2"
     )
     assert "Traceback" not in "\n".join(err) and not (out / "final").exists()
