@@ -1,6 +1,7 @@
 """The driver's layers import one way: config/ -> data/, output/ -> actors/ -> cluster,
-model_specs, model_check -> sampler, ppo/, supervised, preflight, jobs -> pipeline, cli -> demo/. Every import counts, also one
-inside a function (a lazy import is still an edge a reader must follow)."""
+model_specs, model_check -> sampler, ppo/, supervised, preflight, jobs -> pipeline, cli ->
+demo/. Every import counts, also one inside a function (a lazy import is still an edge a reader
+must follow)."""
 
 from __future__ import annotations
 

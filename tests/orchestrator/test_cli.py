@@ -23,6 +23,7 @@ def test_help_lists_every_field_with_doc_and_default(capsys):
     assert "Number of vLLM engines; prompts are shared among them." in out
     assert "--learner.zero_stage=2  [int]" in out
     assert "--ppo.dual_clip=null  [float | null, > 1]" in out
+    assert "DESIGN.md" not in out  # a file the repository does not ship
 
 
 def test_print_config_applies_both_override_forms(capsys):

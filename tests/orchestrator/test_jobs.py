@@ -45,3 +45,13 @@ def test_submit_to_a_cluster_that_is_not_there_is_one_line(capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert "cannot reach the Ray job API at http://127.0.0.1:9" in err and "\n" not in err
+
+
+def test_the_runtime_env_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    env = jobs.load_runtime_env(jobs.RUNTIME_ENV)
+    root = Path(__file__).resolve().parents[2]
+    assert Path(env["working_dir"]) == root  # the repository that ships it, not the cwd
+    assert ".venv/" in env["excludes"]
+    with pytest.raises(jobs.JobError, match="nope.yaml does not exist"):
+        jobs.load_runtime_env(Path("nope.yaml"))
