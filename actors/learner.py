@@ -1,4 +1,5 @@
-"""The PPO learner: DeepSpeed ZeRO ranks holding the policy and the critic.
+"""The PPO learner: DeepSpeed ZeRO ranks holding the policy and (with ppo.estimator gae) the
+critic (critic.py).
 
 `LearnerActor` is one rank (a plain class; `LearnerGroup` in learner_group.py wraps it with
 `ray.remote` and is the driver's handle on all of them).
@@ -16,9 +17,9 @@ from typing import Any
 import ray
 import torch
 
+from actors.critic import Critic, backward_and_step
 from actors.engine import (
     PolicyLogprobs,
-    TokenValues,
     build_engine,
     engine_inputs,
     init_distributed,
@@ -33,13 +34,12 @@ from actors.weight_sync import fingerprints_of, open_group, send_weights
 from kernels import (
     aggregate_loss,
     aggregation_count,
-    compute_gae,
+    kl_loss,
     masked_mean,
     masked_whiten,
     policy_loss,
-    value_loss,
 )
-from orchestrator.config import Config, set_key
+from orchestrator.config import Config, needs_critic, set_key
 from orchestrator.output import report_throughput
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class MicroBatch:
 
 
 class LearnerActor:
-    """One data-parallel rank: policy and critic DeepSpeed engines."""
+    """One data-parallel rank: the policy's DeepSpeed engine and the critic (or none)."""
 
     def __init__(self, cfg: Config, rank: int, world_size: int):
         quiet_libraries()
@@ -69,7 +69,7 @@ class LearnerActor:
         self.master_addr = ray.util.get_node_ip_address()
         self.master_port = free_port()
         self.policy: Any = None  # DeepSpeedEngine around PolicyLogprobs
-        self.critic: Any = None  # DeepSpeedEngine around TokenValues
+        self.critic: Critic | None = None  # ppo.estimator gae only
         self.train_calls = 0
         self._poison = False  # test hook: the next policy loss of this train call is non-finite
         self.weight_group: Any = None  # rank 0's group with the engines' workers (broadcast sync)
@@ -78,9 +78,9 @@ class LearnerActor:
         return self.master_addr, self.master_port
 
     def setup(self, master_addr: str, master_port: int) -> None:
-        """Join the process group at rank 0's rendezvous; load the policy and the critic into
-        their engines."""
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+        """Join the process group at rank 0's rendezvous; load the policy and the critic (when
+        the estimator has one) into their engines."""
+        from transformers import AutoModelForCausalLM
 
         self.master_addr, self.master_port = master_addr, master_port
 
@@ -104,19 +104,25 @@ class LearnerActor:
         causal_lm = load_model(AutoModelForCausalLM, m.policy, learner, m)
         policy = PolicyLogprobs(causal_lm, cfg.reference.logprob_chunk_size)
         self.policy = build_engine(policy, learner, learner.lr, *engine_args)
-        # The critic starts from the reward model (InstructGPT), or from the policy with a new head.
-        critic_path = m.reward if m.reward and not cfg.reward.function else m.policy
-        value_model = load_model(
-            AutoModelForSequenceClassification, critic_path, learner, m, num_labels=1
-        )
-        self.critic = build_engine(
-            TokenValues(value_model), learner, learner.critic_lr, *engine_args
-        )
+        if needs_critic(cfg):
+            self.critic = Critic(cfg, engine_args)
         logger.info("learner rank %d/%d ready", self.rank, self.world_size)
 
     @property
     def device(self) -> torch.device:
         return self.policy.device
+
+    def engines(self) -> dict[str, Any]:
+        """This rank's DeepSpeed engines by name: the policy's, and the critic's if any."""
+        return {"policy": self.policy} | ({"critic": self.critic.engine} if self.critic else {})
+
+    def model_parameters(self) -> dict[str, int]:
+        """Parameters of each model this rank trains (a critic-free estimator has none)."""
+        sizes = {
+            name: sum(p.numel() for p in e.module.parameters())
+            for name, e in self.engines().items()
+        }
+        return {f"learner/{name}_parameters": sizes.get(name, 0) for name in ("policy", "critic")}
 
     def _micro_batches(self, n: int) -> list[slice]:
         step = self.cfg.learner.micro_batch_size
@@ -127,8 +133,8 @@ class LearnerActor:
         self, batch: SequenceBatch, with_logprobs: bool = True, with_values: bool = True
     ) -> dict[str, torch.Tensor]:
         """Rollout-time values and/or log-probs of this rank's rows. -> {values, old_logprobs}."""
-        self.policy.eval()
-        self.critic.eval()
+        for engine in self.engines().values():
+            engine.eval()
         batch = batch.to(self.device)
         out: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "values": []}
         for rows in self._micro_batches(batch.input_ids.shape[0]):
@@ -136,8 +142,8 @@ class LearnerActor:
             if with_logprobs:
                 temperature = self.cfg.rollout.temperature
                 out["old_logprobs"].append(self.policy(*engine_inputs(mb), temperature=temperature))
-            if with_values:
-                out["values"].append(self.critic(*engine_inputs(mb)))
+            if with_values and self.critic is not None:
+                out["values"].append(self.critic.values(mb))
         return {k: torch.cat(v).float().cpu() for k, v in out.items() if v}
 
     def _policy_step(self, part: MicroBatch, exp: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -159,6 +165,7 @@ class LearnerActor:
             p.loss_agg,
             is_weights=None if tis is None else tis[rows],
             denominator=share,
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
         )
         stats = {
             "policy/loss": loss.item(),
@@ -166,56 +173,17 @@ class LearnerActor:
             "policy/approx_kl": pg_stats["approx_kl"].item(),
             "entropy/mean": masked_mean(entropy.detach(), mask).item(),
         }
+        budget = self.cfg.rollout.max_new_tokens
         if p.entropy_coef > 0:
-            loss = loss - p.entropy_coef * aggregate_loss(entropy, mask, p.loss_agg, share)
+            loss = loss - p.entropy_coef * aggregate_loss(entropy, mask, p.loss_agg, share, budget)
+        if p.kl_loss_coef > 0:  # KL to the reference in the loss (GRPO's), besides the reward's
+            kl = kl_loss(logprobs, exp["ref_logprobs"][rows], mask, p.kl_loss_estimator)
+            kl_term = aggregate_loss(kl, mask, p.loss_agg, share, budget)
+            stats["policy/kl_loss"] = kl_term.item()
+            loss = loss + p.kl_loss_coef * kl_term
         if self._poison:  # test hook (actors/faults.py): this rank's loss turns non-finite
             loss, self._poison = loss * float("nan"), False
-        return self._backward_and_step(self.policy, loss, "policy", stats)
-
-    def _critic_step(
-        self, part: MicroBatch, exp: dict[str, torch.Tensor], gae_in_learner: bool
-    ) -> dict[str, float]:
-        """Critic forward and backward of one micro-batch; DeepSpeed steps at its last.
-
-        Given token rewards instead of values (ppo.old_values = train), this forward's values
-        are the rollout's: GAE runs here and fills exp's advantages (not yet whitened)."""
-        p, mb, rows = self.cfg.ppo, part.batch, part.rows
-        self.critic.set_gradient_accumulation_boundary(part.last)
-        values = self.critic(*engine_inputs(mb))  # (b, R)
-        if gae_in_learner:
-            old_values = values.detach()
-            advantages, returns = compute_gae(
-                exp["rewards"][rows], old_values, mb.response_mask, p.gamma, p.lam
-            )
-            exp["advantages"][rows] = advantages
-        else:
-            old_values, returns = exp["old_values"][rows], exp["returns"][rows]
-        loss, vf_stats = value_loss(
-            values, old_values, returns, mb.response_mask, p.value_clip, p.loss_agg, part.share
-        )
-        stats = {"value/loss": loss.item(), "value/clipfrac": vf_stats["vf_clipfrac"].item()}
-        return self._backward_and_step(self.critic, p.vf_coef * loss, "value", stats)
-
-    def _backward_and_step(
-        self, engine: Any, loss: torch.Tensor, name: str, stats: dict[str, float]
-    ) -> dict[str, float]:
-        """Backward of one micro-batch; at a boundary the optimizer steps, or skips the step when
-        any rank's gradients are not finite (the decision is the group's: every rank skips)."""
-        boundary = engine.is_gradient_accumulation_boundary()  # set by the caller
-        if not torch.isfinite(loss):
-            # Every gradient this loss reaches turns non-finite (NaN * 0 is NaN), so the
-            # group's gradient check sees it whatever the loss is made of.
-            loss = loss * float("nan")
-        engine.backward(loss)  # scales by 1 / grad_accum; averages gradients over the ranks
-        engine.step()  # optimizer step (clipped) and warm-up only at a boundary
-        if boundary:
-            stats[f"{name}/optimizer_steps"] = 1.0
-            applied = engine.was_step_applied()
-            stats[f"{name}/skipped_steps"] = 0.0 if applied else 1.0
-            norm = engine.get_global_grad_norm()  # None under ZeRO-0 fp32
-            if applied and norm is not None:
-                stats[f"{name}/grad_norm"] = float(norm)
-        return stats
+        return backward_and_step(self.policy, loss, "policy", stats)
 
     def train(self, experience: Experience) -> dict[str, float]:
         """ppo_epochs passes over this rank's rows in shuffled minibatches. -> mean metrics."""
@@ -232,15 +200,15 @@ class LearnerActor:
         rng = random.Random(f"{self.cfg.run.seed}/{self.rank}/{self.train_calls}")
         self.train_calls += 1
         self._poison = self.rank == 0 and inject("learner", "train") == "nan"
-        self.policy.train()
-        self.critic.train()
-        totals: dict[str, list[float]] = {}
+        for engine in self.engines().values():
+            engine.train()
+        critic, totals = self.critic, {}
         for _ in range(p.ppo_epochs):
             order = torch.tensor(rng.sample(range(n), n), device=self.device)
             parts = self._cut(batch, order)
             if gae_in_learner:  # the critic first: its forward gives GAE its values
                 exp["advantages"] = torch.zeros_like(exp["rewards"])
-                steps = [self._critic_step(part, exp, True) for part in parts]
+                steps = [critic.step(part, exp, True) for part in parts]
                 if p.whiten_advantages:
                     exp["advantages"] = masked_whiten(
                         exp["advantages"], batch.response_mask, sum_shards=sum_over_ranks
@@ -248,7 +216,7 @@ class LearnerActor:
                 steps += [self._policy_step(part, exp) for part in parts]
             else:
                 steps = [
-                    {**self._policy_step(part, exp), **self._critic_step(part, exp, False)}
+                    self._policy_step(part, exp) | (critic.step(part, exp, False) if critic else {})
                     for part in parts
                 ]
             for stats in steps:
@@ -289,7 +257,8 @@ class LearnerActor:
         elsewhere). All ranks must call it (ZeRO-3 gathers)."""
         import safetensors.torch
 
-        hf = self.policy.module.causal_lm if model == "policy" else self.critic.module.value_model
+        engine = self.engines()[model]
+        hf = engine.module.causal_lm if model == "policy" else engine.module.value_model
         state = gathered_state_dict(hf)
         return None if state is None else safetensors.torch.save(state)
 
@@ -307,7 +276,7 @@ class LearnerActor:
                 f"ppo.minibatch_size = {minibatch} is not divisible by "
                 f"learner.micro_batch_size = {micro}"
             )
-        for engine in (self.policy, self.critic):
+        for engine in self.engines().values():
             engine.set_train_micro_batch_size(micro)
             engine.set_train_batch_size(minibatch * self.world_size)  # accumulation steps
 
@@ -369,9 +338,10 @@ class LearnerActor:
 
     def save_checkpoint(self, path: str) -> None:
         """Full training state under path (all ranks call; each writes its ZeRO shards): DeepSpeed
-        state of policy and critic (weights, optimizer, scheduler), this rank's counters and RNG."""
-        self.policy.save_checkpoint(f"{path}/policy", tag=CHECKPOINT_TAG)
-        self.critic.save_checkpoint(f"{path}/critic", tag=CHECKPOINT_TAG)
+        state of policy and critic, if any (weights, optimizer, scheduler), this rank's counters
+        and RNG."""
+        for name, engine in self.engines().items():
+            engine.save_checkpoint(f"{path}/{name}", tag=CHECKPOINT_TAG)
         state = {"train_calls": self.train_calls, "torch_rng": torch.get_rng_state()}
         torch.save(state, f"{path}/rank-{self.rank}.pt")
 
@@ -383,7 +353,7 @@ class LearnerActor:
                 f"checkpoint {path} has no state for learner rank {self.rank}: it was written by "
                 f"a run with fewer ranks (learner.num_ranks must match)"
             )
-        for engine, name in ((self.policy, "policy"), (self.critic, "critic")):
+        for name, engine in self.engines().items():
             loaded, _ = engine.load_checkpoint(
                 f"{path}/{name}",
                 tag=CHECKPOINT_TAG,

@@ -92,6 +92,10 @@ class LearnerGroup:
         """Every rank's LearnerActor.update_settings (between train calls)."""
         self._wait("update_settings", [a.update_settings.remote(settings) for a in self.actors])
 
+    def model_parameters(self) -> dict[str, int]:
+        """Parameters of the models the learner trains (learner/critic_parameters 0: none)."""
+        return self._wait("model_parameters", [self.actors[0].model_parameters.remote()])[0]
+
     def export_weights(self, model: str = "policy") -> Any:
         """ObjectRef of the policy's (or critic's) safetensors bytes (rank 0's; stays in the
         object store)."""

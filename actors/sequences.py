@@ -65,7 +65,7 @@ class Experience:
 
     With gae_in_learner (ppo.old_values: train; auto where the critic steps once per rollout
     batch) the driver sends token rewards, and the critic's own training forward gives GAE its
-    values; otherwise it sends old_values, advantages and returns."""
+    values; otherwise it sends advantages, and with a critic old_values and returns too."""
 
     batch: SequenceBatch
     old_logprobs: torch.Tensor  # (B, R) log pi_old of each sampled token (engine or learner)
@@ -76,6 +76,7 @@ class Experience:
     advantages: torch.Tensor | None = None  # (B, R) GAE, whitened if ppo.whiten_advantages [else]
     returns: torch.Tensor | None = None  # (B, R) advantages + old_values [else]
     tis_weights: torch.Tensor | None = None  # (B, R) truncated importance weights [ppo.tis_cap]
+    ref_logprobs: torch.Tensor | None = None  # (B, R) the reference's [ppo.kl_loss_coef > 0]
 
     @property
     def gae_in_learner(self) -> bool:

@@ -2,7 +2,14 @@
 here once. Imports torch only (never ray, vllm, deepspeed, orchestrator or actors)."""
 
 from kernels.advantages import compute_gae
-from kernels.kl import KL_ESTIMATORS, kl_penalty
+from kernels.estimators import (
+    CRITIC_FREE_ESTIMATORS,
+    GROUP_ESTIMATORS,
+    estimator_advantages,
+    group_advantages,
+    returns_to_go,
+)
+from kernels.kl import KL_ESTIMATORS, kl_loss, kl_penalty
 from kernels.kl_control import AdaptiveKLController, FixedKLController
 from kernels.logprobs import logprobs_from_hidden, logprobs_from_logits
 from kernels.losses import (
@@ -20,6 +27,8 @@ from kernels.rewards import compute_token_rewards, last_token_index
 from kernels.sft import sft_loss
 
 __all__ = [
+    "CRITIC_FREE_ESTIMATORS",
+    "GROUP_ESTIMATORS",
     "KL_ESTIMATORS",
     "LOSS_AGG_MODES",
     "MAX_RESPONSES",
@@ -31,6 +40,9 @@ __all__ = [
     "compute_gae",
     "compute_token_rewards",
     "entropy_from_logits",
+    "estimator_advantages",
+    "group_advantages",
+    "kl_loss",
     "kl_penalty",
     "kwise_ranking_loss",
     "last_token_index",
@@ -42,6 +54,7 @@ __all__ = [
     "masked_whiten",
     "pairwise_loss",
     "policy_loss",
+    "returns_to_go",
     "sft_loss",
     "truncated_is_weights",
     "value_loss",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.masked import zero_masked
+
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
@@ -22,3 +24,21 @@ def kl_penalty(
         # (r - 1) - log r with r = ref / pi: unbiased and >= 0.
         return torch.exp(-log_ratio) - 1 + log_ratio
     raise ValueError(f"unknown KL estimator {estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
+
+
+def kl_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    estimator: str = "k3",
+) -> torch.Tensor:
+    """Per-token KL(policy || reference) term of the loss (GRPO's KL in the loss, not in the
+    reward), 0 on masked tokens; aggregate it with aggregate_loss. 3 x (B, T) -> (B, T).
+
+    Gradients w.r.t. logprobs: k1 -> 1, k2 -> log pi - log ref, k3 -> 1 - ref / pi."""
+    # Masked positions compare 0 with 0, so their KL is 0 under every estimator. Masking the
+    # inputs, not the output, keeps padding's log-probs (possibly -inf) out of exp: a 0 from
+    # torch.where times an inf derivative would be a NaN gradient.
+    return kl_penalty(
+        zero_masked(logprobs, response_mask), zero_masked(ref_logprobs, response_mask), estimator
+    )

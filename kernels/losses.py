@@ -8,7 +8,12 @@ import torch
 from kernels.kl import kl_penalty
 from kernels.masked import masked_mean, masked_sum, zero_masked
 
-LOSS_AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
+LOSS_AGG_MODES = (
+    "token_mean",
+    "seq_mean_token_mean",
+    "seq_mean_token_sum",
+    "seq_mean_token_sum_norm",
+)
 # |log pi - log pi_old| beyond this is clamped before exp: e^88 overflows fp32, and an inf ratio
 # gives a NaN gradient even on a masked token (inf * 0). Peers clamp at the same bound (veRL,
 # OpenRLHF: +-20); e^20 is far past any clip range, so only the gradient of such tokens changes.
@@ -20,11 +25,18 @@ def aggregate_loss(
     mask: torch.Tensor,
     mode: str,
     denominator: float | torch.Tensor | None = None,
+    max_new_tokens: int | None = None,
 ) -> torch.Tensor:
     """Reduce a per-token loss to a scalar over response tokens. (B, T), (B, T) -> scalar.
 
     token_mean: every token weighs the same. seq_mean_token_mean: every sequence weighs the same.
     seq_mean_token_sum: sequences weigh the same, tokens are summed (no length normalisation).
+    seq_mean_token_sum_norm: seq_mean_token_sum / max_new_tokens, the generation budget (Dr.
+    GRPO, Liu et al. 2025: a constant, not each response's length, so no length bias; only this
+    mode reads max_new_tokens). As TRL's loss_type="dr_grpo" (token sum / (rows x
+    max_completion_length)) and veRL's agg_loss "seq-mean-token-sum-norm" with
+    loss_scale_factor = the budget (veRL's default divides by the padded width of the batch,
+    which changes with the longest response of each micro-batch).
     The seq_* modes leave out rows with no response token.
 
     With a denominator, the sum this mode means over (tokens, or rows with tokens) is divided
@@ -38,6 +50,11 @@ def aggregate_loss(
         per_unit, units = masked_mean(loss_mat, mask, dim=-1), mask.bool().any(dim=-1)  # (B,)
     elif mode == "seq_mean_token_sum":
         per_unit, units = masked_sum(loss_mat, mask, dim=-1), mask.bool().any(dim=-1)  # (B,)
+    elif mode == "seq_mean_token_sum_norm":
+        if max_new_tokens is None or max_new_tokens <= 0:
+            raise ValueError(f"loss_agg {mode} needs max_new_tokens > 0, got {max_new_tokens}")
+        per_unit = masked_sum(loss_mat, mask, dim=-1) / max_new_tokens  # (B,)
+        units = mask.bool().any(dim=-1)
     else:
         raise ValueError(f"unknown loss_agg mode {mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
     if denominator is None:
@@ -47,7 +64,8 @@ def aggregate_loss(
 
 def aggregation_count(mask: torch.Tensor, mode: str) -> torch.Tensor:
     """What aggregate_loss means over in this mode: response tokens (token_mean) or rows with a
-    response token (seq_*). (B, T) -> 0-d float tensor."""
+    response token (seq_*; seq_mean_token_sum_norm's constant divides each row). (B, T) -> 0-d
+    float tensor."""
     if mode not in LOSS_AGG_MODES:
         raise ValueError(f"unknown loss_agg mode {mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
     units = mask.bool() if mode == "token_mean" else mask.bool().any(dim=-1)
@@ -64,11 +82,13 @@ def policy_loss(
     loss_agg: str = "token_mean",
     is_weights: torch.Tensor | None = None,
     denominator: float | torch.Tensor | None = None,
+    max_new_tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate loss, optional dual clip (Ye et al. 2020). 4 x (B, T) -> scalar, stats.
 
     is_weights (B, T), detached: each token's surrogate is multiplied by it (the truncated
-    importance weights of `truncated_is_weights`). denominator: see aggregate_loss.
+    importance weights of `truncated_is_weights`). denominator, max_new_tokens: see
+    aggregate_loss.
 
     Stats (detached 0-d tensors): clipfrac (share of tokens where the clipped term was taken),
     dual_clipfrac (share where the dual clip was taken), approx_kl (k3 estimate of
@@ -91,7 +111,7 @@ def policy_loss(
         dual_clipped = torch.zeros_like(clipped)
     if is_weights is not None:
         pg = pg * is_weights
-    loss = aggregate_loss(pg, response_mask, loss_agg, denominator)
+    loss = aggregate_loss(pg, response_mask, loss_agg, denominator, max_new_tokens)
     with torch.no_grad():
         # Tokens were sampled from the old policy, so it plays the "policy" role of kl_penalty.
         approx_kl = masked_mean(kl_penalty(old_logprobs, logprobs, "k3"), response_mask)
@@ -111,11 +131,12 @@ def value_loss(
     clip_eps: float | None,
     loss_agg: str = "token_mean",
     denominator: float | torch.Tensor | None = None,
+    max_new_tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss 0.5 * max((v - R)^2, (clip(v, old +- eps) - R)^2). 4 x (B, T) -> scalar.
 
     No clipping when clip_eps is None. Stats: vf_clipfrac (share of tokens where the clipped
-    term was taken), detached 0-d tensor.
+    term was taken), detached 0-d tensor. denominator, max_new_tokens: see aggregate_loss.
     """
     vf_unclipped = (values - returns) ** 2  # (B, T)
     if clip_eps is None:
@@ -128,7 +149,7 @@ def value_loss(
         # Taken only where clamp really moved v: old + (v - old) can differ from v by rounding.
         moved = (values - old_values).abs() > clip_eps
         clipped = moved & (vf_unclipped < vf_clipped)
-    loss = 0.5 * aggregate_loss(vf, response_mask, loss_agg, denominator)
+    loss = 0.5 * aggregate_loss(vf, response_mask, loss_agg, denominator, max_new_tokens)
     with torch.no_grad():
         stats = {"vf_clipfrac": masked_mean(clipped.to(vf.dtype), response_mask)}
     return loss, stats

@@ -4,7 +4,7 @@
     cfg = validate_config(load_config("ppo.yaml", ["--run.steps=3"]), "ppo")
 """
 
-from orchestrator.config.checks import STAGES, validate_config
+from orchestrator.config.checks import STAGES, needs_critic, validate_config
 from orchestrator.config.load import (
     describe_fields,
     dump_config,
@@ -21,6 +21,7 @@ __all__ = [
     "describe_fields",
     "dump_config",
     "load_config",
+    "needs_critic",
     "sections",
     "set_key",
     "validate_config",

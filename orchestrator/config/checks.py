@@ -40,17 +40,37 @@ def one_critic_step(cfg: Config) -> bool:
     return p.ppo_epochs == 1 and rows == p.minibatch_size * cfg.learner.num_ranks
 
 
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+
+
+def needs_critic(cfg: Config) -> bool:
+    """Whether the run has a critic: PPO's GAE needs values; the other estimators take their
+    baseline from the samples (a prompt's group, or the batch)."""
+    return cfg.ppo.estimator == "gae"
+
+
 def gae_in_learner(cfg: Config) -> bool:
     """The one data-flow decision of PPO: whether GAE runs in the learner, on the values of the
     critic's own training forward (ppo.old_values: train, or auto with one critic step per
     rollout batch), instead of on the driver with rollout-time values."""
     mode = cfg.ppo.old_values
+    if not needs_critic(cfg):
+        return False
     return mode == "train" or (mode == "auto" and one_critic_step(cfg))
 
 
 def _check_ppo(cfg: Config, errors: list[str]) -> None:
     r, p, learner = cfg.rollout, cfg.ppo, cfg.learner
-    if p.old_values == "train" and not one_critic_step(cfg):
+    if p.estimator in GROUP_ESTIMATORS and r.samples_per_prompt < 2:
+        errors.append(
+            f"ppo.estimator = {p.estimator} takes each prompt's baseline from its other samples: "
+            f"rollout.samples_per_prompt must be >= 2, got {r.samples_per_prompt}"
+        )
+    if p.old_values == "train" and not needs_critic(cfg):
+        errors.append(
+            f"ppo.old_values = train: ppo.estimator = {p.estimator} has no critic (use auto)"
+        )
+    elif p.old_values == "train" and not one_critic_step(cfg):
         errors.append(
             f"ppo.old_values = train needs one critic step per rollout batch: ppo.ppo_epochs = 1 "
             f"(got {p.ppo_epochs}) and rollout.prompts_per_step x rollout.samples_per_prompt = "

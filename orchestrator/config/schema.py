@@ -241,6 +241,25 @@ class PPOConfig:
     entropy_coef: float = param(0.0, "Weight of the entropy bonus.", ge=0)
     gamma: float = param(1.0, "Discount factor.", ge=0, le=1)
     lam: float = param(0.95, "GAE lambda.", ge=0, le=1)
+    estimator: Literal[
+        "gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"
+    ] = param(
+        "gae",
+        "Advantage estimator: gae (PPO with a critic, InstructGPT); critic-free: grpo "
+        "((r - group mean) / group std), dr_grpo (r - group mean), rloo (r - mean of the "
+        "prompt's other samples), reinforce_pp (KL-shaped returns whitened over the batch), "
+        "reinforce_pp_baseline (r - group mean, then whitened). A group is the "
+        "rollout.samples_per_prompt samples of one prompt; r sums a row's token rewards.",
+    )
+    kl_in_reward: bool = param(
+        True, "Put -kl_coef x KL in the token rewards (InstructGPT); false: the score alone."
+    )
+    kl_loss_coef: float = param(
+        0.0, "Weight of a KL(policy || reference) term in the policy loss (GRPO's); 0 = off.", ge=0
+    )
+    kl_loss_estimator: Literal["k1", "k2", "k3"] = param(
+        "k3", "Estimator of the KL term in the loss (k3 as GRPO uses)."
+    )
     kl_coef: float = param(0.05, "KL penalty coefficient beta (initial value when adaptive).", ge=0)
     kl_estimator: Literal["k1", "k2", "k3"] = param("k1", "Per-token KL estimator.")
     adaptive_kl: bool = param(False, "Adapt kl_coef toward kl_target (Ziegler et al. 2019).")
@@ -274,8 +293,13 @@ class PPOConfig:
         "minibatch and ppo_epochs is 1 (saves a critic forward; GAE then runs in the learner). "
         "auto = train when that holds, else rollout.",
     )
-    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = param(
-        "token_mean", "How token losses become one number."
+    loss_agg: Literal[
+        "token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"
+    ] = param(
+        "token_mean",
+        "How token losses become one number over a minibatch (on all ranks): the mean over its "
+        "tokens; the mean over rows of each row's token mean, or token sum; or each row's token "
+        "sum over rollout.max_new_tokens (Dr. GRPO's constant), averaged over rows.",
     )
     max_skipped_steps: int = param(
         3,

@@ -17,6 +17,7 @@ from orchestrator.config import Config
 class Rollout:
     """One step's samples: B = prompts x rollout.samples_per_prompt rows, in engine order."""
 
+    group_ids: torch.Tensor  # (B,) long: the step's id of each sample's prompt (its group)
     prompts: list[str]  # B prompt texts, one per sample
     prompt_ids: list[list[int]]  # B prompts' token ids
     response_ids: list[list[int]]  # B sampled responses' token ids
@@ -33,10 +34,13 @@ def make_experience(
     kl_coef: float,
     in_learner: bool,
     tis_weights: torch.Tensor | None = None,  # (B, R)
+    group_ids: torch.Tensor | None = None,  # (B,) the prompt (group) of each row
 ) -> tuple[Experience, dict[str, torch.Tensor]]:
-    """KL-shaped token rewards, then GAE advantages (whitened when asked) and returns, unless
-    GAE runs in the learner (in_learner: it gets the rewards). -> the Experience, and every
-    field by name (the scored ones, rewards, kl, ...) for the non-finite check and metrics."""
+    """Token rewards (the score, minus kl_coef x KL with ppo.kl_in_reward), then advantages by
+    ppo.estimator: GAE (whitened when asked) and returns, unless GAE runs in the learner
+    (in_learner: it gets the rewards), or a critic-free estimator's. -> the Experience, and
+    every field by name (the scored ones, rewards, kl, ...) for the non-finite check and
+    metrics."""
     p, mask = cfg.ppo, batch.response_mask
     old_logprobs = scored["old_logprobs"]
     rewards, kl = kernels.compute_token_rewards(
@@ -44,21 +48,26 @@ def make_experience(
         old_logprobs,
         scored["ref_logprobs"],
         mask,
-        kl_coef,
+        kl_coef if p.kl_in_reward else 0.0,
         p.kl_estimator,
         cfg.reward.clip,
     )
     fields = {**scored, "rewards": rewards, "kl": kl}
+    extra = {"tis_weights": tis_weights}
+    if p.kl_loss_coef > 0:
+        extra["ref_logprobs"] = scored["ref_logprobs"]
     if in_learner:
-        return Experience(batch, old_logprobs, rewards=rewards, tis_weights=tis_weights), fields
+        return Experience(batch, old_logprobs, rewards=rewards, **extra), fields
+    if p.estimator != "gae":
+        advantages = kernels.estimator_advantages(rewards, mask, group_ids, p.estimator)
+        fields["advantages"] = advantages
+        return Experience(batch, old_logprobs, advantages=advantages, **extra), fields
     values = scored["values"]
     advantages, returns = kernels.compute_gae(rewards, values, mask, p.gamma, p.lam)
     if p.whiten_advantages:
         advantages = kernels.masked_whiten(advantages, mask)
     fields |= {"advantages": advantages, "returns": returns}
-    experience = Experience(
-        batch, old_logprobs, None, values, advantages, returns, tis_weights=tis_weights
-    )
+    experience = Experience(batch, old_logprobs, None, values, advantages, returns, **extra)
     return experience, fields
 
 

@@ -22,7 +22,7 @@ import torch
 import kernels
 from actors.sequences import make_sequence_batch
 from orchestrator.config import Config
-from orchestrator.config.checks import gae_in_learner
+from orchestrator.config.checks import gae_in_learner, needs_critic
 from orchestrator.output import PhaseTimer
 from orchestrator.ppo.calls import RestartsExhausted, RoleCalls
 from orchestrator.ppo.checkpoints import read_driver_state
@@ -55,6 +55,7 @@ class PPOTrainer:
             else kernels.FixedKLController(p.kl_coef)
         )
         self.gae_in_learner = gae_in_learner(cfg)  # the data flow, decided once for the run
+        self.values = needs_critic(cfg) and not self.gae_in_learner  # rollout-time values
         self.calls = RoleCalls(cfg, roles, on_restart=self._on_restart)
         self.weights = WeightSync(cfg, roles, self.calls)
         self.steps_done = 0
@@ -151,15 +152,18 @@ class PPOTrainer:
         outs = self.calls.run("rollout", lambda a, *x: a.generate.remote(*x), calls, "generate")
         keys = ("prompt", "prompt_ids", "response_ids", "logprobs", "finish_reasons")
         merged: dict[str, list] = {k: [] for k in keys}
+        groups = []  # each sample's prompt by its place in this step: ids, never texts
         for out, part in zip(outs, parts, strict=True):
             for i, local in enumerate(out["prompt_index"]):
                 global_idx = prompt_idx[part[local]]
+                groups.append(part[local])
                 merged["prompt"].append(prompts.texts[global_idx])
                 merged["prompt_ids"].append(prompts.token_ids[global_idx])
                 for k in keys[2:]:
                     merged[k].append(out[k][i])
         batch = make_sequence_batch(merged["prompt_ids"], merged["response_ids"], tok.pad_token_id)
         return Rollout(
+            torch.tensor(groups, dtype=torch.long),
             merged["prompt"],
             merged["prompt_ids"],
             merged["response_ids"],
@@ -238,9 +242,9 @@ class PPOTrainer:
         refs = self.calls.start("reference", lambda a, b: a.logprobs.remote(b), ref_args)
         # The learner call blocks; the scorers above already run meanwhile.
         learner_out = {}
-        if not from_rollout or not self.gae_in_learner:
+        if not from_rollout or self.values:
             learner_out = self.roles.learner.logprobs_and_values(
-                batch, not from_rollout, not self.gae_in_learner
+                batch, not from_rollout, self.values
             )
         scores = torch.cat(self.calls.wait(rewards, "score"))
         ref_logprobs = torch.cat(self.calls.wait(refs, "reference"))
@@ -259,7 +263,14 @@ class PPOTrainer:
         initial = self.weights.set_probe(rollout.prompt_ids, rollout.response_ids)
         if self.engine_logprobs is None:
             self.engine_logprobs = self.decide_old_logprobs(initial)
-        return {"weight_sync/initial_max_logprob_diff": initial, **self.roles.prompts.metrics()}
+        sizes = self.roles.learner.model_parameters()
+        if not sizes["learner/critic_parameters"]:
+            logger.info("ppo: estimator %s, no critic", self.cfg.ppo.estimator)
+        return {
+            "weight_sync/initial_max_logprob_diff": initial,
+            **self.roles.prompts.metrics(),
+            **sizes,
+        }
 
     def _count_skip(self, step: int, reason: str, stats: dict, prompts: list[str]) -> None:
         """Count a skipped step (reason set) or end a run of them; keep its diagnostics."""
@@ -311,6 +322,7 @@ class PPOTrainer:
                 self.kl_ctl.value,
                 self.gae_in_learner,
                 tis.get("weights"),
+                rollout.group_ids,
             )
             stats = batch_statistics(fields, rollout.batch.response_mask)
             reason = nonfinite_fields(stats)

@@ -84,7 +84,9 @@ class WeightSync:
                     raise  # the learner is rebuilt, and the group with it
                 self.reform(e)
                 self._broadcast(self.version, again=True)
-        return self.verify()
+        # Before the first step (a checkpoint of step 0's start) there is no probe batch yet:
+        # the first step fixes it and checks every engine then (set_probe).
+        return self.verify() if self.probe is not None else 0.0
 
     def resend(self, i: int) -> None:
         """Engine i was restarted: it receives the current weights, under the current version,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from kernels import KL_ESTIMATORS, kl_penalty
+from kernels import KL_ESTIMATORS, aggregate_loss, kl_loss, kl_penalty
 
 F64 = torch.float64
 
@@ -54,3 +54,47 @@ def test_unknown_estimator_names_it_and_the_valid_ones():
     x = torch.zeros(1, 1)
     with pytest.raises(ValueError, match=r"'k4'.*k1, k2, k3"):
         kl_penalty(x, x, "k4")
+
+
+# ---------------------------------------------------------------- KL in the loss
+
+
+def test_kl_loss_value_and_gradient_hand_computed():
+    # log pi - log ref = d: [0.5, -0.5]; the third token is masked (padding at -inf)
+    ref_logprobs = torch.tensor([[-1.5, -1.5, -2.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 0]])
+    cases = {
+        # k1 = d, d/dlogp = 1
+        "k1": ([0.5, -0.5], [1.0, 1.0]),
+        # k2 = d^2 / 2 = 0.125, d/dlogp = d
+        "k2": ([0.125, 0.125], [0.5, -0.5]),
+        # k3 = exp(-d) + d - 1: exp(-0.5) - 0.5, exp(0.5) - 1.5; d/dlogp = 1 - exp(-d):
+        # 1 - exp(-0.5) = 0.3934693402873666, 1 - exp(0.5) = -0.6487212707001282
+        "k3": (
+            [math.exp(-0.5) - 0.5, math.exp(0.5) - 1.5],
+            [1 - math.exp(-0.5), 1 - math.exp(0.5)],
+        ),
+    }
+    for name, (value, grad) in cases.items():
+        logprobs = torch.tensor([[-1.0, -2.0, -math.inf]], dtype=F64, requires_grad=True)
+        kl = kl_loss(logprobs, ref_logprobs, mask, name)
+        assert_close(kl, torch.tensor([value + [0.0]], dtype=F64), atol=1e-12, rtol=0)
+        kl.sum().backward()
+        # the masked -inf log-prob gets a 0 gradient, not a NaN
+        assert_close(logprobs.grad, torch.tensor([grad + [0.0]], dtype=F64), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("estimator", KL_ESTIMATORS)
+def test_kl_loss_is_zero_with_zero_gradient_at_the_reference(estimator):
+    gen = torch.Generator().manual_seed(2)
+    ref_logprobs = -torch.rand(3, 5, generator=gen, dtype=F64) * 4
+    mask = torch.rand(3, 5, generator=gen) > 0.3
+    logprobs = ref_logprobs.clone().requires_grad_()
+    kl = kl_loss(logprobs, ref_logprobs, mask, estimator)
+    loss = aggregate_loss(kl, mask, "token_mean")
+    loss.backward()
+    assert torch.all(kl == 0) and loss.item() == 0
+    # k1's gradient is 1 per token whatever the ratio: only k2 and k3 vanish at the reference
+    tokens = mask.to(F64)
+    expected = tokens / tokens.sum() if estimator == "k1" else torch.zeros_like(tokens)
+    assert_close(logprobs.grad, expected, atol=1e-12, rtol=0)

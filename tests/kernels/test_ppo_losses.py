@@ -150,7 +150,7 @@ def test_policy_loss_masked_positions_change_nothing():
     logprobs, old_logprobs, advantages, mask = random_case(seed=2)
     for mode in LOSS_AGG_MODES:
         base_loss, base_stats = policy_loss(
-            logprobs, old_logprobs, advantages, mask, 0.2, 3.0, mode
+            logprobs, old_logprobs, advantages, mask, 0.2, 3.0, mode, max_new_tokens=16
         )
         loss, stats = policy_loss(
             logprobs.masked_fill(~mask, 5.0),
@@ -160,6 +160,7 @@ def test_policy_loss_masked_positions_change_nothing():
             0.2,
             3.0,
             mode,
+            max_new_tokens=16,
         )
         assert torch.equal(loss, base_loss)
         for key, value in base_stats.items():
@@ -261,12 +262,39 @@ def test_aggregate_with_denominator_hand_computed():
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 def test_parts_with_the_whole_batch_count_add_up_to_the_whole_batch_loss(mode):
     _, _, loss, mask = random_case(seed=4, batch=6)  # row 0 has no tokens
-    whole = aggregate_loss(loss, mask, mode)
+    budget = 16  # read by seq_mean_token_sum_norm only
+    whole = aggregate_loss(loss, mask, mode, max_new_tokens=budget)
     count = aggregation_count(mask, mode)
     parts = [(loss[i : i + 2], mask[i : i + 2]) for i in range(0, 6, 2)]
     assert sum(aggregation_count(m, mode) for _, m in parts) == count
-    close(sum(aggregate_loss(x, m, mode, denominator=count) for x, m in parts), whole.item())
-    close(aggregate_loss(loss, mask, mode, denominator=count), whole.item())
+    close(
+        sum(aggregate_loss(x, m, mode, count, max_new_tokens=budget) for x, m in parts),
+        whole.item(),
+    )
+    close(aggregate_loss(loss, mask, mode, count, max_new_tokens=budget), whole.item())
+
+
+def test_seq_mean_token_sum_norm_hand_computed():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    # row sums 1 + 2 = 3 and 4, each over the budget 8: 3/8 and 4/8; the empty row is left
+    # out: mean (3/8 + 4/8) / 2 = 7/16. The budget, not the lengths 2 and 1, divides the rows.
+    close(aggregate_loss(loss, mask, "seq_mean_token_sum_norm", max_new_tokens=8), 7 / 16)
+    # a part holding row 0 of this 2-row batch: (3/8) / 2
+    close(aggregate_loss(loss[:1], mask[:1], "seq_mean_token_sum_norm", 2.0, 8), 3 / 16)
+    # the policy loss at ratio 1 is -A per token: rows -3 and -4 over 8, mean -7/16
+    policy, _ = policy_loss(
+        loss, loss, loss, mask, 0.2, None, "seq_mean_token_sum_norm", max_new_tokens=8
+    )
+    close(policy, -7 / 16)
+    value, _ = value_loss(
+        loss, loss, loss + 1, mask, None, "seq_mean_token_sum_norm", max_new_tokens=8
+    )
+    # (v - R)^2 = 1 per token: row sums 2 and 1 over 8, mean 3/16, times 0.5
+    close(value, 0.5 * 3 / 16)
+    for budget in (None, 0):
+        with pytest.raises(ValueError, match=f"needs max_new_tokens > 0, got {budget}"):
+            aggregate_loss(loss, mask, "seq_mean_token_sum_norm", max_new_tokens=budget)
 
 
 def test_aggregation_count_hand_computed():
@@ -274,6 +302,7 @@ def test_aggregation_count_hand_computed():
     assert aggregation_count(mask, "token_mean") == 4
     assert aggregation_count(mask, "seq_mean_token_mean") == 2  # the empty row is left out
     assert aggregation_count(mask, "seq_mean_token_sum") == 2
+    assert aggregation_count(mask, "seq_mean_token_sum_norm") == 2
     with pytest.raises(ValueError, match="unknown loss_agg mode 'x'"):
         aggregation_count(mask, "x")
 

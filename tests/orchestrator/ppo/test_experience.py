@@ -54,6 +54,33 @@ def test_make_experience_leaves_gae_to_the_learner():
     assert set(exp.tensors()) == {"old_logprobs", "rewards", "tis_weights"}
 
 
+def test_make_experience_with_a_critic_free_estimator_hand_computed():
+    # Two prompts, two samples each, in the order the engines returned them: ids, not places.
+    batch = make_sequence_batch([[5]] * 4, [[7, 8], [7], [9, 9], [8]], pad_id=0)  # R = 2
+    scored = {
+        "scores": torch.tensor([1.0, 3.0, 2.0, 2.0]),
+        "ref_logprobs": torch.full((4, 2), -1.5),
+        "old_logprobs": torch.full((4, 2), -1.0),  # kl = 0.5 on every real token
+    }
+    groups = torch.tensor([4, 9, 9, 4])  # rows 0 and 3 share a prompt, rows 1 and 2 another
+    cfg = load_config(None, ["--ppo.estimator=dr_grpo", "--ppo.kl_loss_coef=0.1"])
+    exp, fields = make_experience(cfg, batch, scored, 0.2, False, group_ids=groups)
+    # Row sums of the token rewards: 1 - 0.2 * (0.5 + 0.5) = 0.8, 3 - 0.1 = 2.9, 2 - 0.2 = 1.8,
+    # 2 - 0.1 = 1.9; group means: rows 0, 3: 1.35; rows 1, 2: 2.35.
+    want = [[-0.55, -0.55], [0.55, 0.0], [-0.55, -0.55], [0.55, 0.0]]
+    assert exp.advantages.tolist() == [pytest.approx(row) for row in want]
+    assert exp.old_values is None and exp.returns is None and not exp.gae_in_learner
+    assert exp.ref_logprobs is scored["ref_logprobs"]  # for the KL term of the loss
+    assert fields["advantages"] is exp.advantages
+    # KL only in the loss: the rewards are the scores alone, and the advantages follow them.
+    cfg = load_config(None, ["--ppo.estimator=rloo", "--ppo.kl_in_reward=false"])
+    exp, fields = make_experience(cfg, batch, scored, 0.2, False, group_ids=groups)
+    assert fields["kl"][0].tolist() == [0.5, 0.5] and fields["rewards"].sum().item() == 8.0
+    # rloo: r - mean of the others: rows 0, 3: 1 - 2, 2 - 1; rows 1, 2: 3 - 2, 2 - 3.
+    assert exp.advantages[:, 0].tolist() == [-1.0, 1.0, -1.0, 1.0]
+    assert exp.ref_logprobs is None  # ppo.kl_loss_coef 0
+
+
 def test_pad_rows_puts_ragged_rows_into_the_response_layout():
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     assert pad_rows([[-0.5, -1.5], [-2.0]], mask).tolist() == [[-0.5, -1.5, 0.0], [-2.0, 0, 0]]
@@ -62,6 +89,7 @@ def test_pad_rows_puts_ragged_rows_into_the_response_layout():
 def test_step_metrics_hand_computed():
     batch = make_sequence_batch([[5], [5]], [[7, 8], [9]], pad_id=0)  # lengths 2 and 1
     rollout = Rollout(
+        torch.tensor([0, 0]),
         ["p", "p"],
         [[5], [5]],
         [[7, 8], [9]],
