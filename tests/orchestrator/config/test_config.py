@@ -173,3 +173,27 @@ def test_yaml11_scientific_notation_is_a_float(tmp_path):
     assert cfg.learner.lr == 1e-4
     with pytest.raises(ConfigError, match="expected float"):
         load_config(None, ["--learner.lr=fast"])
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"])
+def test_group_estimators_need_two_samples_per_prompt(estimator):
+    cfg = load_config(None, [f"--ppo.estimator={estimator}", "--rollout.samples_per_prompt=1"])
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg, "ppo")
+    assert f"ppo.estimator = {estimator} takes each prompt's baseline" in str(e.value)
+    assert "rollout.samples_per_prompt must be >= 2, got 1" in str(e.value)
+    ok = load_config(None, ["--ppo.estimator=reinforce_pp", "--rollout.samples_per_prompt=1"])
+    validate_config(ok, "ppo")  # the batch is its baseline: one sample per prompt is enough
+
+
+def test_a_critic_free_estimator_has_no_critic_and_no_gae_in_the_learner():
+    from orchestrator.config import needs_critic
+    from orchestrator.config.checks import gae_in_learner
+
+    gae = load_config(None, ["--ppo.old_values=train", "--ppo.minibatch_size=16"])
+    grpo = load_config(None, ["--ppo.estimator=grpo", "--ppo.minibatch_size=16"])
+    assert needs_critic(gae) and gae_in_learner(gae)
+    assert not needs_critic(grpo) and not gae_in_learner(grpo)
+    grpo.ppo.old_values = "train"
+    with pytest.raises(ConfigError, match="ppo.estimator = grpo has no critic"):
+        validate_config(grpo, "ppo")
