@@ -57,12 +57,12 @@ def preflight(cfg: Config, stage: str) -> None:
     uses_reward_model = stage in ("ppo", "bench") and not cfg.reward.function
     given = {key: getattr(cfg.model, key) for key in ("policy", "reference", "reward")}
     resolve_models(cfg, need_reward=uses_reward_model)
-    for key, role in (("policy", "policy"), ("reference", "reference"), ("reward", "reward")):
+    for role in ("policy", "reference", "reward"):  # each key names its role
         if role == "reference" and (stage not in ("ppo", "bench") or not given["reference"]):
-            continue
+            continue  # an empty reference is the policy, checked already
         if role == "reward" and not uses_reward_model:
             continue
-        _check_model(cfg, getattr(cfg.model, key), f"model.{key}", role)
+        _check_model(cfg, getattr(cfg.model, role), f"model.{role}", role)
     for spec in cfg.pipeline.ranking_models if stage == "pipeline" else []:
         _check_model(cfg, spec, "pipeline.ranking_models", "ranking")
     tokenizer = _tokenizer(cfg)
