@@ -116,6 +116,15 @@ class LearnerActor:
         """This rank's DeepSpeed engines by name: the policy's, and the critic's if any."""
         return {"policy": self.policy} | ({"critic": self.critic.engine} if self.critic else {})
 
+    def peak_memory_gib(self) -> float:
+        """This rank's peak resident memory so far (its process: models, optimizer state,
+        activations; on a GPU, the device's peak allocation instead)."""
+        import resource
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**30
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
     def model_parameters(self) -> dict[str, int]:
         """Parameters of each model this rank trains (a critic-free estimator has none)."""
         sizes = {

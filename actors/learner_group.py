@@ -96,6 +96,10 @@ class LearnerGroup:
         """Parameters of the models the learner trains (learner/critic_parameters 0: none)."""
         return self._wait("model_parameters", [self.actors[0].model_parameters.remote()])[0]
 
+    def peak_memory_gib(self) -> list[float]:
+        """Each rank's peak memory so far, GiB."""
+        return self._wait("peak_memory", [a.peak_memory_gib.remote() for a in self.actors])
+
     def export_weights(self, model: str = "policy") -> Any:
         """ObjectRef of the policy's (or critic's) safetensors bytes (rank 0's; stays in the
         object store)."""

@@ -34,6 +34,7 @@ def run_bench(cfg: Config) -> RunFolder:
             metrics = trainer.step(step)
             folder.log(metrics)
             rows.append(metrics)
+        peak = roles.learner.peak_memory_gib()
     finally:
         folder.close()
         roles.shutdown()
@@ -45,8 +46,12 @@ def run_bench(cfg: Config) -> RunFolder:
         f"{cfg.learner.num_ranks} rank(s) ZeRO-{cfg.learner.zero_stage} | "
         f"{len(rows) - 1} measured steps after 1 warm-up ({rows[0]['timing/step']:.2f} s)"
     )
+    measured["learner/peak_memory_gib"] = max(peak)
     print(f"  seconds/step  {measured['timing/step']:.3f}")
     print(f"  tokens/s      {measured['throughput/tokens_per_s']:.0f}")
+    critic = rows[0]["learner/critic_parameters"]
+    print(f"  estimator     {cfg.ppo.estimator} ({critic} critic parameters)")
+    print(f"  learner peak  {max(peak):.2f} GiB per rank (resident)")
     for k, v in measured.items():
         if k.startswith("timing/") and k != "timing/step":
             print(f"  {k[7:]:<13} {v:.3f} s ({100 * v / measured['timing/step']:.0f}%)")
