@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus import scrape, values_of
 from testdata import SYNCED, metrics_of
 
 from actors.rule_rewards import rank_by_target_word
@@ -36,9 +37,6 @@ ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def _free_ports(n: int) -> list[int]:
@@ -176,22 +174,6 @@ def _wait_for(client, job_id: str, timeout_s: float = 600) -> str:
     return state
 
 
-def scrape(targets: list[str]) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """`instructray_` samples of every target: metric name -> [(labels, value)]."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for target in targets:
-        try:
-            body = urllib.request.urlopen(f"http://{target}/metrics", timeout=5).read().decode()
-        except OSError:
-            continue
-        for line in body.splitlines():
-            m = SAMPLE.match(line)
-            if m and "instructray_" in m["name"]:
-                labels = dict(LABEL.findall(m["labels"] or ""))
-                out.setdefault(m["name"], []).append((labels, float(m["value"])))
-    return out
-
-
 @pytest.fixture(scope="module")
 def pipeline_job(head, tiny_dir):
     """The tiny pipeline through `ray job submit`, its metrics scraped while it runs."""
@@ -226,14 +208,6 @@ def pipeline_job(head, tiny_dir):
     return job_id, logs, seen
 
 
-def _values(seen, name: str, **labels: str) -> list[float]:
-    return [
-        v
-        for got, v in seen.get(f"ray_{name}", [])
-        if all(got.get(k) == want for k, want in labels.items())
-    ]
-
-
 def test_ray_job_submit_runs_the_tiny_pipeline(pipeline_job, head):
     job_id, logs, _ = pipeline_job
     for stage in ("sft", "rm", "ppo"):
@@ -257,22 +231,22 @@ def test_the_console_of_a_working_run_shows_no_failure(pipeline_job):
         assert line not in logs, line
 
 
-def test_prometheus_shows_the_runs_metrics_with_sane_values(pipeline_job, head):
+def test_prometheus_shows_the_runs_metrics_with_sanevalues_of(pipeline_job, head):
     _, _, seen = pipeline_job
     driver = {"run": "jobtest", "role": "driver", "stage": "ppo"}
-    rewards = _values(seen, "instructray_reward_mean", **driver)
+    rewards = values_of(seen, "instructray_reward_mean", **driver)
     assert rewards and all(math.isfinite(v) for v in rewards)
-    kl = _values(seen, "instructray_kl_mean", **driver)  # k1: a batch mean may dip below 0
+    kl = values_of(seen, "instructray_kl_mean", **driver)  # k1: a batch mean may dip below 0
     assert kl and all(math.isfinite(v) and -1 < v < 10 for v in kl)
-    assert all(0 < v < 60 for v in _values(seen, "instructray_timing_generate", **driver))
-    diffs = _values(seen, "instructray_weight_sync_max_logprob_diff", **driver)
+    assert all(0 < v < 60 for v in values_of(seen, "instructray_timing_generate", **driver))
+    diffs = values_of(seen, "instructray_weight_sync_max_logprob_diff", **driver)
     dtype = yaml.safe_load((head.run_dir / "ppo" / "config.yaml").read_text())["model"]["dtype"]
     assert diffs and max(diffs) < SYNCED[dtype]
-    assert max(_values(seen, "instructray_weight_sync_version", **driver)) >= 1
+    assert max(values_of(seen, "instructray_weight_sync_version", **driver)) >= 1
     for role in ("rollout", "reward", "reference", "learner"):  # each actor's own tokens/s
-        tps = _values(seen, "instructray_tokens_per_s", run="jobtest", role=role)
+        tps = values_of(seen, "instructray_tokens_per_s", run="jobtest", role=role)
         assert tps and min(tps) > 0, role
-    sft_loss = _values(seen, "instructray_train_loss", run="jobtest", role="learner", stage="sft")
+    sft_loss = values_of(seen, "instructray_train_loss", run="jobtest", role="learner", stage="sft")
     assert sft_loss and all(math.isfinite(v) and v > 0 for v in sft_loss)
 
 
