@@ -59,13 +59,14 @@ def connect(cfg: Config) -> str:
 
 def _dashboard(context: Any) -> str:
     """'dashboard: http://HOST:PORT' of the Ray this process joined (or says there is none)."""
-    url = getattr(context, "dashboard_url", None) if context is not None else None
-    if context is None:
+    if context is not None:
+        url = context.dashboard_url
+    else:  # joined before: Ray's own record of the node (internal; the label only informs)
         try:
             from ray._private.worker import global_worker
 
             url = global_worker.node.webui_url if global_worker.node else None
-        except Exception:  # internal API: the label is only informative
+        except Exception:
             url = None
     return f"dashboard: http://{url}" if url else "dashboard: not running"
 

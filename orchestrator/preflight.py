@@ -55,10 +55,10 @@ def preflight(cfg: Config, stage: str) -> None:
         return
     cfg = copy.deepcopy(cfg)  # resolving models makes paths concrete; config.yaml keeps specs
     uses_reward_model = stage in ("ppo", "bench") and not cfg.reward.function
-    given = {key: getattr(cfg.model, key) for key in ("policy", "reference", "reward")}
+    own_reference = stage in ("ppo", "bench") and bool(cfg.model.reference)
     resolve_models(cfg, need_reward=uses_reward_model)
     for role in ("policy", "reference", "reward"):  # each key names its role
-        if role == "reference" and (stage not in ("ppo", "bench") or not given["reference"]):
+        if role == "reference" and not own_reference:
             continue  # an empty reference is the policy, checked already
         if role == "reward" and not uses_reward_model:
             continue
@@ -115,30 +115,18 @@ def _one_prompt(rows: dict[str, list[str]]) -> str:
 def check_reward_function(spec: str, prompt: str, timeout_s: float) -> None:
     """reward.function imported and called once as fn([prompt], [response]), its return
     checked as the reward actor checks it."""
-    fn = _load(spec, "reward.function")
+    fn = load_function(spec, "reward.function")
     scores = _call_once(fn, spec, "reward.function", timeout_s, [prompt], ["The cat sat."])
-    _refuse(lambda: check_scores(scores, 1, [prompt], f"reward.function = {spec!r}"))
+    check_scores(scores, 1, [prompt], f"reward.function = {spec!r}")
 
 
 def check_labeler(spec: str, prompt: str, timeout_s: float) -> None:
     """pipeline.labeler imported and called once as fn(prompt, [two responses]), its return
     checked as the pipeline checks it."""
-    fn = _load(spec, "pipeline.labeler")
+    fn = load_function(spec, "pipeline.labeler")
     responses = ["The cat sat.", "A dog ran."]
     ranking = _call_once(fn, spec, "pipeline.labeler", timeout_s, prompt, responses)
-    _refuse(lambda: check_ranking(ranking, len(responses), f"pipeline.labeler = {spec!r}"))
-
-
-def _load(spec: str, key: str) -> Callable[..., Any]:
-    return _refuse(lambda: load_function(spec, key))
-
-
-def _refuse(check: Callable[[], Any]) -> Any:
-    """Run check; its ValueError becomes a PreflightError with the same one line."""
-    try:
-        return check()
-    except ValueError as e:
-        raise PreflightError(str(e)) from None
+    check_ranking(ranking, len(responses), f"pipeline.labeler = {spec!r}")
 
 
 def _call_once(fn: Callable[..., Any], spec: str, key: str, timeout_s: float, *args: Any) -> Any:

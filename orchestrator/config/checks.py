@@ -40,9 +40,6 @@ def one_critic_step(cfg: Config) -> bool:
     return p.ppo_epochs == 1 and rows == p.minibatch_size * cfg.learner.num_ranks
 
 
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
-
-
 def needs_critic(cfg: Config) -> bool:
     """Whether the run has a critic: PPO's GAE needs values; the other estimators take their
     baseline from the samples (a prompt's group, or the batch)."""
@@ -60,6 +57,8 @@ def gae_in_learner(cfg: Config) -> bool:
 
 
 def _check_ppo(cfg: Config, errors: list[str]) -> None:
+    from kernels import GROUP_ESTIMATORS  # the kernels' own list (imports torch: here only)
+
     r, p, learner = cfg.rollout, cfg.ppo, cfg.learner
     if p.estimator in GROUP_ESTIMATORS and r.samples_per_prompt < 2:
         errors.append(

@@ -195,6 +195,17 @@ def stage_started(monkeypatch) -> list[str]:
     return started
 
 
+def cli_args(config, tiny_dir, out, *more: str) -> list[str]:
+    """A stage's arguments: a config, the session's tiny models, an output folder, more."""
+    return [
+        "--config",
+        str(config),
+        f"--model.tiny_dir={tiny_dir}",
+        f"--run.output_dir={out}",
+        *more,
+    ]
+
+
 def run(capsys, stage: str, args: list[str]) -> tuple[int, str]:
     code = cli.main([stage, *args])
     lines = capsys.readouterr().err.strip().splitlines()
@@ -208,11 +219,9 @@ def test_bad_input_is_one_line_before_anything_runs(
     bad, tiny_dir, tmp_path, capsys, stage_started, stage, args, expected
 ):
     args = [a.format(**bad) for a in args]
-    if "--config" not in args:
-        args = ["--config", str(PPO_TINY), *args]
+    config, args = (args[1], args[2:]) if args[0] == "--config" else (PPO_TINY, args)
     out = tmp_path / "run"
-    defaults = [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}"]
-    code, last = run(capsys, stage, [*args[:2], *defaults, *args[2:]])
+    code, last = run(capsys, stage, cli_args(config, tiny_dir, out, *args))
     assert code == 2, last
     assert last.startswith(f"instructray {stage}: error: "), last
     for text in expected:
@@ -225,22 +234,12 @@ def test_the_table_has_forty_cases_and_good_input_passes(
     bad, tiny_dir, tmp_path, capsys, stage_started
 ):
     assert len(CASES) >= 40
-    out = tmp_path / "run"
-    args = ["--config", str(PPO_TINY), f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={out}"]
-    assert run(capsys, "ppo", args)[0] == 0
+    assert run(capsys, "ppo", cli_args(PPO_TINY, tiny_dir, tmp_path / "run"))[0] == 0
     assert stage_started == ["ppo"]  # the pre-flight passed the shipped config's own input
 
 
 def test_an_empty_config_file_is_one_warning(bad, tiny_dir, tmp_path, caplog, stage_started):
-    code = cli.main(
-        [
-            "ppo",
-            "--config",
-            bad["empty_yaml"],
-            f"--model.tiny_dir={tiny_dir}",
-            f"--run.output_dir={tmp_path}",
-        ]
-    )
+    code = cli.main(["ppo", *cli_args(bad["empty_yaml"], tiny_dir, tmp_path)])
     assert code == 0 and stage_started == ["ppo"]
     assert (
         f"config file {bad['empty_yaml']} is empty: every setting keeps its default" in caplog.text
@@ -254,12 +253,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(
         raise RuntimeError("something\nbroke")
 
     monkeypatch.setattr(cli, "resolve_runner", lambda stage: fails)
-    args = [
-        "--config",
-        str(PPO_TINY),
-        f"--model.tiny_dir={tiny_dir}",
-        f"--run.output_dir={tmp_path}",
-    ]
+    args = cli_args(PPO_TINY, tiny_dir, tmp_path)
     code, last = run(capsys, "ppo", args)
     assert code == 2
     assert last == (
