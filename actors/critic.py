@@ -12,7 +12,7 @@ import torch
 
 from actors.engine import TokenValues, build_engine, engine_inputs, load_model
 from kernels import compute_gae, value_loss
-from orchestrator.config import Config
+from orchestrator.config import Config, uses_reward_model
 
 if TYPE_CHECKING:
     from actors.learner import MicroBatch
@@ -49,7 +49,7 @@ class Critic:
         self.cfg = cfg
         learner, m = cfg.learner, cfg.model
         # It starts from the reward model (InstructGPT), or from the policy with a new head.
-        path = m.reward if m.reward and not cfg.reward.function else m.policy
+        path = m.reward if m.reward and uses_reward_model(cfg) else m.policy
         value_model = load_model(AutoModelForSequenceClassification, path, learner, m, num_labels=1)
         self.engine = build_engine(
             TokenValues(value_model), learner, learner.critic_lr, *engine_args

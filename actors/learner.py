@@ -28,8 +28,9 @@ from actors.engine import (
 from actors.export import full_weights, gathered_state_dict, save_hf_folder
 from actors.faults import inject
 from actors.logs import quiet_libraries
+from actors.ptx import Pretraining
 from actors.ranks import free_port, mean_over_ranks, sum_over_ranks
-from actors.sequences import Experience, SequenceBatch, make_sequence_batch
+from actors.sequences import Experience, SequenceBatch, text_batch
 from actors.weight_sync import fingerprints_of, open_group, send_weights
 from kernels import (
     aggregate_loss,
@@ -70,6 +71,7 @@ class LearnerActor:
         self.master_port = free_port()
         self.policy: Any = None  # DeepSpeedEngine around PolicyLogprobs
         self.critic: Critic | None = None  # ppo.estimator gae only
+        self.pretraining: Pretraining | None = None  # PPO-ptx (ppo.ptx_coef > 0) only
         self.train_calls = 0
         self._poison = False  # test hook: the next policy loss of this train call is non-finite
         self.weight_group: Any = None  # rank 0's group with the engines' workers (broadcast sync)
@@ -77,9 +79,11 @@ class LearnerActor:
     def master_address(self) -> tuple[str, int]:
         return self.master_addr, self.master_port
 
-    def setup(self, master_addr: str, master_port: int) -> None:
+    def setup(
+        self, master_addr: str, master_port: int, pretrain: list[list[int]] | None = None
+    ) -> None:
         """Join the process group at rank 0's rendezvous; load the policy and the critic (when
-        the estimator has one) into their engines."""
+        the estimator has one) into their engines; keep the pretraining texts for PPO-ptx."""
         from transformers import AutoModelForCausalLM
 
         self.master_addr, self.master_port = master_addr, master_port
@@ -106,6 +110,10 @@ class LearnerActor:
         self.policy = build_engine(policy, learner, learner.lr, *engine_args)
         if needs_critic(cfg):
             self.critic = Critic(cfg, engine_args)
+        if cfg.ppo.ptx_coef > 0:
+            self.pretraining = Pretraining(
+                pretrain or [], learner.ptx_batch_size, cfg.run.seed, self.rank
+            )
         logger.info("learner rank %d/%d ready", self.rank, self.world_size)
 
     @property
@@ -190,6 +198,13 @@ class LearnerActor:
             kl_term = aggregate_loss(kl, mask, p.loss_agg, share, budget)
             stats["policy/kl_loss"] = kl_term.item()
             loss = loss + p.kl_loss_coef * kl_term
+        if part.last and self.pretraining is not None:  # PPO-ptx, once per optimizer step
+            ptx = self.pretraining.loss(self.policy)
+            stats["ptx/loss"] = ptx.item()
+            # DeepSpeed divides each micro-batch's loss by the accumulation steps: undone here,
+            # so that the step's gradient holds gamma x the pretraining batch's LM loss once.
+            accum = p.minibatch_size // self.cfg.learner.micro_batch_size
+            loss = loss + p.ptx_coef * accum * ptx
         if self._poison:  # test hook (actors/faults.py): this rank's loss turns non-finite
             loss, self._poison = loss * float("nan"), False
         return backward_and_step(self.policy, loss, "policy", stats)
@@ -207,6 +222,8 @@ class LearnerActor:
             )
         start = time.perf_counter()
         rng = random.Random(f"{self.cfg.run.seed}/{self.rank}/{self.train_calls}")
+        if self.pretraining is not None:
+            self.pretraining.start(self.train_calls)
         self.train_calls += 1
         self._poison = self.rank == 0 and inject("learner", "train") == "nan"
         for engine in self.engines().values():
@@ -313,8 +330,7 @@ class LearnerActor:
     def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Temperature-1 log-probs of tokens 1..L-1 of each sequence given its prefix."""
         self.policy.eval()
-        batch = make_sequence_batch([s[:1] for s in sequences], [s[1:] for s in sequences], 0)
-        batch = batch.to(self.device)
+        batch = text_batch(sequences).to(self.device)
         parts = [
             self.policy(*engine_inputs(batch.select(r)))
             for r in self._micro_batches(len(batch.input_ids))

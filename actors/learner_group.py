@@ -17,7 +17,14 @@ from orchestrator.config import Config
 class LearnerGroup:
     """Driver-side handle on the learner ranks; holds actor handles only."""
 
-    def __init__(self, cfg: Config, placement: list[dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        placement: list[dict[str, Any]] | None = None,
+        pretrain: list[list[int]] | None = None,
+    ):
+        """Start the ranks and set them up; `pretrain`: the tokenized texts of PPO-ptx, which
+        every rank receives (from the object store, once)."""
         self.cfg = cfg
         self.timeout_s = cfg.run.timeout_s
         n = cfg.learner.num_ranks
@@ -34,8 +41,11 @@ class LearnerGroup:
             [(addr, port)] = self._wait(
                 "start", [self.actors[0].master_address.remote()], timeout_s=start_s
             )
+            texts = None if pretrain is None else ray.put(pretrain)
             self._wait(
-                "setup", [a.setup.remote(addr, port) for a in self.actors], timeout_s=start_s
+                "setup",
+                [a.setup.remote(addr, port, texts) for a in self.actors],
+                timeout_s=start_s,
             )
         except BaseException:
             self.shutdown()

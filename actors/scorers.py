@@ -19,6 +19,8 @@ from actors.sequences import (
     response_logprobs,
     sequence_scores,
 )
+from kernels import combine_rewards
+from orchestrator.config import REWARD_MODEL, parse_reward_sources
 from orchestrator.output import report_throughput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -26,7 +28,10 @@ SCORE_STATS_FILE = "score_stats.json"  # {"mean", "std"} saved beside a trained 
 
 
 class RewardActor:
-    """Scores (prompt, response) pairs with a reward model or a Python reward function."""
+    """Scores (prompt, response) pairs with a reward model, a Python reward function, or the
+    weighted sum of several: `function` is reward.function as configured (empty: the reward
+    model alone; else comma-separated entries, `model` naming the reward model at model_path),
+    `weights` reward.weights (empty: 1 each). The reward model loads only when it is named."""
 
     def __init__(
         self,
@@ -37,14 +42,29 @@ class RewardActor:
         batch_size: int = 16,
         normalize: bool = False,
         attn_implementation: str = "sdpa",
+        weights: list[float] | None = None,
     ):
         quiet_libraries()
         self.batch_size = batch_size
-        self.fn = load_function(function, "reward.function") if function else None
+        self.sources = parse_reward_sources(function)  # `model` or module:function, in order
+        weights = list(weights or [1.0] * len(self.sources))
+        if len(weights) != len(self.sources):
+            raise ValueError(
+                f"reward.weights has {len(weights)} weights for the {len(self.sources)} entries "
+                f"of reward.function ({function!r})"
+            )
+        self.weights = torch.tensor(weights, dtype=torch.float32)  # (C,)
+        self.fns = {
+            s: load_function(s, "reward.function") for s in self.sources if s != REWARD_MODEL
+        }
         self.model = self.tokenizer = None
         self.mean, self.std = 0.0, 1.0
-        if self.fn is not None:
-            return
+        if REWARD_MODEL in self.sources:
+            self._load_model(model_path, policy_tokenizer, dtype, normalize, attn_implementation)
+
+    def _load_model(
+        self, model_path: str, policy_tokenizer: str, dtype: str, normalize: bool, attn: str
+    ) -> None:
         from transformers import AutoModelForSequenceClassification
 
         if not Path(model_path).exists():
@@ -52,7 +72,7 @@ class RewardActor:
         self.model = AutoModelForSequenceClassification.from_pretrained(
             model_path,
             dtype=DTYPES[dtype],
-            attn_implementation=attn_implementation,
+            attn_implementation=attn,
             num_labels=1,
             use_safetensors=True,
         ).eval()
@@ -83,21 +103,38 @@ class RewardActor:
         ]
         return torch.cat(chunks)
 
-    def score(self, batch: SequenceBatch, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        """One score per sequence, normalized with the RM's saved stats when asked. -> (B,)."""
-        inject("reward", "score")
+    def _source_scores(
+        self, source: str, batch: SequenceBatch, prompts: list[str], responses: list[str]
+    ) -> torch.Tensor:
+        """One source's scores, the reward model's normalized with its saved stats. -> (B,)."""
         n = batch.input_ids.shape[0]
-        if self.fn is not None:
+        if source != REWARD_MODEL:
+            which = "" if len(self.sources) == 1 else f" {source!r}"
             try:
-                raw = self.fn(prompts, responses)
+                raw = self.fns[source](prompts, responses)
             except Exception as e:
-                raise ValueError(f"reward function raised {type(e).__name__}: {e}") from e
-            return torch.tensor(check_scores(raw, n, prompts, "reward.function"))
+                raise ValueError(f"reward function{which} raised {type(e).__name__}: {e}") from e
+            return torch.tensor(check_scores(raw, n, prompts, f"reward.function{which}"))
         start = time.perf_counter()
         raw = self._model_scores(batch, prompts, responses).float()
         scores = torch.tensor(check_scores(raw, n, prompts, "reward model"))
         report_throughput("reward", int(batch.attention_mask.sum()), time.perf_counter() - start)
         return (scores - self.mean) / self.std
+
+    def score_sources(
+        self, batch: SequenceBatch, prompts: list[str], responses: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The score, sum_c weights[c] x source c's score, and each source's own score (the
+        reward model's normalized), columns in reward.function's order. -> (B,), (B, C)."""
+        inject("reward", "score")
+        parts = torch.stack(
+            [self._source_scores(s, batch, prompts, responses) for s in self.sources], dim=1
+        )
+        return combine_rewards(parts, self.weights), parts
+
+    def score(self, batch: SequenceBatch, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        """One score per sequence: the weighted sum of score_sources. -> (B,)."""
+        return self.score_sources(batch, prompts, responses)[0]
 
 
 class ReferenceActor:

@@ -131,6 +131,12 @@ def make_sequence_batch(
     return SequenceBatch(input_ids, attention_mask, position_ids, response_mask, p_len)
 
 
+def text_batch(sequences: list[list[int]], pad_id: int = 0) -> SequenceBatch:
+    """Whole texts as a batch whose "responses" are tokens 1..L-1 of each (the first token is
+    the prompt): its response log-probs are the LM's log-likelihood of the text."""
+    return make_sequence_batch([s[:1] for s in sequences], [s[1:] for s in sequences], pad_id)
+
+
 def trunk(model: torch.nn.Module) -> torch.nn.Module:
     """The decoder under a head, as transformers names it for the family (`base_model`: `.model`
     for Qwen and Llama, `.transformer` for GPT-2, `.gpt_neox` for GPT-NeoX, ...)."""

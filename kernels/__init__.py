@@ -23,7 +23,7 @@ from kernels.losses import (
 )
 from kernels.masked import masked_mean, masked_sum, masked_var, masked_whiten, zero_masked
 from kernels.ranking import MAX_RESPONSES, MIN_RESPONSES, kwise_ranking_loss, pairwise_loss
-from kernels.rewards import compute_token_rewards, last_token_index
+from kernels.rewards import combine_rewards, compute_token_rewards, last_token_index
 from kernels.sft import sft_loss
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "FixedKLController",
     "aggregate_loss",
     "aggregation_count",
+    "combine_rewards",
     "compute_gae",
     "compute_token_rewards",
     "entropy_from_logits",

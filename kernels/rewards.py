@@ -1,11 +1,29 @@
 """Per-token PPO rewards: the reward model's score on the last response token minus a KL penalty
-against the reference (SFT) policy on every response token (Ziegler et al. 2019, InstructGPT)."""
+against the reference (SFT) policy on every response token (Ziegler et al. 2019, InstructGPT);
+and the score itself when several rewards make it: their weighted sum."""
 
 from __future__ import annotations
 
 import torch
 
 from kernels.kl import kl_penalty
+
+
+def combine_rewards(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """score = sum_c weights[c] * scores[:, c], one column per reward. (B, C), (C,) -> (B,).
+
+    Summed column by column, left to right: one column with weight 1 returns that column
+    bit for bit (a -0.0 stays -0.0, which a reduction would turn into 0.0)."""
+    if scores.dim() != 2 or weights.shape != (scores.shape[1],) or scores.shape[1] < 1:
+        raise ValueError(
+            f"combine_rewards needs scores (B, C) and weights (C,) with C >= 1, got "
+            f"{tuple(scores.shape)} and {tuple(weights.shape)}"
+        )
+    weights = weights.to(scores.dtype)
+    out = scores[:, 0] * weights[0]
+    for c in range(1, scores.shape[1]):
+        out = out + scores[:, c] * weights[c]
+    return out
 
 
 def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:

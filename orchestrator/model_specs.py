@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.tiny_models import is_tiny, resolve
-from orchestrator.config import Config
+from orchestrator.config import Config, uses_reward_model
 from orchestrator.config.precision import resolve_precision
 
 
@@ -18,7 +18,7 @@ def resolve_models(cfg: Config, need_reward: bool = True) -> Config:
     resolve_precision(cfg)
     m = cfg.model
     cache = m.tiny_dir or None
-    if cfg.reward.function:
+    if not uses_reward_model(cfg):
         m.reward = ""
 
     def concrete(spec: str, key: str) -> str:
@@ -41,6 +41,6 @@ def resolve_models(cfg: Config, need_reward: bool = True) -> Config:
     ]
     m.reference = m.reference or m.policy
     m.tokenizer = m.tokenizer or m.policy
-    if need_reward and not cfg.reward.function and not m.reward:
+    if need_reward and uses_reward_model(cfg) and not m.reward:
         raise ValueError("no reward: set model.reward (a reward model) or reward.function")
     return cfg

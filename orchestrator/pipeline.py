@@ -51,6 +51,13 @@ def _stage(cfg: Config, root: Path, name: str, **models: str) -> Config:
     return stage
 
 
+def ppo_stage(cfg: Config, root: Path, name: str, policy: str, sft: str, rm: str) -> Config:
+    """The config of a PPO stage: from `policy`, held near the SFT model, rewarded by the RM."""
+    stage = _stage(cfg, root, name, policy=policy, reference=sft, reward=rm, tokenizer=sft)
+    stage.reward.function, stage.reward.weights = "", []
+    return stage
+
+
 def pool_responses(per_model: list[list[str]]) -> list[str]:
     """One prompt's samples from several models, interleaved (one of each model in turn, so that
     the first K mix the models), distinct and non-empty."""
@@ -132,7 +139,7 @@ def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
     resolve_models(cfg, need_reward=False)
 
     logger.info("pipeline 1/%d: sft", 1 + 2 * iterations)
-    sft = _run_or_reuse(run_sft, _stage(cfg, root, "sft"))
+    sft = run_or_reuse(run_sft, _stage(cfg, root, "sft"))
     rows, policy = _rankings_rows(cfg), sft
     for it in range(1, iterations + 1):
         suffix = "" if it == 1 else f"-{it}"
@@ -148,13 +155,10 @@ def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
                 tmp.replace(rankings)
             rm_cfg.data.rankings, rm_cfg.data.rankings_format = str(rankings), "auto"
         logger.info("pipeline %d/%d: rm%s", 2 * it, 1 + 2 * iterations, suffix)
-        rm = _run_or_reuse(run_rm, rm_cfg)
+        rm = run_or_reuse(run_rm, rm_cfg)
         logger.info("pipeline %d/%d: ppo%s", 2 * it + 1, 1 + 2 * iterations, suffix)
-        ppo_cfg = _stage(
-            cfg, root, f"ppo{suffix}", policy=policy, reference=sft, reward=rm, tokenizer=sft
-        )
-        ppo_cfg.reward.function = ""
-        policy = _run_or_reuse(run_ppo, ppo_cfg)
+        ppo_cfg = ppo_stage(cfg, root, f"ppo{suffix}", policy, sft, rm)
+        policy = run_or_reuse(run_ppo, ppo_cfg)
     # Last: the pipeline's own final, a relative link to the last PPO stage's model.
     link = root / "final"
     if link.is_symlink() or link.exists():
@@ -163,7 +167,7 @@ def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
     return folder
 
 
-def _run_or_reuse(run: Any, stage: Config) -> str:
+def run_or_reuse(run: Any, stage: Config) -> str:
     """Run a stage; with run.resume, a stage that already wrote final/ is kept as it is (and a
     PPO stage stopped midway continues from its latest checkpoint). -> its final/ folder."""
     final = Path(stage.run.output_dir) / "final"

@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from actors.rule_rewards import check_ranking, check_scores, load_function
-from orchestrator.config import Config
-from orchestrator.data import load_demonstrations, load_prompt_set, load_rankings
+from orchestrator.config import REWARD_MODEL, Config, reward_sources, uses_reward_model
+from orchestrator.data import (
+    load_demonstrations,
+    load_pretrain,
+    load_prompt_set,
+    load_rankings,
+)
 from orchestrator.model_check import check_model_folder, check_tokenizer
 from orchestrator.model_specs import resolve_models
 from orchestrator.output import check_run_folder
@@ -50,26 +55,32 @@ class PreflightError(ValueError):
 
 def preflight(cfg: Config, stage: str) -> None:
     """Check what `stage` will read (cfg is left as it is); raise on the first bad input."""
-    check_run_folder(Path(cfg.run.output_dir).resolve(), cfg.run.resume)
+    if stage != "eval":  # eval reads a finished run's folder and writes its report there
+        check_run_folder(Path(cfg.run.output_dir).resolve(), cfg.run.resume)
     if stage not in DATA_STAGES:
         return
     cfg = copy.deepcopy(cfg)  # resolving models makes paths concrete; config.yaml keeps specs
-    uses_reward_model = stage in ("ppo", "bench") and not cfg.reward.function
-    own_reference = stage in ("ppo", "bench") and bool(cfg.model.reference)
-    resolve_models(cfg, need_reward=uses_reward_model)
+    scores = stage in ("ppo", "bench")  # the stages that run reward scorers
+    reward_model = scores and uses_reward_model(cfg)
+    own_reference = scores and bool(cfg.model.reference)
+    resolve_models(cfg, need_reward=reward_model)
     for role in ("policy", "reference", "reward"):  # each key names its role
         if role == "reference" and not own_reference:
             continue  # an empty reference is the policy, checked already
-        if role == "reward" and not uses_reward_model:
+        if role == "reward" and not reward_model:
             continue
         _check_model(cfg, getattr(cfg.model, role), f"model.{role}", role)
     for spec in cfg.pipeline.ranking_models if stage == "pipeline" else []:
         _check_model(cfg, spec, "pipeline.ranking_models", "ranking")
     tokenizer = _tokenizer(cfg)
     rows = {what: _check_data(cfg, stage, what, tokenizer) for what in DATA_STAGES[stage]}
+    if stage in ("ppo", "pipeline") and cfg.ppo.ptx_coef > 0:  # PPO-ptx's texts
+        d = cfg.data
+        load_pretrain(d.pretrain, tokenizer, cfg.model.max_seq_len, d.split, d.on_bad_row)
     prompt = _one_prompt(rows)
-    if stage in ("ppo", "bench") and cfg.reward.function:
-        check_reward_function(cfg.reward.function, prompt, cfg.run.timeout_s)
+    for spec in reward_sources(cfg) if scores else []:  # each function entry, called once
+        if spec != REWARD_MODEL:
+            check_reward_function(spec, prompt, cfg.run.timeout_s)
     if stage == "pipeline" and (cfg.pipeline.iterations > 1 or not cfg.data.rankings):
         check_labeler(cfg.pipeline.labeler, prompt, cfg.run.timeout_s)
 

@@ -4,7 +4,15 @@
     cfg = validate_config(load_config("ppo.yaml", ["--run.steps=3"]), "ppo")
 """
 
-from orchestrator.config.checks import STAGES, needs_critic, validate_config
+from orchestrator.config.checks import (
+    REWARD_MODEL,
+    STAGES,
+    needs_critic,
+    parse_reward_sources,
+    reward_sources,
+    uses_reward_model,
+    validate_config,
+)
 from orchestrator.config.load import (
     describe_fields,
     dump_config,
@@ -15,6 +23,7 @@ from orchestrator.config.load import (
 from orchestrator.config.schema import Config, ConfigError
 
 __all__ = [
+    "REWARD_MODEL",
     "STAGES",
     "Config",
     "ConfigError",
@@ -22,7 +31,10 @@ __all__ = [
     "dump_config",
     "load_config",
     "needs_critic",
+    "parse_reward_sources",
+    "reward_sources",
     "sections",
     "set_key",
+    "uses_reward_model",
     "validate_config",
 ]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import re
 
 from orchestrator.config.fields import describe_range, in_range
 from orchestrator.config.schema import Config, ConfigError
 
 STAGES = ("sft", "rm", "ppo", "pipeline", "eval", "demo", "bench")
+REWARD_MODEL = "model"  # the entry of reward.function that names the reward model
+_FUNCTION_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 def _check_ranges(cfg: Config, errors: list[str]) -> None:
@@ -46,6 +49,54 @@ def needs_critic(cfg: Config) -> bool:
     return cfg.ppo.estimator == "gae"
 
 
+def parse_reward_sources(function: str) -> list[str]:
+    """reward.function's entries in order: `model` (the reward model) or `module:function`;
+    empty means the reward model alone."""
+    if not function.strip():
+        return [REWARD_MODEL]
+    return [entry.strip() for entry in function.split(",")]
+
+
+def reward_sources(cfg: Config) -> list[str]:
+    """The rewards a PPO run's score is the weighted sum of (reward.function, parsed)."""
+    return parse_reward_sources(cfg.reward.function)
+
+
+def uses_reward_model(cfg: Config) -> bool:
+    """Whether the run loads the reward model at model.reward (reward.function empty, or one of
+    its entries is `model`)."""
+    return REWARD_MODEL in reward_sources(cfg)
+
+
+def _check_rewards(cfg: Config, errors: list[str]) -> None:
+    """reward.function's entries and reward.weights, one weight per entry."""
+    sources, weights = reward_sources(cfg), cfg.reward.weights
+    for entry in sources:
+        if entry != REWARD_MODEL and not _FUNCTION_SPEC.fullmatch(entry):
+            errors.append(
+                f"reward.function entry '{entry}' must be {REWARD_MODEL} (the reward model) or "
+                f"look like module:function"
+            )
+    repeated = sorted({e for e in sources if sources.count(e) > 1})
+    if repeated:
+        errors.append(f"reward.function names {', '.join(map(repr, repeated))} more than once")
+    names = [e.partition(":")[2] or e for e in sources]
+    clashes = sorted({n for n in names if names.count(n) > 1} - set(repeated))
+    if clashes:
+        errors.append(
+            f"reward.function: two entries have the function name {clashes[0]!r} (each reward "
+            f"is logged as reward/<name>/mean); import one under another name"
+        )
+    if weights and len(weights) != len(sources):
+        errors.append(
+            f"reward.weights has {len(weights)} weights for the {len(sources)} entries of "
+            f"reward.function ('{cfg.reward.function}'); give one per entry, or none (1 each)"
+        )
+    for i, w in enumerate(weights):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            errors.append(f"reward.weights[{i}] must be a finite number, got {w}")
+
+
 def gae_in_learner(cfg: Config) -> bool:
     """The one data-flow decision of PPO: whether GAE runs in the learner, on the values of the
     critic's own training forward (ppo.old_values: train, or auto with one critic step per
@@ -64,6 +115,11 @@ def _check_ppo(cfg: Config, errors: list[str]) -> None:
         errors.append(
             f"ppo.estimator = {p.estimator} takes each prompt's baseline from its other samples: "
             f"rollout.samples_per_prompt must be >= 2, got {r.samples_per_prompt}"
+        )
+    if p.ptx_coef > 0 and not cfg.data.pretrain:
+        errors.append(
+            f"ppo.ptx_coef = {p.ptx_coef} (PPO-ptx) needs data.pretrain: a {{text}} file, a Hub "
+            f"data set or tiny://pretrain"
         )
     if p.old_values == "train" and not needs_critic(cfg):
         errors.append(
@@ -161,10 +217,7 @@ def validate_config(cfg: Config, stage: str) -> Config:
         errors.append(f"learner.zero_stage must be 0, 1, 2 or 3, got {cfg.learner.zero_stage}")
     if stage in ("ppo", "pipeline", "demo", "bench") and cfg.run.steps < 1:
         errors.append(f"run.steps must be >= 1 for {stage} (its PPO steps), got {cfg.run.steps}")
-    if cfg.reward.function and ":" not in cfg.reward.function:
-        errors.append(
-            f"reward.function must look like module:function, got '{cfg.reward.function}'"
-        )
+    _check_rewards(cfg, errors)
     if cfg.run.wandb_project and importlib.util.find_spec("wandb") is None:
         errors.append(
             f"run.wandb_project = '{cfg.run.wandb_project}' but wandb is not installed: "

@@ -38,7 +38,7 @@ class ModelConfig:
     reward: str = param(
         "tiny://reward",
         "Reward model (HF sequence-classification folder, or tiny://reward). Also initializes the "
-        "critic. Ignored when reward.function is set.",
+        "critic. Ignored when reward.function is set without a `model` entry.",
     )
     reference: str = param("", "Frozen reference (SFT) policy for the KL penalty; empty = policy.")
     tokenizer: str = param("", "Tokenizer folder or name; empty = the policy's.")
@@ -116,6 +116,11 @@ class DataConfig:
         "Drop a prompt whose first N characters match an earlier one's; 0 = off.",
         ge=0,
     )
+    pretrain: str = param(
+        "",
+        "Pretraining text for PPO-ptx (ppo.ptx_coef): {text} rows (JSONL/JSON/Parquet/CSV file, "
+        "Hub data set) or tiny://pretrain (the tiny prompts' world text).",
+    )
     drop_pii: bool = param(
         True,
         "Drop prompts with personal data (e-mail, phone, card numbers; more if a detector "
@@ -177,7 +182,13 @@ class RewardConfig:
     function: str = param(
         "",
         "Rule-based reward `module:function`, called as fn(prompts, responses) -> list of floats; "
-        "when set, no reward model is loaded.",
+        "when set, no reward model is loaded. Several rewards: a comma-separated list, where "
+        "`model` names the reward model (model.reward), e.g. `model, actors.rule_rewards:brevity`.",
+    )
+    weights: list[float] = param(
+        [],
+        "Weight of each reward in reward.function, in its order (the score is their weighted "
+        "sum, each logged as reward/<name>/mean); empty = 1 each.",
     )
     num_actors: int = param(1, "Number of reward scorer actors.", gt=0)
     batch_size: int = param(16, "Sequences per reward-model forward.", gt=0)
@@ -219,6 +230,9 @@ class LearnerConfig:
     warmup_steps: int = param(0, "Linear warm-up optimizer steps.", ge=0)
     max_grad_norm: float = param(1.0, "Gradient clipping norm.", ge=0)
     micro_batch_size: int = param(4, "Sequences per forward/backward per rank.", gt=0)
+    ptx_batch_size: int = param(
+        4, "Pretraining sequences per policy optimizer step per rank (PPO-ptx).", gt=0
+    )
     backend: Literal["auto", "gloo", "nccl"] = param(
         "auto", "torch.distributed backend; auto = nccl on GPU, gloo on CPU."
     )
@@ -259,6 +273,12 @@ class PPOConfig:
     )
     kl_loss_estimator: Literal["k1", "k2", "k3"] = param(
         "k3", "Estimator of the KL term in the loss (k3 as GRPO uses)."
+    )
+    ptx_coef: float = param(
+        0.0,
+        "PPO-ptx (InstructGPT eq. 2): each policy optimizer step adds ptx_coef (gamma) x the LM "
+        "loss of learner.ptx_batch_size sequences of data.pretrain per rank; 0 = plain PPO.",
+        ge=0,
     )
     kl_coef: float = param(0.05, "KL penalty coefficient beta (initial value when adaptive).", ge=0)
     kl_estimator: Literal["k1", "k2", "k3"] = param("k1", "Per-token KL estimator.")

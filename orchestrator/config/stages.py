@@ -4,6 +4,7 @@ and the pipeline (schema.py holds the sections every run shares, and the whole C
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from orchestrator.config.fields import param
 
@@ -52,6 +53,18 @@ class DemoConfig:
     base_lr: float = param(3e-3, "Learning rate of the base LM's pretraining.", gt=0)
     demonstrations: int = param(400, "Labeler demonstrations for SFT.", gt=0)
     ppo_prompts: int = param(512, "Prompts for PPO (and for the labeler's rankings).", gt=0)
+    task: Literal["preference", "verifiable"] = param(
+        "preference",
+        "preference: base -> SFT -> rankings -> RM -> PPO, judged by the labeler; verifiable: "
+        "base -> SFT -> ppo.estimator against an exact-match reward on questions with one right "
+        "answer (no RM), judged by accuracy.",
+    )
+    ptx_coef: float = param(
+        0.0,
+        "> 0: the preference demo also trains PPO-ptx (the same PPO with ppo.ptx_coef = this, "
+        "on the base model's text) and reports its win rate and alignment tax beside PPO's.",
+        ge=0,
+    )
 
 
 @dataclass

@@ -12,6 +12,7 @@ from orchestrator.data.examples import (
     load_prompt_set,
     load_rankings,
 )
+from orchestrator.data.pretrain import TINY_PRETRAIN, load_pretrain, tokenize_text
 from orchestrator.data.prompts import (
     PromptSampler,
     PromptSet,
@@ -26,6 +27,7 @@ from orchestrator.data.sources import TINY_DATA, TINY_PROMPTS, load_rows, tiny_p
 __all__ = [
     "RANKING_FORMATS",
     "TINY_DATA",
+    "TINY_PRETRAIN",
     "TINY_PROMPTS",
     "CurationReport",
     "DataError",
@@ -40,6 +42,7 @@ __all__ = [
     "format_prompt",
     "load_demonstrations",
     "load_prompt_set",
+    "load_pretrain",
     "load_prompts",
     "load_rankings",
     "load_rows",
@@ -48,4 +51,5 @@ __all__ = [
     "split_by_user",
     "tiny_prompts",
     "tokenize_prompt",
+    "tokenize_text",
 ]

@@ -65,10 +65,23 @@ def tiny_rankings(n: int = 128, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+def tiny_pretrain(n: int = 256, seed: int = 0) -> list[dict[str, str]]:
+    """Text for tiny PPO-ptx runs: the world of the tiny prompts as plain sentences, unaligned
+    (cats and the other things alike)."""
+    rng = random.Random(seed + 3)
+    subjects = ["the cat", "a dog", "my friend", "the teacher", "our team", "the sea"]
+    verbs = ["likes", "sees", "is near", "sat by", "walks to"]
+    return [
+        {"text": f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(subjects)}."}
+        for _ in range(n)
+    ]
+
+
 TINY_DATA = {
     TINY_PROMPTS: tiny_prompts,
     "tiny://demonstrations": tiny_demonstrations,
     "tiny://rankings": tiny_rankings,
+    "tiny://pretrain": tiny_pretrain,
 }
 
 

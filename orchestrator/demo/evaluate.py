@@ -19,12 +19,14 @@ import torch
 from actors.remote import wait_all
 from actors.scorers import ReferenceActor, RewardActor
 from actors.sequences import load_tokenizer, make_sequence_batch
-from kernels import kl_penalty, masked_sum
+from kernels import kl_penalty, masked_sum, sft_loss
 from orchestrator.cluster import actor_env
 from orchestrator.config import Config
 from orchestrator.data import tokenize_prompt
 from orchestrator.demo import world
 from orchestrator.sampler import Sampler
+
+TAX_TEXTS = 256  # held-out texts of the base model's kind for the alignment tax
 
 
 def held_out_prompts(n: int, seed: int) -> list[world.Prompt]:
@@ -73,6 +75,14 @@ def evaluate_world(cfg: Config, models: dict[str, str], reward_model: str) -> di
             }
         kl_prompt_ids = sampler.prompt_ids([p.text for p in prompts])
         kl_samples = sampler.sample(kl_prompt_ids, 1, 1.0, e.max_new_tokens)  # PPO, temp 1
+        if "ppo_ptx" in models:  # sampled last: the draws above are as without it
+            sampler.load(models["ppo_ptx"])
+            answers["ppo_ptx"] = {
+                t: sampler.sample(
+                    sampler.prompt_ids([p.text for p in ps]), 1, e.temperature, e.max_new_tokens
+                )["text"]
+                for t, ps in by_tone.items()
+            }
     finally:
         sampler.close()
 
@@ -86,6 +96,11 @@ def evaluate_world(cfg: Config, models: dict[str, str], reward_model: str) -> di
     sft_vs_base = _win_rate(labeler, everything, pooled("sft"), pooled("base"))
     # The headline (InstructGPT over GPT-3: 85 +- 3%); drawn last, so the two above are as before.
     ppo_vs_base = _win_rate(labeler, everything, pooled("ppo"), pooled("base"))
+    ptx = {}  # PPO-ptx's, judged after the others (the labeler's noise draws stay as they were)
+    for other in ("sft", "base") if "ppo_ptx" in answers else ():
+        won = _win_rate(labeler, everything, pooled("ppo_ptx"), pooled(other))
+        ptx[f"win_rate_ppo_ptx_vs_{other}"] = won["rate"]
+        ptx[f"win_rate_ppo_ptx_vs_{other}_ci95"] = won["ci95"]
     truth = {
         name: _truthfulness(
             [world.judge(p, r) for p, r in zip(everything, pooled(name), strict=True)]
@@ -126,6 +141,41 @@ def evaluate_world(cfg: Config, models: dict[str, str], reward_model: str) -> di
         "rm_score": rm_score,
         "rm_probe": rm_probe,
         "judged_comparisons": len(everything),
+        "lm_loss_base_text": alignment_tax(cfg, models, tokenizer),
+        **ptx,
+    }
+
+
+def alignment_tax(cfg: Config, models: dict[str, str], tokenizer: Any) -> dict[str, float]:
+    """InstructGPT's alignment tax in the demo world: each model's LM loss (nats per token) on
+    held-out text of the kind the base model was pretrained on, scored as it was trained (the
+    replies, given their prompts): fresh prompts and base replies. PPO-ptx's term keeps it low."""
+    seed = cfg.run.seed + 4241
+    rng = random.Random(seed)
+    prompts = world.prompts(TAX_TEXTS, seed)
+    replies = [world.base_response(p, rng) for p in prompts]
+    prompt_ids = [tokenize_prompt({"prompt": p.text}, tokenizer, cfg.sft.template) for p in prompts]
+    batch = make_sequence_batch(prompt_ids, _ended(tokenizer, replies), tokenizer.pad_token_id)
+    env = {"runtime_env": {"env_vars": actor_env(cfg)}}
+    actors = {
+        name: ray.remote(ReferenceActor)
+        .options(**env)
+        .remote(path, cfg.model.dtype, 64, cfg.reference.logprob_chunk_size, temperature=1.0)
+        for name, path in models.items()
+    }
+    try:
+        logprobs = wait_all(
+            [a.logprobs.remote(batch) for a in actors.values()],
+            "alignment tax",
+            [f"reference ({name})" for name in actors],
+            cfg.run.start_timeout_s,
+        )
+    finally:
+        for actor in actors.values():
+            ray.kill(actor)
+    return {
+        name: sft_loss(lp, batch.response_mask).item()
+        for name, lp in zip(actors, logprobs, strict=True)
     }
 
 
@@ -212,6 +262,8 @@ def run_eval(cfg: Config) -> None:
 
     root = Path(cfg.run.output_dir)
     models = {name: root / name / "final" for name in ("base", "sft", "ppo", "rm")}
+    if (root / "ppo-ptx" / "final").exists():  # a demo run with demo.ptx_coef
+        models["ppo_ptx"] = root / "ppo-ptx" / "final"
     if not models["base"].exists() and (root / "config.yaml").exists():
         started = load_config(root / "config.yaml")
         models["base"] = Path(resolve_models(started, need_reward=False).model.policy)

@@ -18,35 +18,59 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _win(ev: dict[str, Any], key: str) -> str:
+    if key not in ev:
+        return ""
+    lo, hi = ev[f"{key}_ci95"]
+    return f"{_fmt(ev[key])} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
 def table(ev: dict[str, Any]) -> str:
-    """The evaluation as a Markdown table (also what the demo prints)."""
-    lo, hi = ev["win_rate_ppo_vs_sft_ci95"]
-    slo, shi = ev["win_rate_sft_vs_base_ci95"]
-    plo, phi = ev["win_rate_ppo_vs_base_ci95"]
+    """The evaluation as a Markdown table (also what the demo prints); a PPO-ptx column when
+    the run trained one, the alignment-tax row when it was measured."""
+    models = MODELS + (("ppo_ptx",) if "win_rate_ppo_ptx_vs_sft" in ev else ())
+    names = {"base": "base", "sft": "SFT", "ppo": "PPO", "ppo_ptx": "PPO-ptx"}
     rude = ev["rude_rate"]
+
+    def row(label: str, cells: list[str]) -> str:
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    def per_model(label: str, values: dict[str, Any], digits: int = 3) -> str:
+        return row(label, [_fmt(values.get(m), digits) for m in models])
+
+    ptx_before = [f"{_win(ev, 'win_rate_ppo_ptx_vs_sft')} vs SFT"] if len(models) > 3 else []
     lines = [
-        "| measure | base | SFT | PPO |",
-        "|---|---|---|---|",
-        f"| labeler prefers it over the stage before (95% CI) | | "
-        f"{_fmt(ev['win_rate_sft_vs_base'])} [{_fmt(slo)}, {_fmt(shi)}] vs base | "
-        f"{_fmt(ev['win_rate_ppo_vs_sft'])} [{_fmt(lo)}, {_fmt(hi)}] vs SFT |",
-        f"| labeler prefers it over the base model (95% CI) | | "
-        f"{_fmt(ev['win_rate_sft_vs_base'])} [{_fmt(slo)}, {_fmt(shi)}] | "
-        f"{_fmt(ev['win_rate_ppo_vs_base'])} [{_fmt(plo)}, {_fmt(phi)}] |",
-        "| truthfulness (share of stated facts that are true) | "
-        + " | ".join(_fmt(ev["truthfulness"][m]) for m in MODELS)
-        + " |",
+        row("measure", [names[m] for m in models]),
+        "|---" * (len(models) + 1) + "|",
+        row(
+            "labeler prefers it over the stage before (95% CI)",
+            [
+                "",
+                f"{_win(ev, 'win_rate_sft_vs_base')} vs base",
+                f"{_win(ev, 'win_rate_ppo_vs_sft')} vs SFT",
+                *ptx_before,
+            ],
+        ),
+        row(
+            "labeler prefers it over the base model (95% CI)",
+            ["", _win(ev, "win_rate_sft_vs_base"), _win(ev, "win_rate_ppo_vs_base")]
+            + ([_win(ev, "win_rate_ppo_ptx_vs_base")] if len(models) > 3 else []),
+        ),
+        per_model("truthfulness (share of stated facts that are true)", ev["truthfulness"]),
     ]
     for tone in ("respectful", "none", "toxic"):
-        lines.append(
-            f"| rude-word rate, instruction: {tone} | "
-            + " | ".join(_fmt(rude[tone].get(m)) for m in MODELS)
-            + " |"
-        )
+        lines.append(per_model(f"rude-word rate, instruction: {tone}", rude[tone]))
+    lines.append(per_model("reward-model score", {"base": None, **ev["rm_score"]}))
     lines.append(
-        f"| reward-model score | | {_fmt(ev['rm_score']['sft'])} | {_fmt(ev['rm_score']['ppo'])} |"
+        per_model("KL to SFT (nats per response)", {"sft": 0.0, "ppo": ev["kl_to_sft"]}, 3)
     )
-    lines.append(f"| KL to SFT (nats per response) | | 0 | {_fmt(ev['kl_to_sft'])} |")
+    if ev.get("lm_loss_base_text"):
+        lines.append(
+            per_model(
+                "alignment tax: LM loss on held-out base-model text (nats per token)",
+                ev["lm_loss_base_text"],
+            )
+        )
     return "\n".join(lines)
 
 
@@ -117,6 +141,14 @@ def write_report(root: Path, ev: dict[str, Any], ppo_rows: list[dict[str, Any]])
         "Win rates count a tie as half a win. ![reward and KL per PPO step](plot.png)",
         "",
     ]
+    if ev.get("lm_loss_base_text"):
+        text += [
+            "The alignment tax: each model's LM loss on held-out text of the kind the base model",
+            "was pretrained on (lower: more of what pretraining taught is kept). PPO-ptx, where",
+            "trained, is the same PPO plus gamma x the LM loss of the base model's text in each",
+            "optimizer step (InstructGPT eq. 2).",
+            "",
+        ]
     if ev.get("rm_probe"):
         text += ["## What the reward model learned", "", probe_table(ev["rm_probe"]), ""]
     (root / "report.md").write_text("\n".join(text))

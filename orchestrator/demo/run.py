@@ -71,6 +71,12 @@ def write_world_data(folder: Path, cfg: Config) -> dict[str, str]:
             [{"prompt": p.text, "user_id": f"u{i % 64}"} for i, p in enumerate(ppo)],
         ),
     }
+    # PPO-ptx's pretraining text: the base model's own, whole (its prompt and its reply)
+    base_rows = [json.loads(line) for line in Path(paths["base"]).read_text().splitlines()]
+    paths["pretrain"] = _write(
+        folder / "pretrain.jsonl",
+        [{"text": cfg.sft.template.format(prompt=r["prompt"]) + r["response"]} for r in base_rows],
+    )
     return paths
 
 
@@ -89,10 +95,15 @@ def run_demo(cfg: Config) -> RunFolder:
     from orchestrator.demo.evaluate import evaluate_world
     from orchestrator.demo.report import table, write_report
     from orchestrator.model_specs import resolve_models
-    from orchestrator.pipeline import run_pipeline
+    from orchestrator.pipeline import ppo_stage, run_or_reuse, run_pipeline
+    from orchestrator.ppo.run import run_ppo
     from orchestrator.supervised import run_sft
 
     folder = RunFolder(cfg)
+    if cfg.demo.task == "verifiable":
+        from orchestrator.demo.verifiable import run_verifiable
+
+        return run_verifiable(cfg, folder)
     root = folder.path
     print("InstructRay demo: the InstructGPT story in miniature (base -> SFT -> RM -> PPO -> eval)")
     connect(cfg)
@@ -117,10 +128,16 @@ def run_demo(cfg: Config) -> RunFolder:
     pipe.data.rankings, pipe.pipeline.labeler = "", LABELER
     pipe.pipeline.ranking_models = [base]  # the labeler ranks base and SFT samples together
     run_pipeline(pipe, folder)
+    sft, rm = str(root / "sft" / "final"), str(root / "rm" / "final")
+    models = {"base": base, "sft": sft, "ppo": str(root / "ppo" / "final")}
+    if cfg.demo.ptx_coef > 0:
+        print(f"[5b/6] PPO-ptx: the same PPO plus {cfg.demo.ptx_coef} x the base text's LM loss")
+        ptx = ppo_stage(pipe, root, "ppo-ptx", sft, sft, rm)
+        ptx.ppo.ptx_coef, ptx.data.pretrain = cfg.demo.ptx_coef, paths["pretrain"]
+        models["ppo_ptx"] = run_or_reuse(run_ppo, ptx)
 
     print(f"[6/6] evaluation on {cfg.eval.num_prompts} held-out prompts x 3 instructions")
-    models = {"base": base, "sft": str(root / "sft" / "final"), "ppo": str(root / "ppo" / "final")}
-    ev = evaluate_world(cfg, models, str(root / "rm" / "final"))
+    ev = evaluate_world(cfg, models, rm)
     write_report(root, ev, read_metrics(root / "ppo" / "metrics.jsonl"))
     print(table(ev))
     print(f"run folder: {root} (report.md, eval.json, plot.png; base/ sft/ rm/ ppo/ with final/)")

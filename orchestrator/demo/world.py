@@ -304,3 +304,56 @@ def win_rate_interval(wins: float, n: int, z: float = 1.96) -> tuple[float, floa
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# ---------------------------------------------------------------- the verifiable task
+
+# Few-shot and continuation prompts have exactly one right answer: FACTS[entity][relation].
+QUIZ_KINDS = ("fewshot", "continuation")
+_ANSWER_END = re.compile(r"[.!?,;:\n]")
+
+
+def answer_of(prompt_text: str) -> str | None:
+    """The one right value of a few-shot or continuation prompt ("moo", "the house"); None for a
+    direct prompt, which any true fact answers. Chat markup and a trailing template newline are
+    ignored; a text that is no prompt of the world is a ValueError (parse_prompt)."""
+    p = parse_prompt(prompt_text)
+    return None if p.relation is None else FACTS[p.entity][p.relation]
+
+
+def first_answer(response: str) -> str:
+    """A response's first answer: its text up to the first . ! ? , ; : or line break, lowercased,
+    its words (letters and digits) joined by single spaces, every other character dropped.
+    "Moo. the cow eats grass." -> "moo"; " the  House!" -> "the house"; ". moo." -> ""."""
+    head = _ANSWER_END.split(_CHAT_MARKUP.sub(" ", response).lower(), maxsplit=1)[0]
+    return " ".join(re.findall(r"[a-z0-9]+", head))
+
+
+def exact_match(prompts: list[str], responses: list[str]) -> list[float]:
+    """`reward.function` of the verifiable task: 1.0 where a response's first answer
+    (first_answer) is exactly the prompt's right value (answer_of), else 0.0. More facts after
+    the answer's full stop neither help nor hurt; "moo moo.", "the cow says moo." and "house."
+    (for "the house") score 0. A direct prompt has no single right answer: a ValueError."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"exact_match: {len(prompts)} prompts but {len(responses)} responses")
+    values: dict[str, str] = {}
+    scores = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        if prompt not in values:
+            value = answer_of(prompt)
+            if value is None:
+                raise ValueError(
+                    f"exact_match: {prompt.strip()!r} is a direct prompt with no single right "
+                    f"answer; give few-shot or continuation prompts (world.quiz_prompts)"
+                )
+            values[prompt] = value
+        scores.append(float(first_answer(response) == values[prompt]))
+    return scores
+
+
+def quiz_prompts(n: int, seed: int, tone: str | None = None) -> list[Prompt]:
+    """n prompts with one right answer each, seeded: few-shot or continuation (even odds), any
+    animal and relation, under `tone` (None: drawn as users draw it, mostly none, as in
+    make_prompt; the answer is the same whatever the tone). Draws repeat: the world is small."""
+    rng = random.Random(seed)
+    return [make_prompt(rng, rng.choice(QUIZ_KINDS), tone) for _ in range(n)]

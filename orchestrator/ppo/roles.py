@@ -15,7 +15,7 @@ from actors.scorers import ReferenceActor, RewardActor
 from actors.sequences import load_tokenizer
 from orchestrator.cluster import Placement, connect
 from orchestrator.config import Config
-from orchestrator.data import PromptSampler, PromptSet, load_prompt_set
+from orchestrator.data import PromptSampler, PromptSet, load_pretrain, load_prompt_set
 from orchestrator.model_specs import resolve_models
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class Roles:
     rewards: list[Any]
     references: list[Any]
     learner: LearnerGroup
+    pretrain: list[list[int]] | None  # PPO-ptx's tokenized texts (ppo.ptx_coef > 0)
 
     @classmethod
     def start(cls, cfg: Config) -> Roles:
@@ -44,6 +45,11 @@ class Roles:
         sampler = PromptSampler(
             len(prompts), cfg.rollout.prompts_per_step, cfg.run.seed, cfg.data.shuffle
         )
+        d, pretrain = cfg.data, None
+        if cfg.ppo.ptx_coef > 0:
+            pretrain = load_pretrain(
+                d.pretrain, tokenizer, cfg.model.max_seq_len, d.split, d.on_bad_row
+            )
         where = connect(cfg)
         logger.info("ray: %s", where)
         placement = Placement(cfg)
@@ -51,7 +57,7 @@ class Roles:
         engines = [start_engine(cfg, s.options()) for s in slots["rollout"]]
         rewards = [start_reward(cfg, s.options()) for s in slots["reward"]]
         references = [start_reference(cfg, s.options()) for s in slots["reference"]]
-        learner = LearnerGroup(cfg, [s.options() for s in slots["learner"]])
+        learner = LearnerGroup(cfg, [s.options() for s in slots["learner"]], pretrain)
         # Constructors run in the actors; `ready` surfaces their errors with the role named.
         actors = engines + rewards + references
         names = (
@@ -63,7 +69,16 @@ class Roles:
             [a.__ray_ready__.remote() for a in actors], "start", names, cfg.run.start_timeout_s
         )
         return cls(
-            cfg, tokenizer, prompts, sampler, placement, engines, rewards, references, learner
+            cfg,
+            tokenizer,
+            prompts,
+            sampler,
+            placement,
+            engines,
+            rewards,
+            references,
+            learner,
+            pretrain,
         )
 
     def shutdown(self) -> None:
@@ -94,7 +109,8 @@ def start_engine(cfg: Config, options: dict[str, Any]) -> Any:
 
 
 def start_reward(cfg: Config, options: dict[str, Any]) -> Any:
-    """One reward scorer (a reward model or reward.function); returns at once."""
+    """One reward scorer (the reward model, reward functions, or their weighted sum); returns
+    at once."""
     m = cfg.model
     return (
         ray.remote(RewardActor)
@@ -107,6 +123,7 @@ def start_reward(cfg: Config, options: dict[str, Any]) -> Any:
             batch_size=cfg.reward.batch_size,
             normalize=cfg.reward.normalize,
             attn_implementation=m.attn_implementation,
+            weights=list(cfg.reward.weights),
         )
     )
 

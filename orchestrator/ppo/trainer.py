@@ -22,7 +22,7 @@ import torch
 import kernels
 from actors.sequences import make_sequence_batch
 from orchestrator.config import Config
-from orchestrator.config.checks import gae_in_learner, needs_critic
+from orchestrator.config.checks import gae_in_learner, needs_critic, reward_sources
 from orchestrator.output import PhaseTimer
 from orchestrator.ppo.calls import RestartsExhausted, RoleCalls
 from orchestrator.ppo.checkpoints import read_driver_state
@@ -80,7 +80,9 @@ class PPOTrainer:
 
         self.roles.learner.shutdown()
         slots = self.roles.placement.slots["learner"]
-        self.roles.learner = LearnerGroup(self.cfg, [s.options() for s in slots])
+        self.roles.learner = LearnerGroup(
+            self.cfg, [s.options() for s in slots], self.roles.pretrain
+        )
         if self.weights.broadcast:
             self.weights.reform()  # the new rank 0 and every engine
         return self.load(checkpoint)
@@ -223,7 +225,8 @@ class PPOTrainer:
 
     def score(self, rollout: Rollout) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Reward scores, reference log-probs and (those asked for) values and old log-probs,
-        in parallel. -> ({scores, ref_logprobs, old_logprobs[, values]}, truncated importance)."""
+        in parallel. -> ({scores, ref_logprobs, old_logprobs[, values]}, {metrics[, weights]}):
+        each reward's mean (several rewards), the truncated importance (ppo.tis_cap)."""
         batch, from_rollout = rollout.batch, self.engine_logprobs
         n = batch.input_ids.shape[0]
         reward_args = [
@@ -238,7 +241,8 @@ class PPOTrainer:
             (batch.select(slice(part.start, part.stop)),)
             for part in split_evenly(n, len(self.roles.references))
         ]
-        rewards = self.calls.start("reward", lambda a, *x: a.score.remote(*x), reward_args)
+        # The score, and each reward's own (for reward/<name>/mean when there are several).
+        rewards = self.calls.start("reward", lambda a, *x: a.score_sources.remote(*x), reward_args)
         refs = self.calls.start("reference", lambda a, b: a.logprobs.remote(b), ref_args)
         # The learner call blocks; the scorers above already run meanwhile.
         learner_out = {}
@@ -246,16 +250,21 @@ class PPOTrainer:
             learner_out = self.roles.learner.logprobs_and_values(
                 batch, not from_rollout, self.values
             )
-        scores = torch.cat(self.calls.wait(rewards, "score"))
+        returned = zip(*self.calls.wait(rewards, "score"), strict=True)
+        scores, parts = (torch.cat(x) for x in returned)  # (B,), (B, C)
+        names = [s.partition(":")[2] or s for s in reward_sources(self.cfg)]  # model, fn name
+        means = {f"reward/{name}/mean": parts[:, c].mean().item() for c, name in enumerate(names)}
+        extra = {"metrics": means} if len(names) > 1 else {}
         ref_logprobs = torch.cat(self.calls.wait(refs, "reference"))
         scored = {"scores": scores, "ref_logprobs": ref_logprobs, **learner_out}
         if from_rollout:
             scored["old_logprobs"] = rollout.logprobs
-            return scored, {}
+            return scored, extra
         if not self.importance_weights():
-            return scored, {}
+            return scored, extra
         mask = batch.response_mask
-        return scored, self.truncated_importance(scored["old_logprobs"], rollout.logprobs, mask)
+        tis = self.truncated_importance(scored["old_logprobs"], rollout.logprobs, mask)
+        return scored, tis | {"metrics": extra.get("metrics", {}) | tis["metrics"]}
 
     def first_step(self, rollout: Rollout) -> dict[str, Any]:
         """A fresh run's first step: the probe batch (its first sequences) and the first sync

@@ -13,6 +13,7 @@ import pytest
 from orchestrator.config import load_config, validate_config
 from orchestrator.demo import world
 from orchestrator.demo.run import run_demo
+from orchestrator.output import read_metrics
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/demo-tiny-cpu.yaml"
 pytestmark = pytest.mark.e2e
@@ -69,6 +70,14 @@ def test_the_run_folder_tells_the_story(demo_run):
     assert all(math.isfinite(v["rm"]) for v in probe.values())
     rankings = [json.loads(x) for x in (demo_run / "rankings.jsonl").read_text().splitlines()]
     assert rankings and all(2 <= len(r["responses"]) <= 9 for r in rankings)
+    # PPO-ptx beside PPO (demo.ptx_coef), its pretraining term logged each step, and the
+    # alignment tax of every model in the report.
+    ptx_rows = read_metrics(demo_run / "ppo-ptx" / "metrics.jsonl")
+    assert all(r["ptx/loss"] > 0 for r in ptx_rows if "policy/loss" in r)
+    assert "ptx/loss" not in read_metrics(demo_run / "ppo" / "metrics.jsonl")[-1]
+    assert set(ev["lm_loss_base_text"]) == {"base", "sft", "ppo", "ppo_ptx"}
+    assert "| alignment tax: LM loss on held-out base-model text" in report
+    assert "| measure | base | SFT | PPO | PPO-ptx |" in report
 
 
 def test_the_numbers_move_the_way_the_story_says(demo_run):

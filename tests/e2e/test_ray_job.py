@@ -194,6 +194,8 @@ def pipeline_job(head, tiny_dir):
         "--pipeline.labeler=actors.rule_rewards:rank_by_target_word",
         "--pipeline.rank_prompts=12",
         "--pipeline.ranking_models=[tiny://policy]",  # its samples join the policy's
+        "--ppo.ptx_coef=0.5",  # PPO-ptx in both PPO stages
+        "--data.pretrain=tiny://pretrain",
     )
     client = _client(head)
     seen: dict[str, list[tuple[dict[str, str], float]]] = {}
@@ -255,6 +257,8 @@ def test_every_stage_has_its_folder_and_the_pipeline_ends_with_final(pipeline_jo
     for stage in ("sft", "rm", "ppo", "rm-2", "ppo-2"):
         assert (run / stage / "final" / "model.safetensors").exists(), stage
         assert metrics_of(run / stage), stage
+        if stage.startswith("ppo"):  # PPO-ptx's term, every step
+            assert all(r["ptx/loss"] > 0 for r in metrics_of(run / stage)), stage
     assert (run / "final").resolve() == (run / "ppo-2" / "final").resolve()
     assert (run / "rm" / "final" / "score_stats.json").exists()
     assert "eval/pairwise_accuracy" in metrics_of(run / "rm")[-1]

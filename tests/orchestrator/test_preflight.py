@@ -56,6 +56,7 @@ def bad(tmp_path_factory, tiny_policy, tiny_reward) -> dict[str, str]:
         "demo_no_response": [{"prompt": "Tell me.", "response": "Yes."}, {"prompt": "Tell me."}],
         "ranking_not_perm": [{"prompt": "Tell me.", "responses": ["a", "b"], "ranking": [0, 0]}],
         "ranking_one": [{"prompt": "Tell me.", "responses": ["a"], "ranking": [0]}],
+        "text_missing": [{"text": "the cat sat."}, {"prompt": "Tell me."}],
     }
     for name, content in rows.items():
         paths[name] = write_jsonl(d / f"{name}.jsonl", content)
@@ -140,6 +141,13 @@ CASES = [
     ("response missing", "sft", ["--data.demonstrations={demo_no_response}"], ["2", "response"]),
     ("ranking repeat", "rm", ["--data.rankings={ranking_not_perm}"], ["ranking_not_perm", "1"]),
     ("ranking K=1", "rm", ["--data.rankings={ranking_one}"], ["ranking_one.jsonl", "K = 1"]),
+    ("ptx, no text", "ppo", ["--ppo.ptx_coef=1"], ["ppo.ptx_coef = 1.0", "needs data.pretrain"]),
+    (
+        "ptx text missing",
+        "ppo",
+        ["--ppo.ptx_coef=1", "--data.pretrain={text_missing}"],
+        ["text_missing.jsonl: line 2: field 'text': missing"],
+    ),
     (
         "pipeline: bad PPO prompts before SFT",
         "pipeline",
@@ -156,6 +164,12 @@ CASES = [
         ["is not a function but int 3"],
     ),
     ("no colon", "ppo", ["--reward.function=os.getcwd"], ["reward.function", "module:function"]),
+    (
+        "one of several",
+        "ppo",
+        ["--reward.function=model, actors.rule_rewards:brevity, nosuch_xyz:f"],
+        ["reward.function = 'nosuch_xyz:f'", "cannot import module 'nosuch_xyz'"],
+    ),
     ("wrong signature", "ppo", ["--reward.function=os:getcwd"], ["TypeError", "fn(prompts"]),
     ("raises", "ppo", ["--reward.function=rewards_for_tests:broken"], ["KeyError", "lunch"]),
     (
@@ -236,6 +250,12 @@ def test_the_table_has_forty_cases_and_good_input_passes(
     assert len(CASES) >= 40
     assert run(capsys, "ppo", cli_args(PPO_TINY, tiny_dir, tmp_path / "run"))[0] == 0
     assert stage_started == ["ppo"]  # the pre-flight passed the shipped config's own input
+
+
+def test_eval_reads_a_finished_run_folder(bad, tiny_dir, capsys, stage_started):
+    # The folder a finished run left is what `instructray eval` judges: not refused as output.
+    assert run(capsys, "eval", cli_args(PPO_TINY, tiny_dir, bad["finished"]))[0] == 0
+    assert stage_started == ["eval"]
 
 
 def test_an_empty_config_file_is_one_warning(bad, tiny_dir, tmp_path, caplog, stage_started):
