@@ -1,7 +1,7 @@
 """PPO checkpoints and exact resume on real Ray, vLLM (CPU) and DeepSpeed (ZeRO-2, gloo): 2 steps,
 a checkpoint, a new run resuming for 2 more equals 4 uninterrupted steps, across an epoch
-boundary of the prompt set; in bf16, the precision of GPU runs (its master weights and AdamW
-state are fp32 and must come back exactly)."""
+boundary of the prompt set, with PPO-ptx's pretraining batches; in bf16, the precision of GPU
+runs (its master weights and AdamW state are fp32 and must come back exactly)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def runs(ray_local, tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
         "--model.dtype=bfloat16",
         "--learner.lr=3e-4",
         "--run.keep_last=1",
+        "--ppo.ptx_coef=0.5",  # PPO-ptx's draws resume too (seeded by the train call)
+        "--data.pretrain=tiny://pretrain",
     ]
     straight, resumed = base / "straight", base / "resumed"
     run_ppo(config(tiny_dir, straight, *common, "--run.steps=4"))
