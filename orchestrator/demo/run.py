@@ -118,7 +118,7 @@ def run_demo(cfg: Config) -> RunFolder:
     base_cfg.run.name = run_label(cfg)
     base_cfg.data.demonstrations = paths["base"]
     base_cfg.sft.epochs, base_cfg.sft.lr = cfg.demo.base_epochs, cfg.demo.base_lr
-    base = str(run_sft(base_cfg).final_dir)
+    base = run_or_reuse(run_sft, base_cfg)  # with run.resume, a finished stage is kept
 
     print("[2-5/6] SFT on demonstrations, labeler rankings of SFT and base samples, RM, PPO")
     pipe = copy.deepcopy(cfg)

@@ -152,17 +152,24 @@ def _client(head: Head):
 
 
 def _submit(head: Head, job_id: str, *command: str) -> None:
-    done = head.run(
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        f"--address={head.address}",
-        f"--submission-id={job_id}",
-        "--runtime-env=deploy/runtime_env.yaml",
-        "--no-wait",
-        "--",
-        *command,
-    )
+    # The head's job agent comes up after its dashboard (seconds later on a busy machine): a
+    # submission it refuses for that is made again, as the error asks.
+    deadline = time.monotonic() + 120
+    while True:
+        done = head.run(
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            f"--address={head.address}",
+            f"--submission-id={job_id}",
+            "--runtime-env=deploy/runtime_env.yaml",
+            "--no-wait",
+            "--",
+            *command,
+        )
+        if "No available agent" not in done.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert done.returncode == 0, done.stderr
 
 
