@@ -137,7 +137,7 @@ class RolloutActor:
         sampling: n, max_tokens, temperature, top_p, top_k, stop (strings), stop_token_ids,
         ignore_eos, seed (int or None). Returns lists: prompt_index, response_ids (a stopped
         response keeps its EOS token), logprobs (raw model log-prob of each sampled token),
-        finish_reasons ("stop" or "length").
+        finish_reasons ("stop" or "length"); and tokens, seconds (this call's throughput).
         """
         from vllm import SamplingParams
 
@@ -168,13 +168,16 @@ class RolloutActor:
         prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
         start = time.perf_counter()
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - start
         new_tokens = sum(len(s.token_ids) for r in outputs for s in r.outputs)
-        report_throughput("rollout", new_tokens, time.perf_counter() - start)
-        result: dict[str, list] = {
+        report_throughput("rollout", new_tokens, seconds)
+        result: dict[str, Any] = {
             "prompt_index": [],
             "response_ids": [],
             "logprobs": [],
             "finish_reasons": [],
+            "tokens": new_tokens,  # sampled, in `seconds` of generation
+            "seconds": seconds,
         }
         for i, request in enumerate(outputs):  # vLLM returns outputs in prompt order
             for sample in sorted(request.outputs, key=lambda s: s.index):

@@ -1,5 +1,5 @@
 """`instructray {sft,rm,ppo,pipeline,eval,demo,bench} --config FILE [--section.key=value ...]`,
-and the Ray job commands `instructray {submit,status,logs,stop}` (orchestrator/jobs.py)."""
+and the Ray job commands `instructray {submit,status,logs,stop,scale}` (orchestrator/jobs.py)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     parser.epilog = (
         "Ray jobs: instructray submit STAGE --config FILE [--follow]; "
-        "instructray {status,logs,stop} JOB (see `instructray submit --help`)."
+        "instructray {status,logs,stop} JOB; instructray scale RUN_FOLDER|JOB --engines N."
     )
     for stage, (doc, _) in STAGES.items():
         p = sub.add_parser(
@@ -84,7 +84,31 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--print-config", action="store_true", help="print the resolved config, exit"
         )
+        if stage == "bench":
+            _add_plan_arguments(p)
     return parser
+
+
+def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """`bench --plan`: the step time of --config's shapes on H100s, on paper (runs nothing)."""
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print lockstep vs pipelined step time for --config's shapes on 2, 4, 8 engines "
+        "(orchestrator/ppo/plan.py), scaled from a CPU bench run; starts nothing",
+    )
+    p.add_argument(
+        "--plan-from",
+        metavar="RUN",
+        help="a CPU bench run folder (or its metrics.jsonl) to scale from; default: the "
+        "README's bench figures at 30M",
+    )
+    p.add_argument(
+        "--plan-params",
+        metavar="N",
+        type=float,
+        help="the policy's parameters (e.g. 7.6e9); default: from model.policy's name",
+    )
 
 
 def _normalize_overrides(rest: list[str]) -> list[str]:
@@ -124,7 +148,7 @@ def resolve_runner(stage: str):
     return getattr(importlib.import_module(module), fn)
 
 
-JOB_COMMANDS = ("submit", "status", "logs", "stop")
+JOB_COMMANDS = ("submit", "status", "logs", "stop", "scale")
 
 
 def _job_command(argv: list[str]) -> int:
@@ -154,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             import yaml
 
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
+        if getattr(args, "plan", False):  # on paper: the config's inputs need not exist here
+            from orchestrator.ppo.bench_plan import plan_report
+
+            print(plan_report(cfg, args.plan_from, args.plan_params))
             return 0
         preflight(cfg, args.stage)  # every input the stage reads, before Ray or any actor
         _run_stage(args.stage, cfg)

@@ -16,6 +16,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.faults import ENV as FAULT_ENV
 from actors.logs import LEVEL_ENV as LOG_LEVEL_ENV
 from orchestrator.config import Config
+from orchestrator.config.checks import max_engines
 from orchestrator.output import RUN_ENV, run_label
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ def connect(cfg: Config) -> str:
         return f"{address}; {_dashboard(context)}"
     # address="local" never joins a stale cluster recorded by an earlier `ray start`. Logical CPUs
     # cover every actor even on a 2-core laptop: the roles take turns, they rarely compute at once.
-    wanted = sum(r.get("CPU", 0.0) for reqs in role_requests(cfg).values() for r in reqs)
+    # With rollout.autoscale, room for rollout.max_engines engines: the pool grows into it.
+    requests = role_requests(cfg, max_engines(cfg))
+    wanted = sum(r.get("CPU", 0.0) for reqs in requests.values() for r in reqs)
     loopback_only()
     context = ray.init(
         address="local",
@@ -75,18 +78,25 @@ def on_gpu(cfg: Config) -> bool:
     return cfg.learner.gpus_per_rank > 0
 
 
-def role_requests(cfg: Config) -> dict[str, list[dict[str, float]]]:
-    """Resources of each actor of each role, in start order."""
-    gpu = on_gpu(cfg)
+def engine_request(cfg: Config) -> dict[str, float]:
+    """Resources of one rollout engine."""
     engine = {"CPU": cfg.rollout.cpus_per_engine}
-    if gpu:
+    if on_gpu(cfg):
         engine["GPU"] = float(cfg.rollout.tensor_parallel_size)
+    return engine
+
+
+def role_requests(cfg: Config, engines: int | None = None) -> dict[str, list[dict[str, float]]]:
+    """Resources of each actor of each role, in start order (`engines` engines, default
+    rollout.num_engines)."""
+    gpu = on_gpu(cfg)
+    engine = engine_request(cfg)
     rank = {"CPU": cfg.learner.cpus_per_rank}
     if gpu:
         rank["GPU"] = cfg.learner.gpus_per_rank
     gpu_share = {"GPU": 1.0} if gpu else {}
     requests = {
-        "rollout": [engine] * cfg.rollout.num_engines,
+        "rollout": [engine] * (cfg.rollout.num_engines if engines is None else engines),
         "learner": [rank] * cfg.learner.num_ranks,
         "reference": [{"CPU": cfg.reference.cpus_per_actor, **gpu_share}]
         * cfg.reference.num_actors,
@@ -236,6 +246,22 @@ class Placement:
                 _free(),
                 f"; {problem}, waiting for the autoscaler" if problem else "",
             )
+
+    def add_engine_group(self, cfg: Config, engine_id: int) -> Slot:
+        """A placement group of its own for a rollout engine that joins the run (a group
+        cannot gain bundles); not waited for (its `pg.ready()` says when it is placed)."""
+        request = engine_request(cfg)
+        pg = placement_group([request], strategy="PACK", name=f"instructray-rollout-{engine_id}")
+        self.groups.append(pg)
+        return Slot(pg, 0, request, actor_env(cfg), _restarts(cfg, "rollout"), "rollout")
+
+    def release(self, slot: Slot) -> None:
+        """An engine left the pool: remove its group once no other actor of the run is in it
+        (an engine started with the run shares its role's group: that bundle stays reserved)."""
+        used = any(s.pg.id == slot.pg.id for slots in self.slots.values() for s in slots)
+        if not used and any(pg.id == slot.pg.id for pg in self.groups):
+            remove_placement_group(slot.pg)
+            self.groups = [pg for pg in self.groups if pg.id != slot.pg.id]
 
     def nodes(self) -> dict[str, list[str]]:
         """The node id each actor of each role was placed on: {role: [node id per actor]}."""

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from orchestrator.output.scale_requests import KV_NAMESPACE, kv_key, new_request, write_request
+
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV = Path("deploy/runtime_env.yaml")
 # Arguments that look like credentials: they would be readable by anyone who can list jobs.
@@ -127,6 +129,55 @@ def submit(
     )
 
 
+# The scale request's writer: a job of one line on the cluster (the job API is all --address
+# reaches), with Ray alone: it runs in any image, with or without this package.
+SCALE_WRITER = (
+    "import ray, sys; ray.init(); "
+    "from ray.experimental.internal_kv import _internal_kv_put; "
+    "_internal_kv_put(sys.argv[1], sys.argv[2], overwrite=True, namespace=sys.argv[3])"
+)
+
+
+def put_scale_request(job_id: str, request: dict[str, Any], address: str, timeout_s: float) -> None:
+    """Hand a running job's driver a scale request (orchestrator/ppo/scaling.py) under its Ray
+    job id, through a one-line job; waits up to timeout_s for it to finish."""
+    import json
+
+    c = client(address)
+    try:
+        info = c.get_job_info(job_id)
+    except Exception as e:
+        raise JobError(f"job {job_id}: {_one_line(e)}") from None
+    if str(info.status.value) != "RUNNING" or not info.job_id:
+        raise JobError(f"job {job_id} is {info.status.value}, not running: nothing to scale")
+    args = [kv_key(info.job_id), json.dumps(request), KV_NAMESPACE]
+    writer = c.submit_job(entrypoint=shlex.join(["python", "-c", SCALE_WRITER, *args]))
+    deadline = time.monotonic() + timeout_s
+    while (state := str(c.get_job_status(writer).value)) not in TERMINAL:
+        if time.monotonic() > deadline:
+            raise JobError(f"scale: the request's writer job {writer} is still {state}")
+        time.sleep(0.5)
+    if state != "SUCCEEDED":
+        raise JobError(
+            f"scale: the request's writer job {writer} {state}: {c.get_job_logs(writer)}"
+        )
+
+
+def scale(target: str | Path, engines: int, address: str = "", timeout_s: float = 120.0) -> str:
+    """Ask a running PPO run for `engines` rollout engines (applied between its steps); -> what
+    was done, one line. target: a run folder (a run on this machine), or a Ray job id at
+    `address` (the job API's, as for `instructray submit`)."""
+    request = new_request(engines)
+    folder = Path(target)
+    if folder.is_dir():
+        write_request(folder, request)
+        return f"asked the run in {folder} for {engines} rollout engine(s)"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", str(target)):
+        raise FileNotFoundError(f"{target} is neither a run folder nor a job id")
+    put_scale_request(str(target), request, address_of(address), timeout_s)
+    return f"asked job {target} for {engines} rollout engine(s)"
+
+
 def status(job_id: str, address: str) -> str:
     try:
         return str(client(address).get_job_status(job_id).value)
@@ -195,6 +246,16 @@ def _parser(stages: list[str]) -> argparse.ArgumentParser:
         p.add_argument("--address", help=f"job API (default: RAY_ADDRESS or {DEFAULT_ADDRESS})")
         if name == "logs":
             p.add_argument("--follow", action="store_true", help="stream until the job ends")
+    p = sub.add_parser(
+        "scale",
+        help="grow or shrink a running PPO run's rollout engines",
+        description="instructray scale TARGET --engines N: ask a running PPO run (TARGET its run "
+        "folder on this machine, or its Ray job id with --address) for N rollout engines; the "
+        "driver applies it between steps (a new engine is verified before it serves).",
+    )
+    p.add_argument("target", metavar="TARGET", help="run folder or Ray job id")
+    p.add_argument("--engines", type=int, required=True, help="rollout engines wanted (>= 1)")
+    p.add_argument("--address", help=f"job API (default: RAY_ADDRESS or {DEFAULT_ADDRESS})")
     return parser
 
 
@@ -228,4 +289,6 @@ def main(argv: list[str], stages: list[str], normalize: Any) -> int:
         logs(args.job_id, address, args.follow)
     elif args.command == "stop":
         print(stop(args.job_id, address))
+    elif args.command == "scale":
+        print(scale(args.target, args.engines, address))
     return 0

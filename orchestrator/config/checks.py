@@ -151,6 +151,7 @@ def _check_ppo(cfg: Config, errors: list[str]) -> None:
             f"rollout.num_engines = {r.num_engines} exceeds rollout.prompts_per_step = "
             f"{r.prompts_per_step}: some engines would get no prompts"
         )
+    _check_pool(cfg, errors)
     longest = cfg.data.max_prompt_tokens + r.max_new_tokens
     if longest > cfg.model.max_seq_len:
         errors.append(
@@ -161,6 +162,31 @@ def _check_ppo(cfg: Config, errors: list[str]) -> None:
         errors.append(
             "rollout.weight_sync = nccl needs GPUs but learner.gpus_per_rank = 0; use gloo or "
             "object_store on CPU"
+        )
+
+
+def max_engines(cfg: Config) -> int:
+    """The most engines the run's pool may hold: rollout.max_engines with autoscale (0 =
+    num_engines), else num_engines (`instructray scale` may go past it, as the cluster allows)."""
+    r = cfg.rollout
+    return (r.max_engines or r.num_engines) if r.autoscale else r.num_engines
+
+
+def _check_pool(cfg: Config, errors: list[str]) -> None:
+    """With rollout.autoscale: min_engines <= num_engines <= max_engines <= prompts_per_step."""
+    r = cfg.rollout
+    if not r.autoscale:
+        return
+    most = max_engines(cfg)
+    if not r.min_engines <= r.num_engines <= most:
+        errors.append(
+            f"rollout.autoscale needs rollout.min_engines <= rollout.num_engines <= "
+            f"rollout.max_engines, got {r.min_engines} <= {r.num_engines} <= {most}"
+        )
+    if most > r.prompts_per_step:
+        errors.append(
+            f"rollout.max_engines = {most} exceeds rollout.prompts_per_step = "
+            f"{r.prompts_per_step}: some engines would get no prompts"
         )
 
 

@@ -3,7 +3,9 @@ restarted recovered and its call redone.
 
 Calls are written as calls (`lambda actor, *args: actor.score.remote(*args)`), so grep finds
 every driver -> actor edge. Actor lists are read from the Roles at each call: a list may change
-during a run (a rebuilt learner; later, engines that join or leave).
+during a run (a rebuilt learner; engines that join or leave the pool, orchestrator/ppo/pool.py).
+A call keeps the actors it started on: an engine that left the pool while its call was in flight
+(its node left the cluster) has that call redone by another engine.
 """
 
 from __future__ import annotations
@@ -27,19 +29,25 @@ class RestartsExhausted(RemoteError):
     """A rollout, reward or reference actor died more often than run.max_actor_restarts."""
 
 
+Redo = Callable[..., Any]  # (i[, actor]) -> ObjectRef: call i again (on another actor)
+Lost = Callable[[Any], Any]  # (dead engine) -> the engine to redo its call on, or None
+
+
 class Pending:
     """Calls started on the actors of one role, not yet waited for."""
 
-    def __init__(self, role: str, refs: list[Any], redo: Callable[[int], Any]):
-        self.role, self.refs, self.redo = role, refs, redo
+    def __init__(self, role: str, actors: list[Any], refs: list[Any], redo: Redo):
+        self.role, self.actors, self.refs, self.redo = role, actors, refs, redo
 
 
 class RoleCalls:
-    """Calls on the actors of each role, recovering a restarted one. `on_restart(role, i)` runs
-    once Ray has restarted actor i (a rollout engine gets the current weights there)."""
+    """Calls on the actors of each role, recovering a restarted one. `on_restart(role, actor)`
+    runs once Ray has restarted the actor (a rollout engine gets the current weights there);
+    `lost(engine)` (the engine pool's) says whether a dead engine leaves the pool instead."""
 
-    def __init__(self, cfg: Config, roles: Roles, on_restart: Callable[[str, int], None]):
+    def __init__(self, cfg: Config, roles: Roles, on_restart: Callable[[str, Any], None]):
         self.cfg, self.roles, self.on_restart = cfg, roles, on_restart
+        self.lost: Lost | None = None
 
     def actors(self, role: str) -> list[Any]:
         return {
@@ -51,12 +59,12 @@ class RoleCalls:
 
     def start(self, role: str, call: Call, args: list[tuple]) -> Pending:
         """call(actor i, *args[i]) on the first len(args) actors of role."""
-        actors = self.actors(role)
+        actors = list(self.actors(role)[: len(args)])
 
-        def redo(i: int) -> Any:
-            return call(actors[i], *args[i])
+        def redo(i: int, actor: Any = None) -> Any:
+            return call(actors[i] if actor is None else actor, *args[i])
 
-        return Pending(role, [redo(i) for i in range(len(args))], redo)
+        return Pending(role, actors, [redo(i) for i in range(len(args))], redo)
 
     def wait(self, pending: Pending, phase: str) -> list[Any]:
         """The results of started calls within run.timeout_s; a dead actor is recovered and
@@ -67,14 +75,18 @@ class RoleCalls:
             phase,
             names(display(role), pending.refs),
             self.cfg.run.timeout_s,
-            retry=self.retry(role, pending.redo),
+            retry=self.retry(role, pending.redo, pending.actors),
         )
 
     def run(self, role: str, call: Call, args: list[tuple], phase: str) -> list[Any]:
         return self.wait(self.start(role, call, args), phase)
 
-    def retry(self, role: str, redo: Callable[[int], Any]) -> Callable[[int, Exception], Any]:
-        """A wait_all retry: recover actor i of role after it died, then redo its call."""
+    def retry(
+        self, role: str, redo: Redo, actors: list[Any] | None = None
+    ) -> Callable[[int, Exception], Any]:
+        """A wait_all retry: recover actor i of role (of `actors`, default the role's current
+        list) after it died, then redo its call; an engine that left the pool instead has its
+        call redone by another."""
 
         def retry(i: int, error: Exception) -> Any:
             # An engine's weight update fails too when the learner rank that exported the weights
@@ -84,18 +96,23 @@ class RoleCalls:
             if dead in ranks:
                 name = f"rank {ranks.index(dead)}"
                 raise ActorDied(f"learner sync: {name} died", "learner sync", name) from None
-            self.recover(role, i)
+            actor = (actors or self.actors(role))[i]
+            if role == "rollout" and self.lost is not None:
+                other = self.lost(actor)
+                if other is not None:
+                    return redo(i, other)
+            self.recover(role, actor, i)
             return redo(i)
 
         return retry
 
-    def recover(self, role: str, i: int) -> None:
-        """Wait for Ray to restart actor i of role (its constructor reloads the model), then
-        on_restart(role, i)."""
+    def recover(self, role: str, actor: Any, i: int) -> None:
+        """Wait for Ray to restart the actor (its constructor reloads the model), then
+        on_restart(role, actor)."""
         name = f"{display(role)} {i}"
         logger.warning("%s died or was restarted; recovering it", name)
-        self.wait_alive(self.actors(role)[i], "restart", name)
-        self.on_restart(role, i)
+        self.wait_alive(actor, "restart", name)
+        self.on_restart(role, actor)
 
     def wait_alive(self, actor: Any, phase: str, name: str) -> None:
         """Wait for Ray to restart actor; past run.max_actor_restarts, RestartsExhausted."""

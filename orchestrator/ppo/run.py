@@ -93,9 +93,10 @@ def run_ppo(cfg: Config) -> RunFolder:
     checkpoints = Checkpoints(folder.path, cfg.run.keep_last)
     resume_from = checkpoints.resolve(cfg.run.resume)  # a bad path fails before any actor starts
     roles = Roles.start(cfg)
+    trainer = None
     try:
         folder.write_json("placement.json", roles.placement.nodes())
-        trainer = PPOTrainer(cfg, roles)
+        trainer = PPOTrainer(cfg, roles, folder)
         first = 0
         if resume_from is not None:
             first = trainer.load(resume_from)
@@ -156,5 +157,7 @@ def run_ppo(cfg: Config) -> RunFolder:
         roles.learner.save_pretrained(str(folder.final_dir))
     finally:
         folder.close()
+        if trainer is not None:
+            trainer.pool.close()
         roles.shutdown()
     return folder

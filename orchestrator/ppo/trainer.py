@@ -23,7 +23,8 @@ import kernels
 from actors.sequences import make_sequence_batch
 from orchestrator.config import Config
 from orchestrator.config.checks import gae_in_learner, needs_critic, reward_sources
-from orchestrator.output import PhaseTimer
+from orchestrator.output import PhaseTimer, RunFolder
+from orchestrator.output.scale_requests import ScaleRequests
 from orchestrator.ppo.calls import RestartsExhausted, RoleCalls
 from orchestrator.ppo.checkpoints import read_driver_state
 from orchestrator.ppo.experience import (
@@ -35,6 +36,12 @@ from orchestrator.ppo.experience import (
     step_metrics,
 )
 from orchestrator.ppo.numerics import ROWS_SHOWN, batch_statistics, nonfinite_fields
+from orchestrator.ppo.offpolicy import (
+    decide_old_logprobs,
+    importance_weights,
+    truncated_importance,
+)
+from orchestrator.ppo.pool import EnginePool
 from orchestrator.ppo.roles import Roles
 from orchestrator.ppo.weights import WeightSync
 
@@ -46,7 +53,8 @@ logger = logging.getLogger(__name__)
 class PPOTrainer:
     """Owns the actors of one PPO run and runs its steps."""
 
-    def __init__(self, cfg: Config, roles: Roles):
+    def __init__(self, cfg: Config, roles: Roles, folder: RunFolder | None = None):
+        """folder: the run's, where scale requests arrive and placement.json is kept."""
         self.cfg, self.roles = cfg, roles
         p = cfg.ppo
         self.kl_ctl = (
@@ -58,6 +66,15 @@ class PPOTrainer:
         self.values = needs_critic(cfg) and not self.gae_in_learner  # rollout-time values
         self.calls = RoleCalls(cfg, roles, on_restart=self._on_restart)
         self.weights = WeightSync(cfg, roles, self.calls)
+        self.pool = EnginePool(
+            cfg,
+            roles,
+            self.weights,
+            ScaleRequests(folder.path) if folder is not None else None,
+            lambda: folder and folder.write_json("placement.json", roles.placement.nodes()),
+        )
+        self.calls.lost = self.pool.lost
+        self.engine_rates: dict[str, float] = {}  # each engine's tokens/s in the last generate
         self.steps_done = 0
         self.max_diff = 0.0  # of the last weight sync
         self.skipped_steps = 0  # PPO steps skipped for non-finite numbers, in the run
@@ -69,9 +86,9 @@ class PPOTrainer:
         if self.weights.broadcast:
             self.weights.open_group()
 
-    def _on_restart(self, role: str, i: int) -> None:
+    def _on_restart(self, role: str, actor: Any) -> None:
         if role == "rollout":  # the restarted engine loaded the base model: bring it up to date
-            self.weights.resend(i)
+            self.weights.resend(actor)
 
     def rebuild_learner(self, checkpoint: Path) -> int:
         """A learner rank died: start a new group in the same placement bundles, load the
@@ -120,7 +137,7 @@ class PPOTrainer:
         self.weights.version = max(self.weights.version, state["version"] - 1)
         max_diff = self.weights.sync()  # the engines serve the checkpoint's weights, verified
         if self.engine_logprobs is None and self.weights.probe is not None:  # older checkpoint
-            self.engine_logprobs = self.decide_old_logprobs(max_diff)
+            self.engine_logprobs = decide_old_logprobs(self.cfg, max_diff)
         logger.info(
             "ppo: engines at weight version %d (max log-prob diff %.3g)",
             self.weights.version,
@@ -135,7 +152,7 @@ class PPOTrainer:
         r, prompts, tok = self.cfg.rollout, self.roles.prompts, self.roles.tokenizer
         # Balanced by load: each prompt costs its tokens plus the most its samples may add.
         loads = [len(prompts.token_ids[i]) + r.max_new_tokens for i in prompt_idx]
-        parts = split_by_load(loads, len(self.roles.engines))
+        parts = split_by_load(loads, min(len(self.roles.engines), len(loads)))
         calls = []
         for e, part in enumerate(parts):
             sampling = {
@@ -152,6 +169,10 @@ class PPOTrainer:
             }
             calls.append(([prompts.token_ids[prompt_idx[i]] for i in part], sampling))
         outs = self.calls.run("rollout", lambda a, *x: a.generate.remote(*x), calls, "generate")
+        self.engine_rates = {
+            f"throughput/engine_{engine_id}/tokens_per_s": out["tokens"] / max(out["seconds"], 1e-9)
+            for engine_id, out in zip(self.pool.ids, outs, strict=False)
+        }
         keys = ("prompt", "prompt_ids", "response_ids", "logprobs", "finish_reasons")
         merged: dict[str, list] = {k: [] for k in keys}
         groups = []  # each sample's prompt by its place in this step: ids, never texts
@@ -174,54 +195,6 @@ class PPOTrainer:
             batch,
             pad_rows(merged["logprobs"], batch.response_mask),
         )
-
-    def decide_old_logprobs(self, measured_diff: float) -> bool:
-        """Whether the engines' sampled-token log-probs stand in for a learner forward, given
-        the engine-vs-learner probe difference measured at the first check; logged, and kept
-        for the run (a checkpoint holds it)."""
-        p, r = self.cfg.ppo, self.cfg.rollout
-        if p.old_logprobs != "auto":
-            return p.old_logprobs == "rollout"
-        # The engine reports raw (temperature-1) log-probs: they serve only at temperature 1,
-        # and only where they equal the learner's (fp32), not where rounding parts them (bf16).
-        serve = r.temperature == 1.0 and measured_diff <= p.old_logprobs_tolerance
-        logger.info(
-            "ppo: old_logprobs from the %s (ppo.old_logprobs auto: engine-vs-learner probe "
-            "difference %.3g %s ppo.old_logprobs_tolerance = %g%s)",
-            "engines" if serve else "learner",
-            measured_diff,
-            "<=" if measured_diff <= p.old_logprobs_tolerance else ">",
-            p.old_logprobs_tolerance,
-            "" if r.temperature == 1.0 else f", rollout.temperature = {r.temperature}",
-        )
-        return serve
-
-    def importance_weights(self) -> bool:
-        """Whether the engines' log-probs are those of the sampling distribution (temperature 1,
-        no top-k / top-p), so that learner/engine ratios are importance weights."""
-        r = self.cfg.rollout
-        return r.temperature == 1.0 and r.top_p == 1.0 and r.top_k == -1
-
-    def truncated_importance(
-        self,
-        old_logprobs: torch.Tensor,  # (B, R) the learner's
-        rollout_logprobs: torch.Tensor,  # (B, R) the engines'
-        mask: torch.Tensor,  # (B, R)
-    ) -> dict[str, Any]:
-        """The engine-vs-learner gap of the sampled tokens; with ppo.tis_cap, the truncated
-        importance weights that correct the policy loss for it. -> {metrics, weights?}."""
-        cap = self.cfg.ppo.tis_cap
-        weights, stats = kernels.truncated_is_weights(
-            old_logprobs, rollout_logprobs, mask, float("inf") if cap is None else cap
-        )
-        metrics = {
-            "rollout/logprob_diff/mean": stats["logprob_diff_mean"].item(),
-            "rollout/logprob_diff/max": stats["logprob_diff_max"].item(),
-        }
-        if cap is None:
-            return {"metrics": metrics}
-        metrics["rollout/tis/clipfrac"] = stats["tis_clipfrac"].item()
-        return {"metrics": metrics, "weights": weights}
 
     def score(self, rollout: Rollout) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Reward scores, reference log-probs and (those asked for) values and old log-probs,
@@ -260,10 +233,10 @@ class PPOTrainer:
         if from_rollout:
             scored["old_logprobs"] = rollout.logprobs
             return scored, extra
-        if not self.importance_weights():
+        if not importance_weights(self.cfg):
             return scored, extra
         mask = batch.response_mask
-        tis = self.truncated_importance(scored["old_logprobs"], rollout.logprobs, mask)
+        tis = truncated_importance(self.cfg, scored["old_logprobs"], rollout.logprobs, mask)
         return scored, tis | {"metrics": extra.get("metrics", {}) | tis["metrics"]}
 
     def first_step(self, rollout: Rollout) -> dict[str, Any]:
@@ -271,7 +244,7 @@ class PPOTrainer:
         check, which decides where old log-probs come from; the data counts."""
         initial = self.weights.set_probe(rollout.prompt_ids, rollout.response_ids)
         if self.engine_logprobs is None:
-            self.engine_logprobs = self.decide_old_logprobs(initial)
+            self.engine_logprobs = decide_old_logprobs(self.cfg, initial)
         sizes = self.roles.learner.model_parameters()
         if not sizes["learner/critic_parameters"]:
             logger.info("ppo: estimator %s, no critic", self.cfg.ppo.estimator)
@@ -315,6 +288,8 @@ class PPOTrainer:
     def step(self, step: int) -> dict[str, float]:
         """One PPO step, in the order of the paper's algorithm box; -> its flat metrics."""
         phase, start = self.phases(step), time.perf_counter()
+        with phase("pool"):  # engines join or leave between steps (instructray scale, autoscale)
+            self.pool.apply()
         # A checkpoint of this step's start (should an actor fail for good before the learner
         # trains) holds the sampler's position and the probe batch.
         self.at_start = {"sampler": self.roles.sampler.state_dict(), "probe": self.weights.probe}
@@ -350,6 +325,8 @@ class PPOTrainer:
             **step_metrics(step, rollout, scored["scores"], fields["kl"], kl_coef),
             **train,
             **tis.get("metrics", {}),
+            **self.pool.metrics(),
+            **self.engine_rates,
             "train/skipped_steps": self.skipped_steps,
             **first,
         }

@@ -63,12 +63,14 @@ class WeightSync:
     def sync(self) -> float:
         """Push the learner's weights to every engine (new version), then verify; -> max diff."""
         self.version += 1
-        engines = self.roles.engines
+        engines = list(self.roles.engines)
         if not self.broadcast:
             weights = self.roles.learner.export_weights()  # ObjectRef: one copy in the store
             refs = [e.update_weights.remote(self.version, weights) for e in engines]
             # A restarted engine gets this version while it recovers; then only confirm it.
-            retry = self.calls.retry("rollout", lambda i: engines[i].version.remote())
+            retry = self.calls.retry(
+                "rollout", lambda i, other=None: (other or engines[i]).version.remote(), engines
+            )
             wait_all(
                 refs,
                 "weight sync",
@@ -88,17 +90,40 @@ class WeightSync:
         # the first step fixes it and checks every engine then (set_probe).
         return self.verify() if self.probe is not None else 0.0
 
-    def resend(self, i: int) -> None:
-        """Engine i was restarted: it receives the current weights, under the current version,
-        before it serves (with a broadcast transport, in a group formed again)."""
+    def resend(self, engine: Any, phase: str = "restart") -> None:
+        """A restarted (or joining) engine receives the current weights, under the current
+        version, before it serves (with a broadcast transport, in a group formed again)."""
         if self.broadcast:
-            self.reform()  # the restarted engine left the old group
+            self.reform()  # the restarted engine left the old group; a new one was never in it
             if self.version > 0:
                 self._broadcast(self.version, again=True)
         elif self.version > 0:
             weights = self.roles.learner.export_weights()
-            ref = self.roles.engines[i].update_weights.remote(self.version, weights)
-            wait_all([ref], "restart", [f"rollout engine {i}"], self.cfg.run.start_timeout_s)
+            ref = engine.update_weights.remote(self.version, weights)
+            name = f"rollout engine {self.index(engine)}"
+            wait_all([ref], phase, [name], self.cfg.run.start_timeout_s)
+
+    def index(self, engine: Any) -> int:
+        """An engine's place in the pool (its name in messages)."""
+        ids = [e._actor_id for e in self.roles.engines]
+        return ids.index(engine._actor_id) if engine._actor_id in ids else len(ids)
+
+    def bring_up(self, engine: Any) -> float:
+        """An engine that joins the pool (already in roles.engines): the current weights under
+        the current version, verified against the learner on the probe batch (once the run has
+        one) before it serves; -> its max log-prob difference."""
+        self.resend(engine, "engine join")
+        if self.probe is None:
+            return 0.0
+        i = self.index(engine)
+        learner = self.roles.learner.weights_state(self.probe)
+        [state] = wait_all(
+            [engine.weights_state.remote(self.probe)],
+            "engine join",
+            [f"rollout engine {i}"],
+            self.cfg.run.timeout_s,
+        )
+        return self._check(i, state, learner)
 
     def _broadcast(self, version: int, again: bool = False) -> None:
         """Learner rank 0 broadcasts the weights to every engine as version (again: engines
@@ -134,22 +159,23 @@ class WeightSync:
         )
         learner = self.roles.learner.weights_state(self.probe)
         engines = self.calls.wait(pending, "sync check")
+        return max((self._check(i, e, learner) for i, e in enumerate(engines)), default=0.0)
+
+    def _check(self, i: int, engine: dict[str, Any], learner: dict[str, Any]) -> float:
+        """One engine's weights state against the learner's; -> its max log-prob difference."""
         limit = sync_logprob_limit(self.cfg)
-        diff = 0.0
-        for i, engine in enumerate(engines):
-            where = f"weight sync: rollout engine {i} (version {self.version})"
-            problem = sync_problem(engine, learner["fingerprints"], self.version)
-            if problem:
-                raise WeightSyncError(f"{where}: {problem}")
-            engine_diff = max_logprob_diff(engine["logprobs"], learner["logprobs"])
-            if not engine_diff <= limit:
-                raise WeightSyncError(
-                    f"{where} differs from the learner by {engine_diff:.3g} in log-prob on the "
-                    f"probe batch (limit rollout.sync_max_logprob_diff = {limit:g} for "
-                    f"{self.cfg.model.dtype})"
-                )
-            diff = max(diff, engine_diff)
-        return diff
+        where = f"weight sync: rollout engine {i} (version {self.version})"
+        problem = sync_problem(engine, learner["fingerprints"], self.version)
+        if problem:
+            raise WeightSyncError(f"{where}: {problem}")
+        engine_diff = max_logprob_diff(engine["logprobs"], learner["logprobs"])
+        if not engine_diff <= limit:
+            raise WeightSyncError(
+                f"{where} differs from the learner by {engine_diff:.3g} in log-prob on the "
+                f"probe batch (limit rollout.sync_max_logprob_diff = {limit:g} for "
+                f"{self.cfg.model.dtype})"
+            )
+        return engine_diff
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version, "probe": self.probe}

@@ -1,5 +1,7 @@
-"""Scaling out rollouts: on a simulated three-node cluster, rollout.placement_strategy=SPREAD puts
-the two engines on different nodes and PPO steps complete (real Ray, vLLM, DeepSpeed)."""
+"""Scaling out rollouts on simulated multi-node clusters (real Ray, vLLM, DeepSpeed): on three
+nodes rollout.placement_strategy=SPREAD puts the two engines on different nodes and PPO steps
+complete; with rollout.autoscale the pool grows onto a node that joins mid-run and shrinks when
+it leaves, and the run finishes."""
 
 from __future__ import annotations
 
@@ -20,14 +22,13 @@ pytestmark = pytest.mark.e2e
 LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-@pytest.fixture(scope="module")
-def multinode_run(tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
-    out = tmp_path_factory.mktemp("multinode") / "run"
+def run_script(script: str, tiny_dir: str, out: Path, tag: str) -> dict:
+    """Run a support script in its own process (and session); -> the JSON it printed after tag."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), env.get("PYTHONPATH")]))
     env[LOOPBACK] = "0"
     proc = subprocess.Popen(
-        [sys.executable, str(SUPPORT / "multinode_ppo.py"), str(tiny_dir), str(out)],
+        [sys.executable, str(SUPPORT / script), str(tiny_dir), str(out)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -39,10 +40,23 @@ def multinode_run(tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        pytest.fail(f"the three-node run took over 600 s:\n{stderr[-3000:]}")
+        pytest.fail(f"{script} took over 600 s:\n{stderr[-3000:]}")
     assert proc.returncode == 0, stderr[-3000:]
-    [line] = [x for x in stdout.splitlines() if x.startswith("NODES ")]
-    return out, json.loads(line[len("NODES ") :])
+    [line] = [x for x in stdout.splitlines() if x.startswith(tag + " ")]
+    return {**json.loads(line[len(tag) + 1 :]), "stderr": stderr}
+
+
+@pytest.fixture(scope="module")
+def multinode_run(tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
+    out = tmp_path_factory.mktemp("multinode") / "run"
+    nodes = run_script("multinode_ppo.py", tiny_dir, out, "NODES")
+    return out, nodes
+
+
+@pytest.fixture(scope="module")
+def autoscale_run(tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
+    out = tmp_path_factory.mktemp("autoscale") / "run"
+    return out, run_script("autoscale_ppo.py", tiny_dir, out, "SEEN")
 
 
 def test_engines_land_on_different_nodes(multinode_run):
@@ -60,4 +74,25 @@ def test_ppo_steps_complete_across_nodes(multinode_run):
     rows = metrics_of(out)
     assert [r["step"] for r in rows] == [0, 1]
     assert every_sync_close(out)  # both engines synced
+    assert (out / "final" / "model.safetensors").exists()
+
+
+def test_autoscale_grows_onto_a_joining_node_and_shrinks_when_it_leaves(autoscale_run):
+    out, seen = autoscale_run
+    assert "error" not in seen, seen["error"]
+    rows = metrics_of(out)
+    engines = [r["rollout/engines"] for r in rows]
+    # 1 engine until the node joined; 2 (the new one on that node); 1 after it left.
+    assert engines[0] == 1 and engines[-1] == 1
+    grown = seen["grown_at"]
+    assert seen["added_after_step"] < grown < seen["removed_after_step"] + 1
+    assert all(e == 1 for e in engines[: seen["added_after_step"] + 1])
+    assert seen["placement_grown"]["rollout"] == [seen["head"], seen["worker"]]
+    assert rows[-1]["rollout/engine_joins"] == 1 and rows[-1]["rollout/engine_leaves"] == 1
+    assert seen["worker"] not in seen["alive_at_end"]
+    assert "left the pool (its node left the cluster)" in seen["stderr"]
+    # The run finished every step, every sync verified (the joined engine's too).
+    assert [r["step"] for r in rows] == list(range(len(rows))) and len(rows) == 120
+    assert every_sync_close(out)
+    assert [r["weight_sync/version"] for r in rows] == list(range(1, len(rows) + 1))
     assert (out / "final" / "model.safetensors").exists()

@@ -305,14 +305,13 @@ def test_second_round_ranks_the_policys_own_samples(pipeline_job, head):
 def test_every_grafana_panel_shows_a_metric_the_run_exported(pipeline_job):
     _, _, seen = pipeline_job
     dashboard = json.loads((ROOT / "deploy/grafana/instructray.json").read_text())
-    names = {
-        m
-        for panel in dashboard["panels"]
-        for target in panel["targets"]
-        for m in re.findall(r"ray_instructray_\w+", target["expr"])
-    }
-    assert names
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    # A name, or a name pattern (__name__=~"..."): each must match a metric the run exported.
+    patterns = {p for e in exprs for p in re.findall(r'__name__=~"([^"]+)"', e)}
+    names = {m for e in exprs if "__name__" not in e for m in re.findall(r"ray_instructray_\w+", e)}
+    assert names and patterns
     missing = sorted(n for n in names if n not in seen)
+    missing += sorted(p for p in patterns if not any(re.fullmatch(p, n) for n in seen))
     assert not missing, f"dashboard panels query metrics nobody exported: {missing}"
 
 

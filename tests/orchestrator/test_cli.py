@@ -80,3 +80,14 @@ def test_every_stage_the_checks_know_has_a_runner():
     assert list(cli.STAGES) == list(STAGES)
     for stage in STAGES:
         assert callable(cli.resolve_runner(stage)), stage
+
+
+def test_bench_plan_prints_the_table_without_the_configs_inputs(capsys):
+    # The 7B config's model and data folders are not on this machine: --plan reads none of them.
+    config = Path(__file__).parents[2] / "deploy" / "configs" / "pipeline-7b-8gpu.yaml"
+    assert main(["bench", "--plan", "--config", str(config), "--rollout.max_new_tokens=256"]) == 0
+    out = capsys.readouterr().out
+    assert "(1024 prompt + 256 new) tokens" in out and "N = 7e+09" in out
+    assert out.count("  pipelined = max(") == 3
+    assert main(["bench", "--plan", "--config", str(config), "--plan-params=7.6e9"]) == 0
+    assert "N = 7.6e+09" in capsys.readouterr().out

@@ -1,0 +1,157 @@
+"""The elastic engine pool, by hand: `instructray scale` on a run folder grows a running PPO run
+from 1 to 2 engines and back, each join verified before the engine serves; a request the cluster
+cannot place within run.start_timeout_s is dropped with a warning and the run goes on. Real Ray,
+vLLM, DeepSpeed; tiny models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from testdata import every_sync_close, metrics_of, ppo_tiny_config
+
+from orchestrator.cli import main
+from orchestrator.jobs import scale
+from orchestrator.ppo.run import run_ppo
+
+pytestmark = pytest.mark.e2e
+START_TIMEOUT_S = 40  # the blocked engine's wait; the run's actors start well within it
+STEPS = 160  # ~0.4 s each: time for a join, a 40 s drop and a leave
+
+
+def _rows(out: Path) -> list[dict]:
+    try:
+        return metrics_of(out)
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet, or a line half written
+        return []
+
+
+def _wait_for(what: str, check, deadline: float) -> list[dict]:
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Conductor(threading.Thread):
+    """Scales the run as it goes, by what its metrics show; keeps what it saw."""
+
+    def __init__(self, out: Path):
+        super().__init__(daemon=True)
+        self.out, self.seen, self.error = out, {}, None
+
+    def run(self) -> None:
+        import ray
+
+        out, deadline = self.out, time.monotonic() + 500
+        try:
+            _wait_for("the first step", lambda: _rows(out), deadline)
+            # All but one free CPU taken: of the two engines asked for, one can be placed.
+            free = ray.available_resources().get("CPU", 0.0)
+            blocker = ray.util.placement_group([{"CPU": free - 1}])
+            ray.get(blocker.ready(), timeout=60)
+            try:
+                print(scale(out, 3))  # the Python face
+                two = _wait_for(
+                    "one engine joined and the other dropped",
+                    lambda: [
+                        r
+                        for r in _rows(out)
+                        if r["rollout/engines"] == 2 and r["rollout/engines_joining"] == 0
+                    ],
+                    deadline,
+                )
+            finally:
+                ray.util.remove_placement_group(blocker)
+            self.seen["placement_at_2"] = json.loads((out / "placement.json").read_text())
+            assert main(["scale", str(out), "--engines", "1"]) == 0  # the CLI
+            _wait_for(
+                "1 engine again",
+                lambda: (
+                    [r for r in _rows(out) if r["step"] > two[0]["step"] + 1]
+                    and [r for r in _rows(out) if r["rollout/engine_leaves"] == 1]
+                ),
+                deadline,
+            )
+            self.seen["done_at"] = _rows(out)[-1]["step"]
+        except BaseException as e:  # the test reports it
+            self.error = e
+
+
+@pytest.fixture(scope="module")
+def scaled_run(ray_local, tiny_dir, tiny_policy, tiny_reward, tmp_path_factory, caplog_module):
+    out = tmp_path_factory.mktemp("elastic") / "run"
+    cfg = ppo_tiny_config(
+        tiny_dir,
+        out,
+        "--reward.function=actors.rule_rewards:count_target_word",
+        f"--run.steps={STEPS}",
+        "--learner.lr=1.0e-4",
+        "--ppo.kl_coef=0.01",
+        f"--run.start_timeout_s={START_TIMEOUT_S}",
+    )
+    conductor = Conductor(out)
+    conductor.start()
+    run_ppo(cfg)
+    conductor.join(timeout=30)
+    return out, conductor, caplog_module
+
+
+@pytest.fixture(scope="module")
+def caplog_module():
+    """Warnings of the run, kept for the module's tests."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logger = logging.getLogger("orchestrator.ppo.pool")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_scale_grows_and_shrinks_the_pool_mid_run(scaled_run):
+    out, conductor, _ = scaled_run
+    assert conductor.error is None, repr(conductor.error)
+    rows = metrics_of(out)
+    engines = [r["rollout/engines"] for r in rows]
+    # 1 -> 2 -> 1, and the run finished every step.
+    assert engines[0] == 1 and 2 in engines and engines[-1] == 1
+    first_two = engines.index(2)
+    assert all(e == 1 for e in engines[:first_two])
+    assert rows[-1]["rollout/engine_joins"] == 1 and rows[-1]["rollout/engine_leaves"] == 1
+    assert [r["step"] for r in rows] == list(range(STEPS))
+    # The joined engine had a group of its own and served: its tokens/s were logged.
+    assert len(conductor.seen["placement_at_2"]["rollout"]) == 2
+    assert any("throughput/engine_1/tokens_per_s" in r for r in rows)
+    assert all("throughput/engine_1/tokens_per_s" not in r for r in rows[:first_two])
+    final = json.loads((out / "placement.json").read_text())
+    assert len(final["rollout"]) == 1
+
+
+def test_every_sync_is_verified_and_the_reward_rises(scaled_run):
+    out, _, _ = scaled_run
+    rows = metrics_of(out)
+    assert every_sync_close(out)
+    assert [r["weight_sync/version"] for r in rows] == list(range(1, len(rows) + 1))
+    first, last = rows[:10], rows[-10:]
+    mean = lambda rs: sum(r["reward/mean"] for r in rs) / len(rs)  # noqa: E731
+    assert mean(last) > mean(first) + 0.4, (mean(first), mean(last))
+
+
+def test_a_request_that_cannot_be_placed_is_dropped_with_a_warning(scaled_run):
+    _, conductor, records = scaled_run
+    assert conductor.error is None, repr(conductor.error)
+    dropped = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any(
+        f"dropped: not placed within run.start_timeout_s = {START_TIMEOUT_S} s" in m
+        for m in dropped
+    ), dropped
+    joined = [r.getMessage() for r in records if "joined on node" in r.getMessage()]
+    assert len(joined) == 1 and "max log-prob diff" in joined[0]
