@@ -137,12 +137,14 @@ class RolloutActor:
         sampling: n, max_tokens, temperature, top_p, top_k, stop (strings), stop_token_ids,
         ignore_eos, seed (int or None). Returns lists: prompt_index, response_ids (a stopped
         response keeps its EOS token), logprobs (raw model log-prob of each sampled token),
-        finish_reasons ("stop" or "length"); and tokens, seconds (this call's throughput).
+        finish_reasons ("stop" or "length"); and tokens, seconds (this call's throughput),
+        version (of the weights that drew them; a newer one than `sampling["version"]` serves,
+        an older one is refused: the engine was restarted and not yet brought up to date).
         """
         from vllm import SamplingParams
 
         inject("rollout", "generate")
-        if sampling.get("version", self._version) != self._version:
+        if sampling.get("version", self._version) > self._version:
             raise ActorRestarted(
                 f"engine holds weight version {self._version}, the driver expects "
                 f"{sampling['version']} (restarted since the last sync)"
@@ -178,6 +180,7 @@ class RolloutActor:
             "finish_reasons": [],
             "tokens": new_tokens,  # sampled, in `seconds` of generation
             "seconds": seconds,
+            "version": self._version,  # the weights that drew them
         }
         for i, request in enumerate(outputs):  # vLLM returns outputs in prompt order
             for sample in sorted(request.outputs, key=lambda s: s.index):

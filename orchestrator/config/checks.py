@@ -152,6 +152,7 @@ def _check_ppo(cfg: Config, errors: list[str]) -> None:
             f"{r.prompts_per_step}: some engines would get no prompts"
         )
     _check_pool(cfg, errors)
+    _check_staleness(cfg, errors)
     longest = cfg.data.max_prompt_tokens + r.max_new_tokens
     if longest > cfg.model.max_seq_len:
         errors.append(
@@ -170,6 +171,18 @@ def max_engines(cfg: Config) -> int:
     num_engines), else num_engines (`instructray scale` may go past it, as the cluster allows)."""
     r = cfg.rollout
     return (r.max_engines or r.num_engines) if r.autoscale else r.num_engines
+
+
+def _check_staleness(cfg: Config, errors: list[str]) -> None:
+    """Pipelined generation weights stale samples by pi_learner / pi_engine: the engines'
+    log-probs must be those of the sampling distribution."""
+    r = cfg.rollout
+    if r.max_staleness and not (r.temperature == 1.0 and r.top_p == 1.0 and r.top_k == -1):
+        errors.append(
+            f"rollout.max_staleness = {r.max_staleness} corrects stale samples with the engines' "
+            f"log-probs of the sampling distribution: it needs rollout.temperature 1, top_p 1 "
+            f"and top_k -1, got {r.temperature}, {r.top_p} and {r.top_k}"
+        )
 
 
 def _check_pool(cfg: Config, errors: list[str]) -> None:

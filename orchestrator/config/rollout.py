@@ -60,6 +60,14 @@ class RolloutConfig:
         "ask Ray's autoscaler for them); an engine whose node leaves leaves the pool, down to "
         "rollout.min_engines.",
     )
+    max_staleness: int = param(
+        0,
+        "Generation pipelined with training: with k >= 1 the engines generate the next step's "
+        "samples while the learner trains on this step's (one batch ahead), and no sample more "
+        "than k weight versions old is trained on; the off-policy gap is corrected by "
+        "ppo.tis_cap. 0 = lockstep (generate, score, train, sync in turn).",
+        ge=0,
+    )
     min_engines: int = param(1, "Fewest engines with rollout.autoscale.", ge=1)
     max_engines: int = param(
         0, "Most engines with rollout.autoscale; 0 = rollout.num_engines.", ge=0

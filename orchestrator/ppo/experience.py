@@ -4,7 +4,7 @@ metrics, and how rows are split among actors."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,9 @@ class Rollout:
     finish_reasons: list[str]  # B: "stop" or "length"
     batch: SequenceBatch  # the shared layout, (B, P + R)
     logprobs: torch.Tensor  # (B, R) the engines' log-probs of the sampled tokens, 0 on padding
+    versions: torch.Tensor | None = None  # (B,) long: the weight version that drew each sample
+    engine_seconds: dict[int, float] = field(default_factory=dict)  # engine id -> generating s
+    engine_tokens: dict[int, int] = field(default_factory=dict)  # engine id -> tokens sampled
 
 
 def make_experience(
@@ -88,6 +91,20 @@ def step_metrics(
         "response_length/clipped_ratio": sum(r == "length" for r in rollout.finish_reasons)
         / len(lengths),
     }
+
+
+def engine_rates(rollout: Rollout) -> dict[str, float]:
+    """Each engine's tokens/s in the generate call that drew the rollout."""
+    return {
+        f"throughput/engine_{i}/tokens_per_s": rollout.engine_tokens[i] / max(seconds, 1e-9)
+        for i, seconds in rollout.engine_seconds.items()
+    }
+
+
+def staleness(version: int, rollout: Rollout) -> dict[str, float]:
+    """How many weight versions the learner's weights are ahead of those that drew each sample."""
+    lag = (version - rollout.versions).float() if rollout.versions is not None else torch.zeros(1)
+    return {"rollout/staleness/mean": lag.mean().item(), "rollout/staleness/max": lag.max().item()}
 
 
 def split_by_load(loads: list[float], parts: int) -> list[range]:

@@ -22,6 +22,11 @@ def decide_old_logprobs(cfg: Config, measured_diff: float) -> bool:
     p, r = cfg.ppo, cfg.rollout
     if p.old_logprobs != "auto":
         return p.old_logprobs == "rollout"
+    if r.max_staleness:
+        # Pipelined: the engines' log-probs are the behaviour policy's, a version behind; the
+        # learner's (proximal) ones anchor the clip and TIS weighs the gap between them.
+        logger.info("ppo: old_logprobs from the learner (rollout.max_staleness >= 1)")
+        return False
     # The engine reports raw (temperature-1) log-probs: they serve only at temperature 1,
     # and only where they equal the learner's (fp32), not where rounding parts them (bf16).
     serve = r.temperature == 1.0 and measured_diff <= p.old_logprobs_tolerance

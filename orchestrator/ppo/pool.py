@@ -83,6 +83,8 @@ class EnginePool:
         asked = self.requests.poll() if self.requests is not None else None
         if asked is not None:
             self.target = self._bounded(asked)
+        if self.autoscale:
+            self._drop_gone()
         self._advance()
         self._resize()
         self._ask_autoscaler()
@@ -109,6 +111,20 @@ class EnginePool:
         while len(self.roles.engines) > self.target:
             self._leave(len(self.roles.engines) - 1, "scaled down")  # the last to join first
             left = True
+        if left and self.weights.broadcast:
+            self.weights.reform()
+
+    def _drop_gone(self) -> None:
+        """Engines whose node left the cluster since the last step leave the pool (down to
+        rollout.min_engines): a call on one would wait for a restart that cannot come."""
+        left = False
+        for i in reversed(range(len(self.roles.engines))):
+            if len(self.roles.engines) <= self.cfg.rollout.min_engines:
+                break
+            slot = self.roles.placement.slots["rollout"][i]
+            if node_gone(self.roles.engines[i], slot, wait_s=0.0):
+                self._leave(i, "its node left the cluster")
+                left = True
         if left and self.weights.broadcast:
             self.weights.reform()
 
@@ -216,9 +232,10 @@ class EnginePool:
         ids = [e._actor_id for e in self.roles.engines]
         if not self.autoscale or engine._actor_id not in ids:
             return None
-        if len(ids) <= self.cfg.rollout.min_engines or not node_gone(engine):
-            return None
         i = ids.index(engine._actor_id)
+        slot = self.roles.placement.slots["rollout"][i]
+        if len(ids) <= self.cfg.rollout.min_engines or not node_gone(engine, slot):
+            return None
         self._leave(i, "its node left the cluster")
         return self.roles.engines[i % len(self.roles.engines)]
 
@@ -244,19 +261,26 @@ class EnginePool:
             self.asked = None
 
 
-def node_gone(actor: Any, wait_s: float = NODE_GONE_WAIT_S) -> bool:
-    """Whether a dead actor's node left the cluster (waiting up to wait_s for the cluster to
-    report it); False once Ray serves it again."""
+def node_gone(actor: Any, slot: Slot, wait_s: float = NODE_GONE_WAIT_S) -> bool:
+    """Whether a dead engine's node left the cluster: Ray restarts it but its group's bundle
+    is being placed again (state RESCHEDULING; the actor table still names a live node then),
+    or its last node is gone. Waits up to wait_s for the cluster to say so; False once Ray
+    serves the engine again."""
     from ray._private.state import actors as actor_table
+    from ray.util import placement_group_table
 
     deadline = time.monotonic() + wait_s
     while True:
         info = actor_table(actor._actor_id.hex())
+        if info.get("State") == "ALIVE":
+            return False
         node = (info.get("Address") or {}).get("NodeID")
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        if node and node not in alive:
+        if placement_group_table(slot.pg).get("state") == "RESCHEDULING" or (
+            node and node not in alive
+        ):
             return True
-        if info.get("State") == "ALIVE" or time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             return False
         time.sleep(0.5)
 

@@ -20,21 +20,23 @@ from typing import Any
 import torch
 
 import kernels
-from actors.sequences import make_sequence_batch
+from actors.remote import RemoteError
 from orchestrator.config import Config
 from orchestrator.config.checks import gae_in_learner, needs_critic, reward_sources
 from orchestrator.output import PhaseTimer, RunFolder
 from orchestrator.output.scale_requests import ScaleRequests
+from orchestrator.ppo import generation
 from orchestrator.ppo.calls import RestartsExhausted, RoleCalls
 from orchestrator.ppo.checkpoints import read_driver_state
 from orchestrator.ppo.experience import (
     Rollout,
+    engine_rates,
     make_experience,
-    pad_rows,
-    split_by_load,
     split_evenly,
+    staleness,
     step_metrics,
 )
+from orchestrator.ppo.generation import Generating
 from orchestrator.ppo.numerics import ROWS_SHOWN, batch_statistics, nonfinite_fields
 from orchestrator.ppo.offpolicy import (
     decide_old_logprobs,
@@ -48,6 +50,8 @@ from orchestrator.ppo.weights import WeightSync
 __all__ = ["PPOTrainer", "RestartsExhausted"]
 
 logger = logging.getLogger(__name__)
+
+AHEAD_FILE = "ahead.pt"  # in a checkpoint: the samples drawn for its next step
 
 
 class PPOTrainer:
@@ -74,7 +78,9 @@ class PPOTrainer:
             lambda: folder and folder.write_json("placement.json", roles.placement.nodes()),
         )
         self.calls.lost = self.pool.lost
-        self.engine_rates: dict[str, float] = {}  # each engine's tokens/s in the last generate
+        self.staleness = cfg.rollout.max_staleness  # 0: lockstep; >= 1: one batch ahead
+        self.generating: Generating | None = None  # the next step's samples, being drawn
+        self.ahead: Rollout | None = None  # the next step's samples, drawn
         self.steps_done = 0
         self.max_diff = 0.0  # of the last weight sync
         self.skipped_steps = 0  # PPO steps skipped for non-finite numbers, in the run
@@ -121,7 +127,21 @@ class PPOTrainer:
             "skipped_steps": self.skipped_steps,
             "skip_streak": self.skip_streak,
             "engine_logprobs": self.engine_logprobs,
+            "ahead_lag": self._save_ahead(folder, at_step_start),
         }
+
+    def _save_ahead(self, folder: Path, at_step_start: bool) -> int | None:
+        """The samples drawn ahead for the checkpoint's next step go into it (a resumed run
+        trains on the same samples); -> how many versions they lag the checkpoint's weights."""
+        try:
+            ahead = self.at_start.get("ahead") if at_step_start else self.collect_ahead()
+        except RemoteError as e:  # the engines failed: a resumed run draws them again
+            logger.warning("ppo: the samples drawn ahead are lost (%s); drawn again on resume", e)
+            return None
+        if ahead is None or ahead.versions is None:
+            return None
+        torch.save(ahead, folder / AHEAD_FILE)
+        return self.weights.version - int(ahead.versions.min())
 
     def load(self, folder: Path) -> int:
         """Restore a checkpoint and bring every engine to its weights; -> the next step."""
@@ -133,9 +153,16 @@ class PPOTrainer:
         self.steps_done = state["step"]
         self.skipped_steps, self.skip_streak = state["skipped_steps"], state["skip_streak"]
         self.engine_logprobs = state.get("engine_logprobs")  # None: decided at the next check
+        self.generating = None  # drawn for the run that failed: dropped
         # Engines only take rising versions: after a rebuilt learner they already hold newer ones.
         self.weights.version = max(self.weights.version, state["version"] - 1)
         max_diff = self.weights.sync()  # the engines serve the checkpoint's weights, verified
+        self.ahead = None
+        if state.get("ahead_lag") is not None:  # the samples drawn ahead, with their lag
+            self.ahead = torch.load(folder / AHEAD_FILE, weights_only=False)
+            self.ahead.versions = torch.full_like(
+                self.ahead.versions, self.weights.version - state["ahead_lag"]
+            )
         if self.engine_logprobs is None and self.weights.probe is not None:  # older checkpoint
             self.engine_logprobs = decide_old_logprobs(self.cfg, max_diff)
         logger.info(
@@ -147,54 +174,34 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ phases
 
-    def generate(self, step: int, prompt_idx: list[int]) -> Rollout:
-        """Sample rollout.samples_per_prompt responses per prompt, prompts shared by the engines."""
-        r, prompts, tok = self.cfg.rollout, self.roles.prompts, self.roles.tokenizer
-        # Balanced by load: each prompt costs its tokens plus the most its samples may add.
-        loads = [len(prompts.token_ids[i]) + r.max_new_tokens for i in prompt_idx]
-        parts = split_by_load(loads, min(len(self.roles.engines), len(loads)))
-        calls = []
-        for e, part in enumerate(parts):
-            sampling = {
-                "n": r.samples_per_prompt,
-                "max_tokens": r.max_new_tokens,
-                "temperature": r.temperature,
-                "top_p": r.top_p,
-                "top_k": r.top_k,
-                "stop": list(r.stop),
-                "stop_token_ids": [tok.eos_token_id],
-                "ignore_eos": r.ignore_eos,
-                "seed": self.cfg.run.seed * 100_003 + step * 1009 + e,
-                "version": self.weights.version,  # a restarted engine holds older ones: refuses
-            }
-            calls.append(([prompts.token_ids[prompt_idx[i]] for i in part], sampling))
-        outs = self.calls.run("rollout", lambda a, *x: a.generate.remote(*x), calls, "generate")
-        self.engine_rates = {
-            f"throughput/engine_{engine_id}/tokens_per_s": out["tokens"] / max(out["seconds"], 1e-9)
-            for engine_id, out in zip(self.pool.ids, outs, strict=False)
-        }
-        keys = ("prompt", "prompt_ids", "response_ids", "logprobs", "finish_reasons")
-        merged: dict[str, list] = {k: [] for k in keys}
-        groups = []  # each sample's prompt by its place in this step: ids, never texts
-        for out, part in zip(outs, parts, strict=True):
-            for i, local in enumerate(out["prompt_index"]):
-                global_idx = prompt_idx[part[local]]
-                groups.append(part[local])
-                merged["prompt"].append(prompts.texts[global_idx])
-                merged["prompt_ids"].append(prompts.token_ids[global_idx])
-                for k in keys[2:]:
-                    merged[k].append(out[k][i])
-        batch = make_sequence_batch(merged["prompt_ids"], merged["response_ids"], tok.pad_token_id)
-        return Rollout(
-            torch.tensor(groups, dtype=torch.long),
-            merged["prompt"],
-            merged["prompt_ids"],
-            merged["response_ids"],
-            tok.batch_decode(merged["response_ids"], skip_special_tokens=True),
-            merged["finish_reasons"],
-            batch,
-            pad_rows(merged["logprobs"], batch.response_mask),
+    def start_generate(self, step: int) -> Generating:
+        """Send step's prompts to the engines under the current weights; returns at once."""
+        prompt_idx = self.roles.sampler.next_batch()
+        return generation.start(
+            self.cfg, self.roles, self.calls, self.pool.ids, step, prompt_idx, self.weights.version
         )
+
+    def collect_ahead(self) -> Rollout | None:
+        """The next step's samples, once drawn (None in lockstep, or after the last step)."""
+        if self.generating is not None:
+            self.ahead = generation.collect(self.roles, self.calls, self.generating)
+            self.generating = None
+            self.busy["rollout"] += max(self.ahead.engine_seconds.values(), default=0.0)
+        return self.ahead
+
+    def take_rollout(self, step: int) -> Rollout:
+        """This step's samples: drawn ahead (rollout.max_staleness >= 1), or drawn now. Samples
+        more than max_staleness versions old (a learner rebuilt from an older checkpoint) are
+        never trained on: they are drawn again."""
+        rollout, self.ahead = self.collect_ahead(), None
+        if rollout is not None and rollout.versions is not None:
+            lag = self.weights.version - int(rollout.versions.min())
+            if lag <= self.staleness:
+                return rollout
+            logger.warning("ppo step %d: samples %d versions old, drawn again", step, lag)
+        rollout = generation.collect(self.roles, self.calls, self.start_generate(step))
+        self.busy["rollout"] += max(rollout.engine_seconds.values(), default=0.0)
+        return rollout
 
     def score(self, rollout: Rollout) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Reward scores, reference log-probs and (those asked for) values and old log-probs,
@@ -218,17 +225,20 @@ class PPOTrainer:
         rewards = self.calls.start("reward", lambda a, *x: a.score_sources.remote(*x), reward_args)
         refs = self.calls.start("reference", lambda a, b: a.logprobs.remote(b), ref_args)
         # The learner call blocks; the scorers above already run meanwhile.
-        learner_out = {}
+        learner_out, began = {}, time.perf_counter()
         if not from_rollout or self.values:
             learner_out = self.roles.learner.logprobs_and_values(
                 batch, not from_rollout, self.values
             )
+        self.busy["learner"] += time.perf_counter() - began
         returned = zip(*self.calls.wait(rewards, "score"), strict=True)
+        self.busy["reward"] += time.perf_counter() - began  # at most: waited for after the learner
         scores, parts = (torch.cat(x) for x in returned)  # (B,), (B, C)
         names = [s.partition(":")[2] or s for s in reward_sources(self.cfg)]  # model, fn name
         means = {f"reward/{name}/mean": parts[:, c].mean().item() for c, name in enumerate(names)}
         extra = {"metrics": means} if len(names) > 1 else {}
         ref_logprobs = torch.cat(self.calls.wait(refs, "reference"))
+        self.busy["reference"] += time.perf_counter() - began
         scored = {"scores": scores, "ref_logprobs": ref_logprobs, **learner_out}
         if from_rollout:
             scored["old_logprobs"] = rollout.logprobs
@@ -292,10 +302,19 @@ class PPOTrainer:
             self.pool.apply()
         # A checkpoint of this step's start (should an actor fail for good before the learner
         # trains) holds the sampler's position and the probe batch.
-        self.at_start = {"sampler": self.roles.sampler.state_dict(), "probe": self.weights.probe}
+        self.at_start = {
+            "sampler": self.roles.sampler.state_dict(),
+            "probe": self.weights.probe,
+            "ahead": self.ahead,
+        }
+        self.busy = dict.fromkeys(("rollout", "learner", "reward", "reference"), 0.0)
         with phase("generate"):  # 1. x ~ prompts, y ~ pi(.|x), n per prompt
-            rollout = self.generate(step, self.roles.sampler.next_batch())
+            rollout = self.take_rollout(step)
         first = self.first_step(rollout) if self.weights.probe is None else {}
+        # The next step's samples, while this one trains (after the last step too: a run that
+        # goes on from its final checkpoint trains on what the same run would have).
+        if self.staleness:
+            self.generating = self.start_generate(step + 1)
         with phase("score"):  # 2. RM score, reference log-probs (+ values, old log-probs)
             scored, tis = self.score(rollout)
         with phase("advantages"):  # 3. r_t = score - beta * KL_t; GAE here or in the learner
@@ -326,23 +345,31 @@ class PPOTrainer:
             **train,
             **tis.get("metrics", {}),
             **self.pool.metrics(),
-            **self.engine_rates,
+            **engine_rates(rollout),
+            **staleness(self.weights.version, rollout),
             "train/skipped_steps": self.skipped_steps,
             **first,
         }
         # The step is done but for the sync, which a restarted engine gets anyway: should the
         # sync fail for good, this row and a checkpoint after the step keep it.
         self.steps_done, self.unsynced = step + 1, metrics
-        if train:
+        if train:  # engines take them between generate calls: after the next step's samples
             with phase("sync"):  # 6. the weights to the engines, verified
                 self.max_diff = self.weights.sync()
         self.unsynced = None
+        with phase("generate"):  # the next step's samples: drawn by now, unless nothing synced
+            self.collect_ahead()
         return metrics | self.footer(start, rollout)
 
     def footer(self, start: float, rollout: Rollout) -> dict[str, float]:
         """The step's sync, restart and timing metrics."""
         elapsed = time.perf_counter() - start
+        seconds = self.timer.seconds
+        self.busy["rollout"] += seconds.get("sync", 0.0)
+        self.busy["learner"] += seconds.get("train", 0.0) + seconds.get("sync", 0.0)
+        idle = {f"timing/idle/{role}": max(0.0, elapsed - s) for role, s in self.busy.items()}
         return {
+            **{k: round(v, 4) for k, v in idle.items()},
             "weight_sync/version": self.weights.version,
             "actor_restarts": self.calls.restarts(),
             "weight_sync/max_logprob_diff": self.max_diff,

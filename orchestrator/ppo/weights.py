@@ -98,10 +98,14 @@ class WeightSync:
             if self.version > 0:
                 self._broadcast(self.version, again=True)
         elif self.version > 0:
+            name, timeout = f"rollout engine {self.index(engine)}", self.cfg.run.start_timeout_s
+            # Two calls in flight on a restarted engine (pipelined generation) recover it twice.
+            [held] = wait_all([engine.version.remote()], phase, [name], timeout)
+            if held >= self.version:
+                return
             weights = self.roles.learner.export_weights()
             ref = engine.update_weights.remote(self.version, weights)
-            name = f"rollout engine {self.index(engine)}"
-            wait_all([ref], phase, [name], self.cfg.run.start_timeout_s)
+            wait_all([ref], phase, [name], timeout)
 
     def index(self, engine: Any) -> int:
         """An engine's place in the pool (its name in messages)."""

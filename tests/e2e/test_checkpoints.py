@@ -1,7 +1,8 @@
 """PPO checkpoints and exact resume on real Ray, vLLM (CPU) and DeepSpeed (ZeRO-2, gloo): 2 steps,
 a checkpoint, a new run resuming for 2 more equals 4 uninterrupted steps, across an epoch
-boundary of the prompt set, with PPO-ptx's pretraining batches; in bf16, the precision of GPU
-runs (its master weights and AdamW state are fp32 and must come back exactly)."""
+boundary of the prompt set, with PPO-ptx's pretraining batches and generation pipelined with
+training (the samples drawn ahead, a version behind, are in the checkpoint); in bf16, the
+precision of GPU runs (its master weights and AdamW state are fp32 and must come back exactly)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def runs(ray_local, tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
         "--run.keep_last=1",
         "--ppo.ptx_coef=0.5",  # PPO-ptx's draws resume too (seeded by the train call)
         "--data.pretrain=tiny://pretrain",
+        "--rollout.max_staleness=1",  # the next step's samples are in each checkpoint
     ]
     straight, resumed = base / "straight", base / "resumed"
     run_ppo(config(tiny_dir, straight, *common, "--run.steps=4"))
@@ -76,7 +78,9 @@ def test_checkpoints_are_complete_and_the_last_n_are_kept(runs):
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step-000004"]  # keep_last=1
     state = json.loads((root / "step-000004" / "driver.json").read_text())
     assert state["step"] == 4 and state["version"] == 4
-    assert state["sampler"]["epoch"] == 2  # 32 prompts drawn from a set of 12
+    assert state["ahead_lag"] == 1  # step 4's samples, drawn under version 3
+    assert (root / "step-000004" / "ahead.pt").exists()
+    assert state["sampler"]["epoch"] == 3  # 40 prompts drawn from 12 (step 4's ahead)
     assert (root / "step-000004" / "hf" / "model.safetensors").exists()
     assert (root / "step-000004" / "learner" / "rank-1.pt").exists()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import pipeline
 from orchestrator.config import load_config, validate_config
 from orchestrator.demo import world
 from orchestrator.demo.run import run_demo
@@ -29,12 +30,31 @@ def demo_run(ray_local, tiny_dir, tmp_path_factory):
         ),
         "demo",
     )
-    run_demo(cfg)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "ppo_stage", _shorter_ptx(pipeline.ppo_stage))
+        run_demo(cfg)
     return out
+
+
+PTX_STEPS = 4  # PPO-ptx's own: what is asserted of it is its term in every step's metrics
+
+
+def _shorter_ptx(ppo_stage):
+    """ppo_stage, with the demo's PPO-ptx stage cut to PTX_STEPS (it runs run.steps like PPO's,
+    and no field sets its own): its win rates and alignment tax are the full demo's figures."""
+
+    def stage(cfg, root, name, *models):
+        out = ppo_stage(cfg, root, name, *models)
+        if name == "ppo-ptx":
+            out.run.steps = PTX_STEPS
+        return out
+
+    return stage
 
 
 SHRUNKEN = [  # about 3 minutes on 2 cores: a smaller world, fewer rankings and PPO steps
     "--demo.base_examples=1200",
+    "--demo.base_epochs=2",
     "--demo.demonstrations=400",
     "--demo.ppo_prompts=512",
     "--pipeline.rank_prompts=192",
@@ -73,6 +93,7 @@ def test_the_run_folder_tells_the_story(demo_run):
     # PPO-ptx beside PPO (demo.ptx_coef), its pretraining term logged each step, and the
     # alignment tax of every model in the report.
     ptx_rows = read_metrics(demo_run / "ppo-ptx" / "metrics.jsonl")
+    assert [r["step"] for r in ptx_rows] == list(range(PTX_STEPS))
     assert all(r["ptx/loss"] > 0 for r in ptx_rows if "policy/loss" in r)
     assert "ptx/loss" not in read_metrics(demo_run / "ppo" / "metrics.jsonl")[-1]
     assert set(ev["lm_loss_base_text"]) == {"base", "sft", "ppo", "ppo_ptx"}

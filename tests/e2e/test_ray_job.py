@@ -1,9 +1,8 @@
 """A Ray cluster as users run one: `ray start --head` (its own temp dir, loopback, token auth),
 the tiny pipeline submitted with `ray job submit`, its metrics scraped from the Prometheus
-endpoints Ray lists, and `instructray submit / status / logs / stop` against the same head.
-The test stops exactly the processes it started (the head's process group).
-
-The submitted pipeline is `instructray pipeline` end to end (SFT -> RM -> PPO, then a second
+endpoints Ray lists, and `instructray submit / status / logs / scale / stop` against the same
+head. The test stops exactly the processes it started (the head's process group). The submitted
+pipeline is `instructray pipeline` end to end (SFT -> RM -> PPO, then a second
 RM + PPO round on rankings of the policy's own samples); its run folder is checked here too, so
 one pipeline run serves both the job and the pipeline's tests."""
 
@@ -360,7 +359,7 @@ def test_job_api_refuses_a_client_without_the_token(head):
     assert "instructray status: error:" in denied.stderr
 
 
-def test_ray_job_stop_leaves_a_checkpoint_the_run_resumes_from(head, tiny_dir):
+def test_ray_job_scales_then_stop_leaves_a_checkpoint_the_run_resumes_from(head, tiny_dir):
     from orchestrator.ppo.checkpoints import Checkpoints, read_driver_state
 
     out, client = head.run_dir / "sigterm", _client(head)
@@ -377,6 +376,12 @@ def test_ray_job_stop_leaves_a_checkpoint_the_run_resumes_from(head, tiny_dir):
     while not (out / "metrics.jsonl").exists() or len(metrics_of(out)) < 2:
         assert str(client.get_job_status(job_id).value) in ("PENDING", "RUNNING")
         assert time.monotonic() < deadline, "the PPO job made no 2 steps in 300 s"
+        time.sleep(0.5)
+    # Scaled by its job id: a second engine joins the running job (orchestrator/ppo/pool.py).
+    scale = (str(BIN / "instructray"), "scale", job_id, "--engines=2", f"--address={head.address}")
+    assert (scaled := head.run(*scale)).returncode == 0, scaled.stderr
+    while not any(r["rollout/engines"] == 2 for r in metrics_of(out)):
+        assert time.monotonic() < deadline, "no second engine joined the job in 300 s"
         time.sleep(0.5)
     stopped = head.run(str(BIN / "ray"), "job", "stop", f"--address={head.address}", job_id)
     assert stopped.returncode == 0, stopped.stderr

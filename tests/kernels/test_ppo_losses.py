@@ -340,3 +340,19 @@ def test_policy_loss_weights_each_token_by_its_is_weight():
         logprobs, old_logprobs, advantages, mask, 0.2, is_weights=torch.ones_like(weights)
     )
     close(ones, plain.item())
+
+
+def test_a_stale_sample_is_clipped_against_the_learner_and_weighted_by_its_staleness():
+    """Pipelined generation (rollout.max_staleness 1): the engine drew each token under the last
+    version (behaviour); the learner's log-probs before this update (proximal) anchor the clip,
+    and min(pi_prox / pi_behav, cap) weighs the gap between them."""
+    behaviour = torch.full((1, 3), -2.0, dtype=F64)
+    proximal = behaviour + torch.tensor([[1.5, 1.0, 0.25]], dtype=F64).log()  # moved a version
+    current = proximal + torch.tensor([[1.0, 1.5, 0.5]], dtype=F64).log()  # r = 1, 1.5, 0.5
+    advantages = torch.tensor([[2.0, 1.0, -1.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 1]])
+    weights, _ = truncated_is_weights(proximal, behaviour, mask, cap=1.2)
+    close(weights, [[1.2, 1.0, 0.25]])  # 1.5 capped at 1.2
+    loss, _ = policy_loss(current, proximal, advantages, mask, 0.2, is_weights=weights)
+    # surrogates -min(rA, clip(r, 0.8, 1.2) A): -2, -min(1.5, 1.2) = -1.2, -min(-0.5, -0.8) = 0.8
+    close(loss, (1.2 * -2.0 + 1.0 * -1.2 + 0.25 * 0.8) / 3)

@@ -24,7 +24,7 @@ from orchestrator.config import load_config, validate_config
 from orchestrator.ppo.run import run_ppo
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
-STEPS = 120  # ~0.4 s each: time for a node to join, an engine to start on it, and the node to go
+STEPS = 80  # time for a node to join, an engine to start on it, and the node to go (~35 seen)
 
 
 def rows(out: Path) -> list[dict]:
@@ -44,7 +44,8 @@ def wait_for(what: str, check, deadline: float):
 
 
 def conduct(cluster: Cluster, common: dict, out: Path, seen: dict) -> None:
-    """Add a node once the run steps, remove it once an engine serves from it."""
+    """Add a node once the run steps, remove it once an engine serves from it (in the main
+    thread)."""
     deadline = time.monotonic() + 500
     try:
         wait_for("the first step", lambda: rows(out), deadline)
@@ -100,10 +101,22 @@ def main(tiny_dir: str, out_dir: str) -> None:
             ),
             "ppo",
         )
-        conductor = threading.Thread(target=conduct, args=(cluster, common, out, seen))
-        conductor.start()
-        run_ppo(cfg)
-        conductor.join(timeout=60)
+        # The run in a thread, the cluster changed from the main one (starting and stopping a
+        # node's processes needs the main thread's signals).
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                run_ppo(cfg)
+            except BaseException as e:
+                failed.append(e)
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        conduct(cluster, common, out, seen)
+        runner.join(timeout=600)
+        if failed or runner.is_alive():
+            raise RuntimeError(f"the PPO run failed: {failed or 'still running after 600 s'}")
         seen["alive_at_end"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
         print("SEEN " + json.dumps(seen), flush=True)
     finally:
