@@ -54,7 +54,6 @@ def _shorter_ptx(ppo_stage):
 
 SHRUNKEN = [  # about 3 minutes on 2 cores: a smaller world, fewer rankings and PPO steps
     "--demo.base_examples=1200",
-    "--demo.base_epochs=2",
     "--demo.demonstrations=400",
     "--demo.ppo_prompts=512",
     "--pipeline.rank_prompts=192",
