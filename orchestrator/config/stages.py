@@ -65,6 +65,7 @@ class DemoConfig:
         "on the base model's text) and reports its win rate and alignment tax beside PPO's.",
         ge=0,
     )
+    ptx_steps: int = param(0, "PPO-ptx's steps; 0 = run.steps, as PPO's.", ge=0)
 
 
 @dataclass

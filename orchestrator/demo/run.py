@@ -134,6 +134,7 @@ def run_demo(cfg: Config) -> RunFolder:
         print(f"[5b/6] PPO-ptx: the same PPO plus {cfg.demo.ptx_coef} x the base text's LM loss")
         ptx = ppo_stage(pipe, root, "ppo-ptx", sft, sft, rm)
         ptx.ppo.ptx_coef, ptx.data.pretrain = cfg.demo.ptx_coef, paths["pretrain"]
+        ptx.run.steps = cfg.demo.ptx_steps or ptx.run.steps
         models["ppo_ptx"] = run_or_reuse(run_ppo, ptx)
 
     print(f"[6/6] evaluation on {cfg.eval.num_prompts} held-out prompts x 3 instructions")

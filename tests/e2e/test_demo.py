@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import pipeline
 from orchestrator.config import load_config, validate_config
 from orchestrator.demo import world
 from orchestrator.demo.run import run_demo
@@ -30,26 +29,11 @@ def demo_run(ray_local, tiny_dir, tmp_path_factory):
         ),
         "demo",
     )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "ppo_stage", _shorter_ptx(pipeline.ppo_stage))
-        run_demo(cfg)
+    run_demo(cfg)
     return out
 
 
 PTX_STEPS = 4  # PPO-ptx's own: what is asserted of it is its term in every step's metrics
-
-
-def _shorter_ptx(ppo_stage):
-    """ppo_stage, with the demo's PPO-ptx stage cut to PTX_STEPS (it runs run.steps like PPO's,
-    and no field sets its own): its win rates and alignment tax are the full demo's figures."""
-
-    def stage(cfg, root, name, *models):
-        out = ppo_stage(cfg, root, name, *models)
-        if name == "ppo-ptx":
-            out.run.steps = PTX_STEPS
-        return out
-
-    return stage
 
 
 SHRUNKEN = [  # about 3 minutes on 2 cores: a smaller world, fewer rankings and PPO steps
@@ -59,6 +43,7 @@ SHRUNKEN = [  # about 3 minutes on 2 cores: a smaller world, fewer rankings and 
     "--pipeline.rank_prompts=192",
     "--rm.epochs=3",
     "--run.steps=32",
+    f"--demo.ptx_steps={PTX_STEPS}",
     "--eval.num_prompts=32",
 ]
 
