@@ -21,7 +21,7 @@ from orchestrator.jobs import scale
 from orchestrator.ppo.run import run_ppo
 
 pytestmark = pytest.mark.e2e
-STEPS = 100  # ~0.3-0.6 s each: time for an engine to start and join, and to leave
+STEPS = 140  # ~0.3-0.6 s each: an engine starts and joins (step 64 seen, quiet), then leaves
 
 
 def _rows(out: Path) -> list[dict]:

@@ -92,7 +92,7 @@ def test_autoscale_grows_onto_a_joining_node_and_shrinks_when_it_leaves(autoscal
     assert seen["worker"] not in seen["alive_at_end"]
     assert "left the pool (its node left the cluster)" in seen["stderr"]
     # The run finished every step, every sync verified (the joined engine's too).
-    assert [r["step"] for r in rows] == list(range(len(rows))) and len(rows) == 80
+    assert [r["step"] for r in rows] == list(range(len(rows))) and len(rows) == 100
     assert every_sync_close(out)
     assert [r["weight_sync/version"] for r in rows] == list(range(1, len(rows) + 1))
     assert (out / "final" / "model.safetensors").exists()
