@@ -47,8 +47,8 @@ def connect(cfg: Config) -> str:
         return f"{address}; {_dashboard(context)}"
     # address="local" never joins a stale cluster recorded by an earlier `ray start`. Logical CPUs
     # cover every actor even on a 2-core laptop: the roles take turns, they rarely compute at once.
-    # With rollout.autoscale, room for rollout.max_engines engines: the pool grows into it.
-    requests = role_requests(cfg, max_engines(cfg))
+    # Room for rollout.max_engines engines (autoscale or `instructray scale` grow into it).
+    requests = role_requests(cfg, max(max_engines(cfg), cfg.rollout.max_engines))
     wanted = sum(r.get("CPU", 0.0) for reqs in requests.values() for r in reqs)
     loopback_only()
     context = ray.init(

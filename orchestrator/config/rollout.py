@@ -70,5 +70,8 @@ class RolloutConfig:
     )
     min_engines: int = param(1, "Fewest engines with rollout.autoscale.", ge=1)
     max_engines: int = param(
-        0, "Most engines with rollout.autoscale; 0 = rollout.num_engines.", ge=0
+        0,
+        "Most engines with rollout.autoscale; 0 = rollout.num_engines. A local Ray the run "
+        "starts leaves room for this many (for autoscale or `instructray scale`).",
+        ge=0,
     )
