@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from testdata import every_sync_close, metrics_of, ppo_tiny_config
+from testdata import every_sync_close, metrics_of, ppo_tiny_config, rows_so_far, wait_for
 
 from orchestrator.cli import main
 from orchestrator.jobs import scale
@@ -22,22 +22,6 @@ from orchestrator.ppo.run import run_ppo
 
 pytestmark = pytest.mark.e2e
 STEPS = 140  # ~0.3-0.6 s each: an engine starts and joins (step 64 seen, quiet), then leaves
-
-
-def _rows(out: Path) -> list[dict]:
-    try:
-        return metrics_of(out)
-    except (FileNotFoundError, json.JSONDecodeError):  # not yet, or a line half written
-        return []
-
-
-def _wait_for(what: str, check, deadline: float) -> list[dict]:
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Conductor(threading.Thread):
@@ -50,24 +34,24 @@ class Conductor(threading.Thread):
     def run(self) -> None:
         out, deadline = self.out, time.monotonic() + 500
         try:
-            _wait_for("the first step", lambda: _rows(out), deadline)
+            wait_for("the first step", lambda: rows_so_far(out), deadline)
             print(scale(out, 2))  # the Python face
-            two = _wait_for(
+            two = wait_for(
                 "a second engine",
-                lambda: [r for r in _rows(out) if r["rollout/engines"] == 2][1:],
+                lambda: [r for r in rows_so_far(out) if r["rollout/engines"] == 2][1:],
                 deadline,
             )
             self.seen["placement_at_2"] = json.loads((out / "placement.json").read_text())
             assert main(["scale", str(out), "--engines", "1"]) == 0  # the CLI
-            _wait_for(
+            wait_for(
                 "1 engine again",
                 lambda: (
-                    [r for r in _rows(out) if r["step"] > two[0]["step"]]
-                    and [r for r in _rows(out) if r["rollout/engine_leaves"] == 1]
+                    [r for r in rows_so_far(out) if r["step"] > two[0]["step"]]
+                    and [r for r in rows_so_far(out) if r["rollout/engine_leaves"] == 1]
                 ),
                 deadline,
             )
-            self.seen["done_at"] = _rows(out)[-1]["step"]
+            self.seen["done_at"] = rows_so_far(out)[-1]["step"]
         except BaseException as e:  # the test reports it
             self.error = e
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ray
 from ray.cluster_utils import Cluster
+from testdata import rows_so_far, wait_for
 
 from orchestrator.config import load_config, validate_config
 from orchestrator.ppo.run import run_ppo
@@ -27,43 +28,27 @@ CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 STEPS = 100  # a node joins, an engine starts on it and the node goes (by step 53 seen, quiet)
 
 
-def rows(out: Path) -> list[dict]:
-    try:
-        return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-
-
-def wait_for(what: str, check, deadline: float):
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 def conduct(cluster: Cluster, common: dict, out: Path, seen: dict) -> None:
     """Add a node once the run steps, remove it once an engine serves from it (in the main
     thread)."""
     deadline = time.monotonic() + 500
     try:
-        wait_for("the first step", lambda: rows(out), deadline)
+        wait_for("the first step", lambda: rows_so_far(out), deadline)
         worker = cluster.add_node(**common, num_cpus=1)
         seen["worker"] = worker.node_id
-        seen["added_after_step"] = rows(out)[-1]["step"]
+        seen["added_after_step"] = rows_so_far(out)[-1]["step"]
         grown = wait_for(
             "an engine on the new node",
-            lambda: [r for r in rows(out) if r["rollout/engines"] == 2][1:],
+            lambda: [r for r in rows_so_far(out) if r["rollout/engines"] == 2][1:],
             deadline,
         )
         seen["placement_grown"] = json.loads((out / "placement.json").read_text())
         seen["grown_at"] = grown[0]["step"]
         cluster.remove_node(worker)
-        seen["removed_after_step"] = rows(out)[-1]["step"]
+        seen["removed_after_step"] = rows_so_far(out)[-1]["step"]
         wait_for(
             "the pool to shrink",
-            lambda: [r for r in rows(out) if r["rollout/engine_leaves"] == 1],
+            lambda: [r for r in rows_so_far(out) if r["rollout/engine_leaves"] == 1],
             deadline,
         )
     except BaseException as e:  # reported with what was seen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 
@@ -16,6 +17,25 @@ def metrics_of(folder: Path) -> list[dict]:
     """The rows of a run folder's metrics.jsonl."""
     lines = (Path(folder) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
+
+
+def rows_so_far(folder: Path) -> list[dict]:
+    """The rows of a running run's metrics.jsonl so far ([] before the first, or while a line
+    is half written)."""
+    try:
+        return metrics_of(folder)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def wait_for(what: str, check, deadline: float):
+    """check()'s first truthy result before time.monotonic() reaches deadline."""
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
 
 
 PPO_TINY = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
