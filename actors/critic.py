@@ -50,7 +50,10 @@ class Critic:
         learner, m = cfg.learner, cfg.model
         # It starts from the reward model (InstructGPT), or from the policy with a new head.
         path = m.reward if m.reward and uses_reward_model(cfg) else m.policy
-        value_model = load_model(AutoModelForSequenceClassification, path, learner, m, num_labels=1)
+        lora = "SEQ_CLS" if learner.critic_lora else ""  # adapters and the value head train
+        value_model = load_model(
+            AutoModelForSequenceClassification, path, learner, m, lora, num_labels=1
+        )
         self.engine = build_engine(
             TokenValues(value_model), learner, learner.critic_lr, *engine_args
         )

@@ -248,13 +248,14 @@ def _partitioned_construction(config: dict[str, Any]) -> Iterator[None]:
 
 
 def load_model(
-    auto_cls: Any, path: str, learner_cfg: Any, model_cfg: Any, **kwargs: Any
+    auto_cls: Any, path: str, learner_cfg: Any, model_cfg: Any, lora: str = "", **kwargs: Any
 ) -> torch.nn.Module:
     """`auto_cls.from_pretrained(path)` in model_cfg's dtype and attention, partitioned as it
-    loads under ZeRO-3."""
+    loads under ZeRO-3; with `lora` (PEFT's task type: CAUSAL_LM, SEQ_CLS) and
+    learner.lora_rank > 0, wrapped with LoRA adapters that alone train (actors/lora.py)."""
     config = deepspeed_config(learner_cfg, 1, 1, model_cfg.dtype)
     with _partitioned_construction(config):
-        return auto_cls.from_pretrained(
+        model = auto_cls.from_pretrained(
             path,
             dtype=getattr(torch, model_cfg.dtype),
             attn_implementation=model_cfg.attention(torch.cuda.is_available())[0],
@@ -262,6 +263,11 @@ def load_model(
             use_safetensors=True,  # never unpickle a .bin checkpoint
             **kwargs,
         )
+    if lora and learner_cfg.lora_rank > 0:
+        from actors.lora import add_adapters
+
+        model = add_adapters(model, learner_cfg, lora)
+    return model
 
 
 class PolicyLogprobs(torch.nn.Module):

@@ -25,13 +25,13 @@ from actors.engine import (
     init_distributed,
     load_model,
 )
-from actors.export import full_weights, gathered_state_dict, save_hf_folder
+from actors.export import gathered_adapter, gathered_state_dict, save_hf_folder
 from actors.faults import inject
+from actors.learner_sync import LearnerSync
 from actors.logs import quiet_libraries
 from actors.ptx import Pretraining
 from actors.ranks import free_port, mean_over_ranks, sum_over_ranks
-from actors.sequences import Experience, SequenceBatch, text_batch
-from actors.weight_sync import fingerprints_of, open_group, send_weights
+from actors.sequences import Experience, SequenceBatch
 from kernels import (
     aggregate_loss,
     aggregation_count,
@@ -46,6 +46,12 @@ from orchestrator.output import report_throughput
 logger = logging.getLogger(__name__)
 
 TRAIN_SETTINGS = ("learner.micro_batch_size", "ppo.minibatch_size", "ppo.loss_agg")
+# Where DeepSpeed's optimizers (ZeRO-1/2, ZeRO-3, bf16 at ZeRO-0) keep their fp32 master weights.
+MASTER_WEIGHTS = (
+    "single_partition_of_fp32_groups",
+    "fp32_partitioned_groups_flat",
+    "fp32_groups_flat_partition",
+)
 CHECKPOINT_TAG = "state"  # DeepSpeed's sub-folder name inside each engine's checkpoint folder
 
 
@@ -59,7 +65,7 @@ class MicroBatch:
     last: bool  # the last of its minibatch: the optimizer steps after it
 
 
-class LearnerActor:
+class LearnerActor(LearnerSync):
     """One data-parallel rank: the policy's DeepSpeed engine and the critic (or none)."""
 
     def __init__(self, cfg: Config, rank: int, world_size: int):
@@ -105,7 +111,7 @@ class LearnerActor:
         grad_accum = cfg.ppo.minibatch_size // learner.micro_batch_size
         torch.manual_seed(cfg.run.seed)  # a new critic head starts equal on every rank
         engine_args = (learner.micro_batch_size, grad_accum, m.dtype)
-        causal_lm = load_model(AutoModelForCausalLM, m.policy, learner, m)
+        causal_lm = load_model(AutoModelForCausalLM, m.policy, learner, m, "CAUSAL_LM")
         policy = PolicyLogprobs(causal_lm, cfg.reference.logprob_chunk_size)
         self.policy = build_engine(policy, learner, learner.lr, *engine_args)
         if needs_critic(cfg):
@@ -134,12 +140,33 @@ class LearnerActor:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
     def model_parameters(self) -> dict[str, int]:
-        """Parameters of each model this rank trains (a critic-free estimator has none)."""
-        sizes = {
-            name: sum(p.numel() for p in e.module.parameters())
-            for name, e in self.engines().items()
-        }
-        return {f"learner/{name}_parameters": sizes.get(name, 0) for name in ("policy", "critic")}
+        """Parameters of each model this rank trains (a critic-free estimator has none), and
+        of those the trainable ones (with LoRA: the adapters, and a critic's value head)."""
+        out = {}
+        for name in ("policy", "critic"):
+            engine = self.engines().get(name)
+            params = list(engine.module.parameters()) if engine else []
+            size = [getattr(p, "ds_numel", p.numel()) for p in params]  # ZeRO-3: whole sizes
+            out[f"learner/{name}_parameters"] = sum(size)
+            trainable = sum(n for n, p in zip(size, params, strict=True) if p.requires_grad)
+            out[f"learner/{name}_trainable_parameters"] = trainable
+        return out
+
+    def optimizer_state_bytes(self) -> dict[str, float]:
+        """Bytes of this rank's optimizer state per model (AdamW's moments, and DeepSpeed's
+        fp32 master copies in bf16): its share of the group's, which ZeRO partitions."""
+        out = {}
+        for name, engine in self.engines().items():
+            tensors: dict[int, int] = {}  # by storage: DeepSpeed's wrappers show their inner state
+            optimizer = engine.optimizer
+            while optimizer is not None:
+                for state in getattr(optimizer, "state", {}).values():
+                    tensors |= _sizes(state.values())
+                for key in MASTER_WEIGHTS:
+                    tensors |= _sizes(getattr(optimizer, key, None) or [])
+                optimizer = getattr(optimizer, "optimizer", None)
+            out[f"learner/{name}_optimizer_state_bytes"] = float(sum(tensors.values()))
+        return out
 
     def _micro_batches(self, n: int) -> list[slice]:
         step = self.cfg.learner.micro_batch_size
@@ -147,20 +174,30 @@ class LearnerActor:
 
     @torch.no_grad()
     def logprobs_and_values(
-        self, batch: SequenceBatch, with_logprobs: bool = True, with_values: bool = True
+        self,
+        batch: SequenceBatch,
+        with_logprobs: bool = True,
+        with_values: bool = True,
+        with_reference: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Rollout-time values and/or log-probs of this rank's rows. -> {values, old_logprobs}."""
+        """Rollout-time values and/or log-probs of this rank's rows; with_reference, also the
+        reference's: the LoRA policy's base, its adapters off (reference.source policy_base).
+        -> {values, old_logprobs, ref_logprobs}, those asked for."""
         for engine in self.engines().values():
             engine.eval()
         batch = batch.to(self.device)
-        out: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "values": []}
+        temperature = self.cfg.rollout.temperature
+        out: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "values": [], "ref_logprobs": []}
         for rows in self._micro_batches(batch.input_ids.shape[0]):
             mb = batch.select(rows)
             if with_logprobs:
-                temperature = self.cfg.rollout.temperature
                 out["old_logprobs"].append(self.policy(*engine_inputs(mb), temperature=temperature))
             if with_values and self.critic is not None:
                 out["values"].append(self.critic.values(mb))
+            if with_reference:
+                with self.policy.module.causal_lm.disable_adapter():
+                    ref = self.policy(*engine_inputs(mb), temperature=temperature)
+                out["ref_logprobs"].append(ref * mb.response_mask)
         return {k: torch.cat(v).float().cpu() for k, v in out.items() if v}
 
     def _policy_step(self, part: MicroBatch, exp: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -252,9 +289,10 @@ class LearnerActor:
             tokens = int(batch.attention_mask.sum()) * p.ppo_epochs * self.world_size
             report_throughput("learner", tokens, time.perf_counter() - start)
         counts = {k: sum(v) for k, v in totals.items() if k.endswith("_steps")}
-        return mean_over_ranks(
-            {k: sum(v) / len(v) for k, v in totals.items()} | counts, self.device
-        )
+        means = {k: sum(v) / len(v) for k, v in totals.items()} | counts
+        # Optimizer state: each rank holds its ZeRO partition; the group's is their sum.
+        state = {k: v * self.world_size for k, v in self.optimizer_state_bytes().items()}
+        return mean_over_ranks(means | state, self.device)
 
     def _cut(self, batch: SequenceBatch, order: torch.Tensor) -> list[MicroBatch]:
         """This rank's rows in `order` as micro-batches; grad_accum consecutive ones make a
@@ -278,16 +316,6 @@ class LearnerActor:
             for last in [(i + 1) % accum == 0]
         ]
 
-    def export_weights(self, model: str = "policy") -> bytes | None:
-        """The policy's (or the critic's) full weights as safetensors bytes on rank 0 (None
-        elsewhere). All ranks must call it (ZeRO-3 gathers)."""
-        import safetensors.torch
-
-        engine = self.engines()[model]
-        hf = engine.module.causal_lm if model == "policy" else engine.module.value_model
-        state = gathered_state_dict(hf)
-        return None if state is None else safetensors.torch.save(state)
-
     def update_settings(self, settings: dict[str, Any]) -> None:
         """Change how the next train calls cut and reduce their rows: any of TRAIN_SETTINGS
         (e.g. smaller micro-batches to fit memory). The update itself does not change with
@@ -306,60 +334,15 @@ class LearnerActor:
             engine.set_train_micro_batch_size(micro)
             engine.set_train_batch_size(minibatch * self.world_size)  # accumulation steps
 
-    def weight_group_address(self) -> tuple[str, int]:
-        """Where rank 0 will host the weight group's rendezvous (this node, a free port)."""
-        return ray.util.get_node_ip_address(), free_port()
-
-    def open_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
-        """Rank 0 joins the weight group as its rank 0 (the engines' workers join alongside)."""
-        self.weight_group = open_group(host, port, 0, world_size, backend, self.cfg.run.timeout_s)
-
-    @torch.no_grad()
-    def broadcast_weights(self, version: int) -> int:
-        """Rank 0 broadcasts the policy's weights in buckets over the weight group while every
-        rank gathers them (ZeRO-3); all ranks must call it. -> bytes sent (0 off rank 0)."""
-        weights = full_weights(self.policy.module.causal_lm)
-        if self.rank != 0:
-            for _ in weights:
-                pass
-            return 0
-        bucket_bytes = int(self.cfg.rollout.sync_bucket_mib * 2**20)
-        return send_weights(self.weight_group, weights, version, bucket_bytes, self.device)
-
-    @torch.no_grad()
-    def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
-        """Temperature-1 log-probs of tokens 1..L-1 of each sequence given its prefix."""
-        self.policy.eval()
-        batch = text_batch(sequences).to(self.device)
-        parts = [
-            self.policy(*engine_inputs(batch.select(r)))
-            for r in self._micro_batches(len(batch.input_ids))
-        ]
-        logprobs = torch.cat(parts).float().cpu()  # (B, max L - 1)
-        return [logprobs[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
-
-    @torch.no_grad()
-    def weights_state(self, sequences: list[list[int]]) -> dict[str, Any]:
-        """What the weight-sync check compares an engine with: the fingerprints of the policy's
-        weights as they are sent (rank 0's; None elsewhere) and the probe's log-probs. All
-        ranks call (ZeRO-3 gathers)."""
-        weights = full_weights(self.policy.module.causal_lm)
-        if self.rank == 0:
-            fingerprints = fingerprints_of(weights)
-        else:
-            fingerprints = None
-            for _ in weights:
-                pass
-        return {"fingerprints": fingerprints, "logprobs": self.probe_logprobs(sequences)}
-
     def save_pretrained(self, path: str) -> None:
         """The policy as a Hugging Face folder at path, written by rank 0 (all ranks call)."""
         causal_lm = self.policy.module.causal_lm
         state = gathered_state_dict(causal_lm)
+        adapter = gathered_adapter(causal_lm)  # a LoRA policy's: PEFT's folder, merged/ beside
         if state is not None:
             m = self.cfg.model
             tokenizer = m.tokenizer or m.policy
-            save_hf_folder(causal_lm, state, tokenizer, path, m.trust_remote_code)
+            save_hf_folder(causal_lm, state, tokenizer, path, m.trust_remote_code, None, adapter)
 
     def save_checkpoint(self, path: str) -> None:
         """Full training state under path (all ranks call; each writes its ZeRO shards): DeepSpeed
@@ -390,3 +373,12 @@ class LearnerActor:
         state = torch.load(rank_file, weights_only=True)
         self.train_calls = int(state["train_calls"])
         torch.set_rng_state(state["torch_rng"])
+
+
+def _sizes(values: Any) -> dict[int, int]:
+    """{storage address: bytes} of the tensors among values."""
+    return {
+        v.data_ptr(): v.numel() * v.element_size()
+        for v in values
+        if isinstance(v, torch.Tensor) and v.numel()
+    }

@@ -73,10 +73,14 @@ class LearnerGroup:
         return wait_all(refs, f"learner {phase}", names, timeout_s, fetch)
 
     def logprobs_and_values(
-        self, batch: SequenceBatch, with_logprobs: bool = True, with_values: bool = True
+        self,
+        batch: SequenceBatch,
+        with_logprobs: bool = True,
+        with_values: bool = True,
+        with_reference: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Rows split evenly over the ranks. -> {values, old_logprobs} (B, R) float32, those
-        asked for."""
+        """Rows split evenly over the ranks. -> {values, old_logprobs, ref_logprobs} (B, R)
+        float32, those asked for (ref_logprobs: the LoRA policy's base)."""
         b, n = batch.input_ids.shape[0], len(self.actors)
         # Every rank must run the same number of forwards (ZeRO-3 gathers are collective): pad
         # with copies of the last row to a multiple of the ranks, and drop them afterwards.
@@ -84,7 +88,9 @@ class LearnerGroup:
         rows = torch.cat([torch.arange(b), torch.full((per_rank * n - b,), b - 1)])
         # Index with tensors: a copy per rank, not a view that would pickle the whole batch.
         refs = [
-            actor.logprobs_and_values.remote(batch.select(part), with_logprobs, with_values)
+            actor.logprobs_and_values.remote(
+                batch.select(part), with_logprobs, with_values, with_reference
+            )
             for actor, part in zip(self.actors, rows.split(per_rank), strict=True)
         ]
         outs = self._wait("logprobs_and_values", refs)
@@ -138,9 +144,16 @@ class LearnerGroup:
             "probe_logprobs", [a.probe_logprobs.remote(sequences) for a in self.actors]
         )[0]
 
-    def weights_state(self, sequences: list[list[int]]) -> dict[str, Any]:
-        """Rank 0's fingerprints of the policy's weights and the probe's log-probs."""
-        refs = [a.weights_state.remote(sequences) for a in self.actors]
+    def export_adapter(self) -> Any:
+        """ObjectRef of the policy's LoRA adapter as safetensors bytes (rank 0's)."""
+        refs = [a.export_adapter.remote() for a in self.actors]
+        fetch = [rank != 0 for rank in range(len(refs))]
+        return self._wait("export_adapter", refs, fetch)[0]
+
+    def weights_state(self, sequences: list[list[int]], adapter: bool = False) -> dict[str, Any]:
+        """Rank 0's fingerprints of what a sync sends (the policy's weights, or its adapter)
+        and the probe's log-probs."""
+        refs = [a.weights_state.remote(sequences, adapter) for a in self.actors]
         return self._wait("weights_state", refs)[0]
 
     def save_pretrained(self, path: str) -> None:

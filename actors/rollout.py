@@ -17,6 +17,7 @@ import numpy as np
 
 from actors.faults import inject
 from actors.logs import quiet_libraries
+from actors.lora_engine import EngineAdapter, read_metadata
 from actors.remote import ActorRestarted
 from actors.weight_sync import Fingerprints
 from orchestrator.output import report_throughput
@@ -67,12 +68,13 @@ def _token_logprobs(positions: list[dict[int, Any] | None], token_ids: list[int]
     return [pos[tok].logprob for pos, tok in zip(positions, token_ids, strict=True)]
 
 
-def _every_other_tensor(weights: bytes) -> bytes:
+def _every_other_tensor(weights: bytes, keep_metadata: bool = False) -> bytes:
     """Test hook (a half-applied update): safetensors bytes with every other tensor left out."""
     import safetensors.torch
 
     state = safetensors.torch.load(weights)
-    return safetensors.torch.save({k: state[k] for k in sorted(state)[::2]})
+    metadata = read_metadata(weights) if keep_metadata else None
+    return safetensors.torch.save({k: state[k] for k in sorted(state)[::2]}, metadata=metadata)
 
 
 class RolloutActor:
@@ -89,9 +91,14 @@ class RolloutActor:
         enforce_eager: bool = True,
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.5,
+        max_lora_rank: int = 0,
     ):
+        """max_lora_rank > 0: the engine serves LoRA adapters of the policy (update_adapter)
+        through vLLM's LoRA path, one at a time; 0: full weights only."""
         quiet_libraries()
         engine_args: dict[str, Any] = {}
+        if max_lora_rank:
+            engine_args.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         if _on_gpu():
             engine_args["gpu_memory_utilization"] = gpu_memory_utilization
         else:
@@ -105,6 +112,7 @@ class RolloutActor:
         self.max_model_len = max_model_len
         self._version = 0
         self._loaded: list[Fingerprints] | None = None  # per worker, of the last weight update
+        self._adapter = EngineAdapter() if max_lora_rank else None
         self._llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -169,7 +177,7 @@ class RolloutActor:
         ]
         prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
         start = time.perf_counter()
-        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        outputs = self._llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora())
         seconds = time.perf_counter() - start
         new_tokens = sum(len(s.token_ids) for r in outputs for s in r.outputs)
         report_throughput("rollout", new_tokens, seconds)
@@ -198,12 +206,32 @@ class RolloutActor:
         _check_lengths(sequences, self.max_model_len, "sequence")
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         prompts = [{"prompt_token_ids": ids} for ids in sequences]
-        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        outputs = self._llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora())
         # Position 0 has no prefix, so vLLM reports None there.
         return [
             _token_logprobs(out.prompt_logprobs[1:], ids[1:])
             for out, ids in zip(outputs, sequences, strict=True)
         ]
+
+    def _lora(self) -> Any:
+        """The LoRARequest of the adapter the engine serves (None: the base weights): every
+        request of a call runs under the same one."""
+        return self._adapter.request if self._adapter else None
+
+    def update_adapter(self, version: int, adapter: bytes) -> int:
+        """Serve the policy's LoRA adapter (safetensors bytes from the learner's
+        export_adapter) as `version` in place of the one before; versions must rise."""
+        if self._adapter is None:
+            raise ValueError("this engine was started without LoRA (max_lora_rank 0)")
+        fault = inject("rollout", "sync")  # test hook: "skip" or "half" breaks this update
+        self._check_version(version)
+        if fault == "half":
+            adapter = _every_other_tensor(adapter, keep_metadata=True)
+        if fault != "skip":
+            self._loaded = [self._adapter.load(self._llm.llm_engine, version, adapter)]
+        self._version = version
+        logger.info("rollout engine serves adapter version %d (%d bytes)", version, len(adapter))
+        return version
 
     def weights_state(self, sequences: list[list[int]]) -> dict[str, Any]:
         """What the weight-sync check compares with the learner: the version held, the

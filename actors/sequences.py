@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from actors.lora import is_lora
 from kernels import logprobs_from_hidden
 
 
@@ -139,7 +140,10 @@ def text_batch(sequences: list[list[int]], pad_id: int = 0) -> SequenceBatch:
 
 def trunk(model: torch.nn.Module) -> torch.nn.Module:
     """The decoder under a head, as transformers names it for the family (`base_model`: `.model`
-    for Qwen and Llama, `.transformer` for GPT-2, `.gpt_neox` for GPT-NeoX, ...)."""
+    for Qwen and Llama, `.transformer` for GPT-2, `.gpt_neox` for GPT-NeoX, ...). A LoRA model's
+    adapters live inside its base model's layers: its trunk is the base model's."""
+    if is_lora(model):
+        model = model.get_base_model()
     return model.base_model
 
 

@@ -28,7 +28,7 @@ from actors.engine import (
     load_model,
 )
 from actors.epoch_checkpoints import epoch_checkpoints, write_progress
-from actors.export import gathered_state_dict, save_hf_folder
+from actors.export import gathered_adapter, gathered_state_dict, save_hf_folder
 from actors.faults import inject
 from actors.logs import quiet_libraries
 from actors.ranks import mean_over_ranks, sum_over_ranks
@@ -135,7 +135,7 @@ class SFTTask(_Task):
 
         super().__init__(cfg)
         m, learner = cfg.model, cfg.learner
-        causal_lm = load_model(AutoModelForCausalLM, model_path, learner, m)
+        causal_lm = load_model(AutoModelForCausalLM, model_path, learner, m, "CAUSAL_LM")
         module = PolicyLogprobs(causal_lm, cfg.reference.logprob_chunk_size)
         self.engine = build_engine(module, learner, cfg.sft.lr, 1, 1, m.dtype)
         self.pad_id = pad_id
@@ -170,7 +170,9 @@ class RewardModelTask(_Task):
 
         super().__init__(cfg)
         m, learner = cfg.model, cfg.learner
-        model = load_model(AutoModelForSequenceClassification, model_path, learner, m, num_labels=1)
+        model = load_model(
+            AutoModelForSequenceClassification, model_path, learner, m, "SEQ_CLS", num_labels=1
+        )
         model.config.pad_token_id = pad_id  # HF's own forward finds the last token by it
         self.engine = build_engine(SequenceScores(model), learner, cfg.rm.lr, 1, 1, m.dtype)
         self.pad_id = pad_id
@@ -358,6 +360,7 @@ def train_loop(config: dict[str, Any]) -> None:
     model = task.hf_model()
     extra = task.extra_files(train)
     state = gathered_state_dict(model)
+    adapter = gathered_adapter(model)  # with LoRA: final/ the adapter, final/merged/ the model
     if rank == 0:
         save_hf_folder(
             model,
@@ -366,6 +369,7 @@ def train_loop(config: dict[str, Any]) -> None:
             str(run_dir / "final"),
             cfg.model.trust_remote_code,
             extra,
+            adapter,
         )
 
 

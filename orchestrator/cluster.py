@@ -17,6 +17,7 @@ from actors.faults import ENV as FAULT_ENV
 from actors.logs import LEVEL_ENV as LOG_LEVEL_ENV
 from orchestrator.config import Config
 from orchestrator.config.checks import max_engines
+from orchestrator.config.lora import reference_in_learner
 from orchestrator.output import RUN_ENV, run_label
 
 logger = logging.getLogger(__name__)
@@ -99,9 +100,10 @@ def role_requests(cfg: Config, engines: int | None = None) -> dict[str, list[dic
         "rollout": [engine] * (cfg.rollout.num_engines if engines is None else engines),
         "learner": [rank] * cfg.learner.num_ranks,
         "reference": [{"CPU": cfg.reference.cpus_per_actor, **gpu_share}]
-        * cfg.reference.num_actors,
+        * (0 if reference_in_learner(cfg) else cfg.reference.num_actors),
         "reward": [{"CPU": cfg.reward.cpus_per_actor, **gpu_share}] * cfg.reward.num_actors,
     }
+    requests = {role: reqs for role, reqs in requests.items() if reqs}  # no reference: LoRA's
     if cfg.run.colocate and gpu:
         # Colocated roles share each GPU: every role takes a fraction of its bundle's device.
         share = 1.0 / len(requests)

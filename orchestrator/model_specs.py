@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actors.lora import model_folder
 from actors.tiny_models import is_tiny, resolve
 from orchestrator.config import Config, uses_reward_model
 from orchestrator.config.precision import resolve_precision
@@ -27,8 +28,8 @@ def resolve_models(cfg: Config, need_reward: bool = True) -> Config:
                 return resolve(spec, cache)
             except ValueError as e:  # an unknown name: say which key named it
                 raise ValueError(f"{key}: {e}") from None
-        if Path(spec).exists():
-            return str(Path(spec).resolve())  # actors run in other directories
+        if Path(spec).exists():  # absolute: actors run in other directories
+            return str(Path(model_folder(spec)).resolve())  # a LoRA final/: its merged model
         if spec.startswith((".", "/")):
             raise FileNotFoundError(f"{key}: {spec} does not exist")
         return spec

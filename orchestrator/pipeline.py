@@ -24,6 +24,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from actors.lora import model_folder
 from actors.rule_rewards import check_ranking, load_function
 from actors.sequences import load_tokenizer
 from orchestrator.config import Config
@@ -163,18 +164,19 @@ def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
     link = root / "final"
     if link.is_symlink() or link.exists():
         link.unlink()
-    os.symlink(os.path.relpath(policy, root), link)
+    os.symlink(os.path.relpath(Path(ppo_cfg.run.output_dir) / "final", root), link)
     return folder
 
 
 def run_or_reuse(run: Any, stage: Config) -> str:
     """Run a stage; with run.resume, a stage that already wrote final/ is kept as it is (and a
-    PPO stage stopped midway continues from its latest checkpoint). -> its final/ folder."""
+    PPO stage stopped midway continues from its latest checkpoint). -> its final/ model (with
+    LoRA, final/merged/: what the next stages load)."""
     final = Path(stage.run.output_dir) / "final"
     if stage.run.resume and final.exists():
         logger.info("pipeline: %s already finished; kept", final.parent.name)
-        return str(final.resolve())
-    return str(run(stage).final_dir)
+        return model_folder(str(final.resolve()))
+    return model_folder(str(run(stage).final_dir))
 
 
 def _rankings_rows(cfg: Config) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ import math
 import re
 
 from orchestrator.config.fields import describe_range, in_range
+from orchestrator.config.lora import check_lora
 from orchestrator.config.schema import Config, ConfigError
 
 STAGES = ("sft", "rm", "ppo", "pipeline", "eval", "demo", "bench")
@@ -263,6 +264,7 @@ def validate_config(cfg: Config, stage: str) -> Config:
             f"pip install 'instructray[wandb]', or leave run.wandb_project empty"
         )
     _check_gpus(cfg, errors)
+    check_lora(cfg, errors)
     if stage in ("ppo", "pipeline", "demo", "bench"):
         _check_ppo(cfg, errors)
         _check_colocated_gpus(cfg, errors)

@@ -38,6 +38,13 @@ class RolloutConfig:
         "everywhere), or a bucketed broadcast from learner rank 0 over a torch.distributed group "
         "of this backend: nccl (GPUs on both sides; the fast path on clusters) or gloo (CPU).",
     )
+    lora_sync: Literal["auto", "adapter", "merged"] = param(
+        "auto",
+        "With learner.lora_rank > 0, what a sync sends: the adapters alone (adapter; versioned, "
+        "through the object store; the engines serve them through vLLM's LoRA path) or the "
+        "merged full weights through rollout.weight_sync (merged: for engines that cannot serve "
+        "adapters). auto = adapter.",
+    )
     sync_bucket_mib: float = param(
         256.0,
         "Bucket size of the broadcast transports in MiB (a larger tensor goes alone).",

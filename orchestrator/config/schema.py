@@ -22,6 +22,9 @@ from orchestrator.config.stages import (
     SFTConfig,
 )
 
+# The attention and MLP projections of the common decoder families (Llama, Qwen, Mistral, Gemma).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 
 class ConfigError(ValueError):
     """A bad config file, key, value or combination; the message is one line for the user."""
@@ -163,6 +166,13 @@ class ReferenceConfig:
     cpus_per_actor: float = param(
         1.0, "CPUs reserved per reference actor (its torch threads).", ge=0
     )
+    source: Literal["auto", "actor", "policy_base"] = param(
+        "auto",
+        "Where ref_logprobs come from: reference actors holding model.reference (actor), or the "
+        "learner's policy with its LoRA adapters switched off (policy_base: one model in memory, "
+        "no reference actor; needs learner.lora_rank > 0). auto = policy_base with LoRA when "
+        "model.reference is empty or the policy, else actor.",
+    )
 
 
 @dataclass
@@ -192,6 +202,22 @@ class LearnerConfig:
     )
     cpus_per_rank: float = param(1.0, "CPUs reserved per rank (its torch threads).", ge=0)
     gpus_per_rank: float = param(0.0, "GPUs per rank; 0 on CPU.", ge=0)
+    lora_rank: int = param(
+        0,
+        "Rank of the LoRA adapters (PEFT) that the policy, SFT and the RM train instead of all "
+        "their weights: only adapters train and hold optimizer state; 0 = off (full fine-tune).",
+        ge=0,
+    )
+    lora_alpha: float = param(16.0, "LoRA scale: an adapter adds (alpha / rank) x B A.", gt=0)
+    lora_dropout: float = param(0.0, "Dropout on the adapters' input in training.", ge=0, lt=1)
+    lora_targets: list[str] = param(
+        list(LORA_TARGETS),
+        "Modules that get adapters, by name (the Llama / Qwen / Mistral / Gemma projections by "
+        "default); [all-linear] = every linear layer but the output head.",
+    )
+    critic_lora: bool = param(
+        False, "The critic trains LoRA adapters (and its value head) too, not all its weights."
+    )
 
 
 @dataclass

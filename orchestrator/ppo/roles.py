@@ -15,6 +15,7 @@ from actors.scorers import ReferenceActor, RewardActor
 from actors.sequences import load_tokenizer
 from orchestrator.cluster import Placement, connect
 from orchestrator.config import Config
+from orchestrator.config.lora import adapter_sync, engine_lora_rank
 from orchestrator.data import PromptSampler, PromptSet, load_pretrain, load_prompt_set
 from orchestrator.model_specs import resolve_models
 
@@ -56,7 +57,7 @@ class Roles:
         slots = placement.slots
         engines = [start_engine(cfg, s.options()) for s in slots["rollout"]]
         rewards = [start_reward(cfg, s.options()) for s in slots["reward"]]
-        references = [start_reference(cfg, s.options()) for s in slots["reference"]]
+        references = [start_reference(cfg, s.options()) for s in slots.get("reference", [])]
         learner = LearnerGroup(cfg, [s.options() for s in slots["learner"]], pretrain)
         # Constructors run in the actors; `ready` surfaces their errors with the role named.
         actors = engines + rewards + references
@@ -104,6 +105,7 @@ def start_engine(cfg: Config, options: dict[str, Any]) -> Any:
             enforce_eager=r.enforce_eager,
             tensor_parallel_size=r.tensor_parallel_size,
             gpu_memory_utilization=r.gpu_memory_utilization,
+            max_lora_rank=engine_lora_rank(cfg.learner.lora_rank) if adapter_sync(cfg) else 0,
         )
     )
 

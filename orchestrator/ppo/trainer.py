@@ -217,18 +217,19 @@ class PPOTrainer:
             )
             for part in split_evenly(n, len(self.roles.rewards))
         ]
+        references = len(self.roles.references)  # none: the LoRA policy's base gives them
         ref_args = [
             (batch.select(slice(part.start, part.stop)),)
-            for part in split_evenly(n, len(self.roles.references))
+            for part in (split_evenly(n, references) if references else [])
         ]
         # The score, and each reward's own (for reward/<name>/mean when there are several).
         rewards = self.calls.start("reward", lambda a, *x: a.score_sources.remote(*x), reward_args)
         refs = self.calls.start("reference", lambda a, b: a.logprobs.remote(b), ref_args)
         # The learner call blocks; the scorers above already run meanwhile.
         learner_out, began = {}, time.perf_counter()
-        if not from_rollout or self.values:
+        if not from_rollout or self.values or not ref_args:
             learner_out = self.roles.learner.logprobs_and_values(
-                batch, not from_rollout, self.values
+                batch, not from_rollout, self.values, not ref_args
             )
         self.busy["learner"] += time.perf_counter() - began
         returned = zip(*self.calls.wait(rewards, "score"), strict=True)
@@ -237,9 +238,10 @@ class PPOTrainer:
         names = [s.partition(":")[2] or s for s in reward_sources(self.cfg)]  # model, fn name
         means = {f"reward/{name}/mean": parts[:, c].mean().item() for c, name in enumerate(names)}
         extra = {"metrics": means} if len(names) > 1 else {}
-        ref_logprobs = torch.cat(self.calls.wait(refs, "reference"))
-        self.busy["reference"] += time.perf_counter() - began
-        scored = {"scores": scores, "ref_logprobs": ref_logprobs, **learner_out}
+        if ref_args:
+            learner_out["ref_logprobs"] = torch.cat(self.calls.wait(refs, "reference"))
+            self.busy["reference"] += time.perf_counter() - began
+        scored = {"scores": scores, **learner_out}
         if from_rollout:
             scored["old_logprobs"] = rollout.logprobs
             return scored, extra
@@ -373,6 +375,7 @@ class PPOTrainer:
             "weight_sync/version": self.weights.version,
             "actor_restarts": self.calls.restarts(),
             "weight_sync/max_logprob_diff": self.max_diff,
+            "weight_sync/bytes": self.weights.bytes,
             **self.timer.metrics(),
             "timing/step": round(elapsed, 4),
             "throughput/tokens_per_s": rollout.batch.attention_mask.sum().item() / elapsed,

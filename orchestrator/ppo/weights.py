@@ -2,15 +2,19 @@
 rising version, then checked on each engine (version, weight fingerprints bit for bit, the
 probe batch's log-probs within the dtype's rounding). Through the object store (one copy, each
 engine loads it) or a broadcast group (learner rank 0 and every engine worker: gloo or NCCL).
+A LoRA policy sends its adapter alone (rollout.lora_sync: adapter, through the object store;
+the engines serve it through vLLM's LoRA path), or its merged weights like any policy.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from actors.remote import ActorDied, RemoteError, wait_all
 from orchestrator.config import Config
+from orchestrator.config.lora import adapter_sync
 from orchestrator.ppo.calls import RoleCalls, learner_deaths, names
 from orchestrator.ppo.roles import Roles
 from orchestrator.ppo.sync_check import (
@@ -33,7 +37,9 @@ class WeightSync:
         self.cfg, self.roles, self.calls = cfg, roles, calls
         self.version = 0
         self.probe: list[list[int]] | None = None
-        self.broadcast = cfg.rollout.weight_sync != "object_store"
+        self.adapter = adapter_sync(cfg)  # the LoRA adapter alone, through the object store
+        self.broadcast = cfg.rollout.weight_sync != "object_store" and not self.adapter
+        self.bytes = 0  # sent to each engine by the last sync (the tensors' bytes)
 
     def set_probe(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> float:
         """Fix the probe batch (the first sequences of the run) and check the engines against
@@ -65,8 +71,8 @@ class WeightSync:
         self.version += 1
         engines = list(self.roles.engines)
         if not self.broadcast:
-            weights = self.roles.learner.export_weights()  # ObjectRef: one copy in the store
-            refs = [e.update_weights.remote(self.version, weights) for e in engines]
+            weights = self._export()  # ObjectRef: one copy in the store
+            refs = [self._update(e, weights) for e in engines]
             # A restarted engine gets this version while it recovers; then only confirm it.
             retry = self.calls.retry(
                 "rollout", lambda i, other=None: (other or engines[i]).version.remote(), engines
@@ -103,9 +109,19 @@ class WeightSync:
             [held] = wait_all([engine.version.remote()], phase, [name], timeout)
             if held >= self.version:
                 return
-            weights = self.roles.learner.export_weights()
-            ref = engine.update_weights.remote(self.version, weights)
+            ref = self._update(engine, self._export())
             wait_all([ref], phase, [name], timeout)
+
+    def _export(self) -> Any:
+        """ObjectRef of what the object-store transport sends: the adapter, or the weights."""
+        learner = self.roles.learner
+        return learner.export_adapter() if self.adapter else learner.export_weights()
+
+    def _update(self, engine: Any, payload: Any) -> Any:
+        """Start an engine's load of the exported payload under the current version."""
+        if self.adapter:
+            return engine.update_adapter.remote(self.version, payload)
+        return engine.update_weights.remote(self.version, payload)
 
     def index(self, engine: Any) -> int:
         """An engine's place in the pool (its name in messages)."""
@@ -120,7 +136,7 @@ class WeightSync:
         if self.probe is None:
             return 0.0
         i = self.index(engine)
-        learner = self.roles.learner.weights_state(self.probe)
+        learner = self.roles.learner.weights_state(self.probe, self.adapter)
         [state] = wait_all(
             [engine.weights_state.remote(self.probe)],
             "engine join",
@@ -161,8 +177,11 @@ class WeightSync:
         pending = self.calls.start(
             "rollout", lambda engine, probe: engine.weights_state.remote(probe), [(self.probe,)] * n
         )
-        learner = self.roles.learner.weights_state(self.probe)
+        learner = self.roles.learner.weights_state(self.probe, self.adapter)
         engines = self.calls.wait(pending, "sync check")
+        self.bytes = sum(
+            _nbytes(dtype, shape) for dtype, shape, _ in learner["fingerprints"].values()
+        )
         return max((self._check(i, e, learner) for i, e in enumerate(engines)), default=0.0)
 
     def _check(self, i: int, engine: dict[str, Any], learner: dict[str, Any]) -> float:
@@ -183,3 +202,10 @@ class WeightSync:
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version, "probe": self.probe}
+
+
+def _nbytes(dtype: str, shape: list[int]) -> int:
+    """Bytes of a tensor of this dtype (torch's name) and shape."""
+    import torch
+
+    return getattr(torch, dtype).itemsize * math.prod(shape)
