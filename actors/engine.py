@@ -248,11 +248,18 @@ def _partitioned_construction(config: dict[str, Any]) -> Iterator[None]:
 
 
 def load_model(
-    auto_cls: Any, path: str, learner_cfg: Any, model_cfg: Any, lora: str = "", **kwargs: Any
+    auto_cls: Any,
+    path: str,
+    learner_cfg: Any,
+    model_cfg: Any,
+    lora: str = "",
+    adapter: str = "",
+    **kwargs: Any,
 ) -> torch.nn.Module:
     """`auto_cls.from_pretrained(path)` in model_cfg's dtype and attention, partitioned as it
     loads under ZeRO-3; with `lora` (PEFT's task type: CAUSAL_LM, SEQ_CLS) and
-    learner.lora_rank > 0, wrapped with LoRA adapters that alone train (actors/lora.py)."""
+    learner.lora_rank > 0, wrapped with LoRA adapters that alone train (actors/lora.py),
+    starting as a no-op or from a saved `adapter` folder (a checkpoint's)."""
     config = deepspeed_config(learner_cfg, 1, 1, model_cfg.dtype)
     with _partitioned_construction(config):
         model = auto_cls.from_pretrained(
@@ -264,9 +271,11 @@ def load_model(
             **kwargs,
         )
     if lora and learner_cfg.lora_rank > 0:
-        from actors.lora import add_adapters
+        from actors.lora import add_adapters, load_adapter
 
         model = add_adapters(model, learner_cfg, lora)
+        if adapter:
+            load_adapter(model, adapter)
     return model
 
 

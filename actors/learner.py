@@ -380,5 +380,5 @@ def _sizes(values: Any) -> dict[int, int]:
     return {
         v.data_ptr(): v.numel() * v.element_size()
         for v in values
-        if isinstance(v, torch.Tensor) and v.numel()
+        if isinstance(v, torch.Tensor) and v.dim()  # not AdamW's 0-d step count
     }

@@ -55,6 +55,35 @@ def add_adapters(model: torch.nn.Module, learner_cfg: Any, task: str) -> torch.n
         ) from None
 
 
+def load_adapter(model: torch.nn.Module, folder: str) -> None:
+    """Copy a saved adapter (a PEFT folder: final/, an epoch checkpoint) into model's adapters,
+    partitioned or not (ZeRO-3: rank 0's copy is scattered). Every tensor must match."""
+    import safetensors.torch
+
+    saved = safetensors.torch.load_file(str(Path(folder) / ADAPTER_WEIGHTS))
+    params = dict(_adapter_parameters(model))
+    if set(params) != set(saved):
+        missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+        raise ValueError(
+            f"adapter {folder} does not fit learner.lora_*: missing {missing[:3]}, "
+            f"not in the model {extra[:3]}"
+        )
+    for name, param in params.items():
+        with _gathered([param], modifier_rank=0):
+            param.data.copy_(saved[name].to(param.dtype))
+
+
+def _adapter_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """(the name PEFT saves it under, parameter) of each adapter tensor (and a SEQ_CLS head's)."""
+    from peft.utils import get_peft_model_state_dict
+
+    for name, param in model.named_parameters():
+        if "lora_" in name or "modules_to_save" in name:
+            # PEFT renames a key (drops the adapter name, unwraps a saved module) by its rule.
+            [saved] = get_peft_model_state_dict(model, state_dict={name: param})
+            yield saved, param
+
+
 def _linear(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.Linear)
 
@@ -71,24 +100,18 @@ def adapter_config_json(model: torch.nn.Module) -> str:
     return json.dumps(config, indent=2, default=list)
 
 
-def _gathered(params: list[torch.nn.Parameter]) -> Any:
+def _gathered(params: list[torch.nn.Parameter], modifier_rank: int | None = None) -> Any:
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(params)
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
 
 
 def adapter_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The adapter's tensors (and a SEQ_CLS head's), whole, one at a time, by the names PEFT
     saves them under (no adapter name). Every rank must drain it (ZeRO-3 gathers)."""
-    from peft.utils import get_peft_model_state_dict
-
-    for name, param in model.named_parameters():
-        if "lora_" not in name and "modules_to_save" not in name:
-            continue
+    for saved, param in _adapter_parameters(model):
         with _gathered([param]):
             value = param.detach().clone()
-        # PEFT renames a key (drops the adapter name, unwraps a saved module) by its own rule.
-        [(saved, _)] = get_peft_model_state_dict(model, state_dict={name: value}).items()
         yield saved, value
 
 

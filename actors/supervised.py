@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from actors.batching import even_shard, fixed_batches, shard, token_budget_batches
 from actors.engine import (
     PolicyLogprobs,
     SequenceScores,
@@ -31,6 +31,7 @@ from actors.epoch_checkpoints import epoch_checkpoints, write_progress
 from actors.export import gathered_adapter, gathered_state_dict, save_hf_folder
 from actors.faults import inject
 from actors.logs import quiet_libraries
+from actors.lora import ADAPTER_CONFIG
 from actors.ranks import mean_over_ranks, sum_over_ranks
 from actors.sequences import make_sequence_batch
 from kernels import kwise_ranking_loss, sft_loss
@@ -38,59 +39,6 @@ from orchestrator.config import Config
 from orchestrator.output import MetricsLog, truncate_metrics
 
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- batch planning (pure)
-
-
-def token_budget_batches(
-    sizes: list[tuple[int, int]], max_tokens: int, group_by_length: bool
-) -> list[list[int]]:
-    """Indices of examples (prompt tokens, response tokens) grouped into batches whose padded
-    size, rows x (longest prompt + longest response), stays within max_tokens (an example
-    larger than that goes alone). Grouping by length first keeps the padding small."""
-    order = (
-        sorted(range(len(sizes)), key=lambda i: sizes[i]) if group_by_length else range(len(sizes))
-    )
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    longest_p = longest_r = 0
-    for i in order:
-        p, r = sizes[i]
-        lp, lr = max(longest_p, p), max(longest_r, r)
-        if batch and (len(batch) + 1) * (lp + lr) > max_tokens:
-            batches.append(batch)
-            batch, lp, lr = [], p, r
-        batch.append(i)
-        longest_p, longest_r = lp, lr
-    if batch:
-        batches.append(batch)
-    return batches
-
-
-def fixed_batches(n: int, batch_size: int) -> list[list[int]]:
-    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-
-
-def even_shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
-    """This rank's batches for a pass that must see every example once (evaluation): dealt out
-    round-robin unshuffled; a rank short of batches gets empty ones (run as idle forwards, since
-    ZeRO-3's gathers need every rank) so all ranks make the same number of forwards."""
-    mine = batches[rank::world]
-    return mine + [[]] * (-(-len(batches) // world) - len(mine))
-
-
-def shard(
-    batches: list[list[int]], rank: int, world: int, seed: int, epoch: int
-) -> list[list[int]]:
-    """This rank's batches of an epoch: the plan shuffled (seeded by epoch), padded by repeating
-    its first batches to a multiple of the ranks (every rank must step equally often), dealt out
-    round-robin."""
-    order = list(batches)
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    if order:
-        order += order[: -len(order) % world]
-    return order[rank::world]
 
 
 # ---------------------------------------------------------------- tasks
@@ -130,12 +78,12 @@ class _Task:
 class SFTTask(_Task):
     name = "sft"
 
-    def __init__(self, cfg: Config, model_path: str, pad_id: int):
+    def __init__(self, cfg: Config, model_path: str, pad_id: int, adapter: str = ""):
         from transformers import AutoModelForCausalLM
 
         super().__init__(cfg)
         m, learner = cfg.model, cfg.learner
-        causal_lm = load_model(AutoModelForCausalLM, model_path, learner, m, "CAUSAL_LM")
+        causal_lm = load_model(AutoModelForCausalLM, model_path, learner, m, "CAUSAL_LM", adapter)
         module = PolicyLogprobs(causal_lm, cfg.reference.logprob_chunk_size)
         self.engine = build_engine(module, learner, cfg.sft.lr, 1, 1, m.dtype)
         self.pad_id = pad_id
@@ -165,13 +113,19 @@ class RewardModelTask(_Task):
     name = "rm"
     eval_keys = ("loss", "pairwise_accuracy")
 
-    def __init__(self, cfg: Config, model_path: str, pad_id: int):
+    def __init__(self, cfg: Config, model_path: str, pad_id: int, adapter: str = ""):
         from transformers import AutoModelForSequenceClassification
 
         super().__init__(cfg)
         m, learner = cfg.model, cfg.learner
         model = load_model(
-            AutoModelForSequenceClassification, model_path, learner, m, "SEQ_CLS", num_labels=1
+            AutoModelForSequenceClassification,
+            model_path,
+            learner,
+            m,
+            "SEQ_CLS",
+            adapter,
+            num_labels=1,
         )
         model.config.pad_token_id = pad_id  # HF's own forward finds the last token by it
         self.engine = build_engine(SequenceScores(model), learner, cfg.rm.lr, 1, 1, m.dtype)
@@ -308,10 +262,16 @@ def train_loop(config: dict[str, Any]) -> None:
     found = epoch_checkpoints(Path(config["storage"]).glob("checkpoint_*"))
     if config["resume"]:
         found += epoch_checkpoints([Path(config["resume"])])
+    adapter = ""
     if found:
-        first_epoch, _, model_path = max(found)
-        logger.info("%s: resuming after epoch %d from %s", stage, first_epoch, model_path)
-    task = TASKS[stage](cfg, model_path, config["pad_id"])
+        first_epoch, _, checkpoint = max(found)
+        logger.info("%s: resuming after epoch %d from %s", stage, first_epoch, checkpoint)
+        # A LoRA checkpoint holds the adapters: the same base, they go on from where they were.
+        if (Path(checkpoint) / ADAPTER_CONFIG).is_file() and cfg.learner.lora_rank:
+            adapter = checkpoint
+        else:
+            model_path = checkpoint
+    task = TASKS[stage](cfg, model_path, config["pad_id"], adapter)
     epochs = cfg.sft.epochs if stage == "sft" else cfg.rm.epochs
     plan = task.plan(train)
     steps_per_epoch = len(shard(plan, rank, world, cfg.run.seed, 0))
@@ -381,6 +341,7 @@ def _report_with_checkpoint(
 
     model = task.hf_model()
     state = gathered_state_dict(model)
+    adapter = gathered_adapter(model)  # with LoRA: what a resumed run goes on from
     with tempfile.TemporaryDirectory(prefix=f"{task.name}-ckpt-") as tmp:
         checkpoint = None
         if rank == 0:
@@ -391,6 +352,7 @@ def _report_with_checkpoint(
                 cfg.model.tokenizer,
                 str(folder),
                 cfg.model.trust_remote_code,
+                adapter=adapter,
             )
             write_progress(folder, epochs_done)
             checkpoint = ray.train.Checkpoint.from_directory(str(folder))

@@ -2,12 +2,13 @@
 the tiny pipeline submitted with `ray job submit`, its metrics scraped from the Prometheus
 endpoints Ray lists, and `instructray submit / status / logs / scale / stop` against the same
 head. The test stops exactly the processes it started (the head's process group). The submitted
-pipeline is `instructray pipeline` end to end (SFT -> RM -> PPO, then a second
-RM + PPO round on rankings of the policy's own samples); its run folder is checked here too, so
-one pipeline run serves both the job and the pipeline's tests."""
+pipeline is `instructray pipeline` end to end (SFT -> RM -> PPO, then a second RM + PPO round on
+rankings of the policy's own samples), LoRA on every stage; its run folder is checked here too,
+so one pipeline run serves both the job and the pipeline's tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import yaml
 from prometheus import scrape, values_of
 from testdata import SYNCED, metrics_of
 
+from actors.lora import ADAPTER_WEIGHTS, MERGED
 from actors.rule_rewards import rank_by_target_word
 
 ROOT = Path(__file__).parents[2]
@@ -131,14 +133,10 @@ def head(tiny_dir):
         yield Head(address, env, tmp / "ray", tmp / "run")
     finally:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=15)  # Ray stops its processes; past that, SIGKILL below
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever of this group is left
-        except ProcessLookupError:
-            pass
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -202,6 +200,7 @@ def pipeline_job(head, tiny_dir):
         "--pipeline.ranking_models=[tiny://policy]",  # its samples join the policy's
         "--ppo.ptx_coef=0.5",  # PPO-ptx in both PPO stages
         "--data.pretrain=tiny://pretrain",
+        "--learner.lora_rank=8",  # every stage trains adapters; each final/ has merged/
     )
     client = _client(head)
     seen: dict[str, list[tuple[dict[str, str], float]]] = {}
@@ -218,8 +217,6 @@ def pipeline_job(head, tiny_dir):
 
 def test_ray_job_submit_runs_the_tiny_pipeline(pipeline_job, head):
     job_id, logs, _ = pipeline_job
-    for stage in ("sft", "rm", "ppo"):
-        assert (head.run_dir / stage / "final" / "model.safetensors").exists(), stage
     assert "ppo" in logs  # the job's own output reached Ray's job logs
     cli_logs = head.run(str(BIN / "ray"), "job", "logs", f"--address={head.address}", job_id)
     assert cli_logs.returncode == 0 and "ppo" in cli_logs.stdout
@@ -261,7 +258,8 @@ def test_prometheus_shows_the_runs_metrics_with_sanevalues_of(pipeline_job, head
 def test_every_stage_has_its_folder_and_the_pipeline_ends_with_final(pipeline_job, head):
     run = head.run_dir
     for stage in ("sft", "rm", "ppo", "rm-2", "ppo-2"):
-        assert (run / stage / "final" / "model.safetensors").exists(), stage
+        assert (run / stage / "final" / ADAPTER_WEIGHTS).exists(), stage
+        assert (run / stage / "final" / MERGED / "model.safetensors").exists(), stage
         assert metrics_of(run / stage), stage
         if stage.startswith("ppo"):  # PPO-ptx's term, every step
             assert all(r["ptx/loss"] > 0 for r in metrics_of(run / stage)), stage
@@ -273,15 +271,17 @@ def test_every_stage_has_its_folder_and_the_pipeline_ends_with_final(pipeline_jo
 
 def test_stages_are_wired_as_instructgpt(pipeline_job, head):
     run = head.run_dir
-    sft = str((run / "sft" / "final").resolve())
+    sft = str((run / "sft" / "final" / MERGED).resolve())  # the stages load merged models
     ppo = yaml.safe_load((run / "ppo" / "config.yaml").read_text())["model"]
     assert Path(ppo["policy"]).resolve() == Path(sft)
     assert Path(ppo["reference"]).resolve() == Path(sft)
-    assert Path(ppo["reward"]).resolve() == (run / "rm" / "final").resolve()
+    assert Path(ppo["reward"]).resolve() == (run / "rm" / "final" / MERGED).resolve()
     ppo2 = yaml.safe_load((run / "ppo-2" / "config.yaml").read_text())["model"]
-    assert Path(ppo2["policy"]).resolve() == (run / "ppo" / "final").resolve()
+    assert Path(ppo2["policy"]).resolve() == (run / "ppo" / "final" / MERGED).resolve()
     assert Path(ppo2["reference"]).resolve() == Path(sft)  # still held near the SFT model
-    assert Path(ppo2["reward"]).resolve() == (run / "rm-2" / "final").resolve()
+    assert Path(ppo2["reward"]).resolve() == (run / "rm-2" / "final" / MERGED).resolve()
+    placements = [json.loads((run / s / "placement.json").read_text()) for s in ("ppo", "ppo-2")]
+    assert "reference" not in placements[0] and placements[1]["reference"]  # LoRA base; actor
     rm = yaml.safe_load((run / "rm" / "config.yaml").read_text())["model"]
     assert Path(rm["policy"]).resolve() == Path(sft)  # the RM starts from the SFT model
 
