@@ -68,13 +68,20 @@ def quiet_libraries() -> None:
         logging.getLogger(library).setLevel(name)
     if name == "DEBUG":
         return
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_gpu() else "cpu")
+    name_accelerator()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     for logger, lines in EXPECTED.items():  # a logger's own filters outlive vLLM's dictConfig
         target = logging.getLogger(logger)
         if not any(isinstance(f, _DropExpected) for f in target.filters):
             target.addFilter(_DropExpected(lines))
+
+
+def name_accelerator() -> None:
+    """Tell DeepSpeed its accelerator (unless set): left to guess, it says "Setting accelerator
+    to CPU ... we were unable to detect it" wherever it is imported (transformers imports it
+    through accelerate, e.g. to save a model)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_gpu() else "cpu")
 
 
 def _has_gpu() -> bool:

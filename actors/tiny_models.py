@@ -126,6 +126,9 @@ def build_model(recipe: TinyRecipe, out_dir: Path) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 
+    from actors.logs import name_accelerator
+
+    name_accelerator()  # save_pretrained imports DeepSpeed (through accelerate)
     tokenizer = build_tokenizer(out_dir, recipe.vocab_size, corpus=recipe.corpus)
     config = Qwen2Config(
         vocab_size=len(tokenizer),

@@ -175,3 +175,23 @@ def test_a_saved_adapter_loads_back_as_it_was_and_a_misfit_is_named(tiny_policy,
     learner.lora_targets = ["q_proj"]  # fewer adapters than the folder holds
     with pytest.raises(ValueError, match="adapter .* does not fit learner.lora_"):
         load_adapter(fresh(), str(tmp_path / "adapter"))
+
+
+@pytest.mark.parametrize("task", ["CAUSAL_LM", "SEQ_CLS"])
+def test_adapter_tensors_carry_the_names_peft_saves_them_under(task, tiny_policy, tiny_reward):
+    from peft.utils import get_peft_model_state_dict
+    from transformers import AutoModelForSequenceClassification
+
+    from actors.lora import adapter_weights, add_adapters
+
+    learner = load_config(None, ["--learner.lora_rank=4"]).learner
+    if task == "SEQ_CLS":  # a reward model or critic: its value head trains whole
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_reward, num_labels=1)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(tiny_policy)
+    model = add_adapters(model, learner, task)
+    ours = dict(adapter_weights(model))
+    want = get_peft_model_state_dict(model)
+    assert ours.keys() == want.keys()
+    assert all(torch.equal(ours[k], want[k]) for k in want)
+    assert any("score" in k for k in want) == (task == "SEQ_CLS")
