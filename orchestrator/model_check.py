@@ -218,3 +218,31 @@ def check_tokenizer(path: str, key: str, *, trust_remote_code: bool = False) -> 
     if tok.pad_token is None:
         return [f"{key}: {folder}'s tokenizer has no pad token: EOS ({tok.eos_token}) will pad"]
     return []
+
+
+def check_lora_targets(
+    path: str, key: str, targets: list[str], *, trust_remote_code: bool = False
+) -> list[str]:
+    """learner.lora_targets against the linear layers of the model at path (built on the meta
+    device from its config.json: no weights read). None of them there: ModelFolderError naming
+    the layers it has; some missing: a warning (a family without, say, gate_proj)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if targets == ["all-linear"]:
+        return []
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    layers = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    )
+    missing = [t for t in targets if t not in layers]
+    if len(missing) == len(targets):
+        raise ModelFolderError(
+            f"learner.lora_targets = {targets}: no linear layer of {key} ({path}) has these "
+            f"names; its linear layers: {', '.join(layers)} (or [all-linear])"
+        )
+    if missing:
+        return [f"learner.lora_targets: {', '.join(missing)} name no layer of {key}; left out"]
+    return []

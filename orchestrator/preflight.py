@@ -28,7 +28,7 @@ from orchestrator.data import (
     load_prompt_set,
     load_rankings,
 )
-from orchestrator.model_check import check_model_folder, check_tokenizer
+from orchestrator.model_check import check_lora_targets, check_model_folder, check_tokenizer
 from orchestrator.model_specs import resolve_models
 from orchestrator.output import check_run_folder
 
@@ -70,6 +70,13 @@ def preflight(cfg: Config, stage: str) -> None:
         if role == "reward" and not reward_model:
             continue
         _check_model(cfg, getattr(cfg.model, role), f"model.{role}", role)
+    policy, lora = cfg.model.policy, cfg.learner
+    if lora.lora_rank and stage != "bench" and Path(policy).is_dir():  # the adapters' targets
+        trust = cfg.model.trust_remote_code
+        for line in check_lora_targets(
+            policy, "model.policy", lora.lora_targets, trust_remote_code=trust
+        ):
+            logger.warning(line)
     for spec in cfg.pipeline.ranking_models if stage == "pipeline" else []:
         _check_model(cfg, spec, "pipeline.ranking_models", "ranking")
     tokenizer = _tokenizer(cfg)

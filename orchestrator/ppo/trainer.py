@@ -309,7 +309,8 @@ class PPOTrainer:
             "probe": self.weights.probe,
             "ahead": self.ahead,
         }
-        self.busy = dict.fromkeys(("rollout", "learner", "reward", "reference"), 0.0)
+        roles = ["rollout", "learner", "reward"] + ["reference"] * bool(self.roles.references)
+        self.busy = dict.fromkeys(roles, 0.0)  # no reference actor with LoRA's policy base
         with phase("generate"):  # 1. x ~ prompts, y ~ pi(.|x), n per prompt
             rollout = self.take_rollout(step)
         first = self.first_step(rollout) if self.weights.probe is None else {}

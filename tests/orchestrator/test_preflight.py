@@ -195,6 +195,19 @@ CASES = [
         ],
         ["pipeline.labeler", "[0, 0]", "each once"],
     ),
+    # LoRA's targets against the policy's layers (built on the meta device, no weights)
+    (
+        "lora targets",
+        "ppo",
+        ["--learner.lora_rank=8", "--learner.lora_targets=[c_attn, c_fc]"],
+        ["learner.lora_targets", "no linear layer of model.policy", "q_proj"],
+    ),
+    (
+        "reference from the base without LoRA",
+        "ppo",
+        ["--reference.source=policy_base"],
+        ["lora_rank > 0"],
+    ),
     # the output folder
     ("output a file", "ppo", ["--run.output_dir={a_file}"], ["run.output_dir", "is a file"]),
     ("output finished", "ppo", ["--run.output_dir={finished}"], ["already holds a finished run"]),
