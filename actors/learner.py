@@ -46,11 +46,13 @@ from orchestrator.output import report_throughput
 logger = logging.getLogger(__name__)
 
 TRAIN_SETTINGS = ("learner.micro_batch_size", "ppo.minibatch_size", "ppo.loss_agg")
-# Where DeepSpeed's optimizers (ZeRO-1/2, ZeRO-3, bf16 at ZeRO-0) keep their fp32 master weights.
+# Where DeepSpeed's optimizers (ZeRO-1/2, ZeRO-3, bf16 at ZeRO-0 with and without DDP) keep
+# their fp32 master weights.
 MASTER_WEIGHTS = (
     "single_partition_of_fp32_groups",
     "fp32_partitioned_groups_flat",
     "fp32_groups_flat_partition",
+    "fp32_groups_flat",
 )
 CHECKPOINT_TAG = "state"  # DeepSpeed's sub-folder name inside each engine's checkpoint folder
 
