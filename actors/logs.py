@@ -41,6 +41,9 @@ EXPECTED = {
     "vllm.engine.arg_utils": ("The global random seed is set",),
     # On every tokenizer call: the actor fixes its torch threads on purpose.
     "vllm.v1.worker.cpu_worker": ("torch.set_num_threads",),
+    # The first request with a LoRA adapter (rollout.lora_sync: adapter, whose folders carry no
+    # tokenizer: the base model's serves, as meant).
+    "vllm.v1.engine.input_processor": ("different tokenizers for different LoRAs",),
 }
 
 
