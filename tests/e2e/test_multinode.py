@@ -1,4 +1,4 @@
-"""Scaling out rollouts on simulated multi-node clusters (real Ray, vLLM, DeepSpeed): on three
+"""Scaling out rollouts on a simulated multi-node cluster (real Ray, vLLM, DeepSpeed): on three
 nodes rollout.placement_strategy=SPREAD puts the two engines on different nodes and PPO steps
 complete; with rollout.autoscale the pool grows onto a node that joins mid-run and shrinks when
 it leaves, and the run finishes."""
@@ -22,13 +22,16 @@ pytestmark = pytest.mark.e2e
 LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def run_script(script: str, tiny_dir: str, out: Path, tag: str) -> dict:
-    """Run a support script in its own process (and session); -> the JSON it printed after tag."""
+@pytest.fixture(scope="module")
+def cluster_runs(tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
+    """Both runs on one simulated cluster (support/cluster_ppo.py): SPREAD on three nodes, then
+    autoscale on the head alone."""
+    out = tmp_path_factory.mktemp("cluster")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), env.get("PYTHONPATH")]))
     env[LOOPBACK] = "0"
     proc = subprocess.Popen(
-        [sys.executable, str(SUPPORT / script), str(tiny_dir), str(out)],
+        [sys.executable, str(SUPPORT / "cluster_ppo.py"), str(tiny_dir), str(out)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -36,27 +39,30 @@ def run_script(script: str, tiny_dir: str, out: Path, tag: str) -> dict:
         start_new_session=True,  # on a timeout its whole cluster goes with it
     )
     try:
-        stdout, stderr = proc.communicate(timeout=600)
+        stdout, stderr = proc.communicate(timeout=900)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        pytest.fail(f"{script} took over 600 s:\n{stderr[-3000:]}")
+        pytest.fail(f"cluster_ppo.py took over 900 s:\n{stderr[-3000:]}")
     assert proc.returncode == 0, stderr[-3000:]
-    [line] = [x for x in stdout.splitlines() if x.startswith(tag + " ")]
-    return {**json.loads(line[len(tag) + 1 :]), "stderr": stderr}
+    printed = {
+        tag: json.loads(rest)
+        for tag, _, rest in (x.partition(" ") for x in stdout.splitlines())
+        if tag in ("NODES", "SEEN")
+    }
+    return out, printed["NODES"], {**printed["SEEN"], "stderr": stderr}
 
 
 @pytest.fixture(scope="module")
-def multinode_run(tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
-    out = tmp_path_factory.mktemp("multinode") / "run"
-    nodes = run_script("multinode_ppo.py", tiny_dir, out, "NODES")
-    return out, nodes
+def multinode_run(cluster_runs):
+    out, nodes, _ = cluster_runs
+    return out / "spread", nodes
 
 
 @pytest.fixture(scope="module")
-def autoscale_run(tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
-    out = tmp_path_factory.mktemp("autoscale") / "run"
-    return out, run_script("autoscale_ppo.py", tiny_dir, out, "SEEN")
+def autoscale_run(cluster_runs):
+    out, _, seen = cluster_runs
+    return out / "autoscale", seen
 
 
 def test_engines_land_on_different_nodes(multinode_run):
