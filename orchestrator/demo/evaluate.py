@@ -16,6 +16,7 @@ from typing import Any
 import ray
 import torch
 
+from actors.lora import model_folder
 from actors.remote import wait_all
 from actors.scorers import ReferenceActor, RewardActor
 from actors.sequences import load_tokenizer, make_sequence_batch
@@ -274,8 +275,9 @@ def run_eval(cfg: Config) -> None:
             + ", ".join(missing)
         )
     connect(cfg)
-    reward_model = str(models.pop("rm"))
-    ev = evaluate_world(cfg, {k: str(v) for k, v in models.items()}, reward_model)
+    models = {name: model_folder(str(path)) for name, path in models.items()}  # LoRA: merged/
+    reward_model = models.pop("rm")
+    ev = evaluate_world(cfg, models, reward_model)
     write_report(root, ev, read_metrics(root / "ppo" / "metrics.jsonl"))
     print(table(ev))
     print(f"written: {root}/eval.json, report.md, plot.png, samples.jsonl")

@@ -20,6 +20,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from actors.lora import model_folder
 from orchestrator.cluster import connect
 from orchestrator.config import Config
 from orchestrator.demo import world
@@ -128,8 +129,9 @@ def run_demo(cfg: Config) -> RunFolder:
     pipe.data.rankings, pipe.pipeline.labeler = "", LABELER
     pipe.pipeline.ranking_models = [base]  # the labeler ranks base and SFT samples together
     run_pipeline(pipe, folder)
-    sft, rm = str(root / "sft" / "final"), str(root / "rm" / "final")
-    models = {"base": base, "sft": sft, "ppo": str(root / "ppo" / "final")}
+    # A stage's model: its final/, or with LoRA (learner.lora_rank) final/merged/.
+    sft, rm, ppo = (model_folder(str(root / stage / "final")) for stage in ("sft", "rm", "ppo"))
+    models = {"base": base, "sft": sft, "ppo": ppo}
     if cfg.demo.ptx_coef > 0:
         print(f"[5b/6] PPO-ptx: the same PPO plus {cfg.demo.ptx_coef} x the base text's LM loss")
         ptx = ppo_stage(pipe, root, "ppo-ptx", sft, sft, rm)

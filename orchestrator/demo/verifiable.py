@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from actors.lora import model_folder
 from orchestrator.cluster import connect
 from orchestrator.config import Config
 from orchestrator.demo import world
@@ -251,14 +252,14 @@ def run_verifiable(cfg: Config, folder: RunFolder) -> RunFolder:
     resolve_models(cfg, need_reward=False)
     paths = write_quiz_data(root / "data", cfg)
     print(f"[1/4] base model: pretraining {cfg.model.policy} briefly on the world's text")
-    base = str(run_sft(base_stage_config(cfg, paths["base"])).final_dir)
+    base = model_folder(str(run_sft(base_stage_config(cfg, paths["base"])).final_dir))
     print("[2/4] SFT on the labeler's demonstrations")
-    sft = str(run_sft(sft_stage_config(cfg, base, paths["demonstrations"])).final_dir)
+    sft = model_folder(str(run_sft(sft_stage_config(cfg, base, paths["demonstrations"])).final_dir))
     print(
         f"[3/4] {name.upper()}: {cfg.run.steps} steps x {cfg.rollout.prompts_per_step} quiz "
         f"prompts x {cfg.rollout.samples_per_prompt} samples, reward {REWARD}"
     )
-    rl = str(run_ppo(grpo_stage_config(cfg, sft, paths["prompts"])).final_dir)
+    rl = model_folder(str(run_ppo(grpo_stage_config(cfg, sft, paths["prompts"])).final_dir))
     print(f"[4/4] accuracy on {cfg.eval.num_prompts} held-out quiz questions")
     ev = evaluate_accuracy(cfg, {"base": base, "sft": sft, name: rl})
     ev["rl_label"], ev["rollout_temperature"] = name, cfg.rollout.temperature
