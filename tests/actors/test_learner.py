@@ -12,6 +12,7 @@ import pytest
 import ray
 import safetensors.torch
 import torch
+from testdata import learner_config
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from actors.engine import deepspeed_config, warmup_factor
@@ -36,19 +37,14 @@ METRIC_KEYS = {
 
 
 def _config(policy: str, reward: str, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"--model.policy={policy}",
-            f"--model.reward={reward}",
-            "--model.dtype=float32",  # compared with fp32 forwards at fp32 tolerances
-            "--learner.num_ranks=2",
-            "--learner.lr=1e-3",
-            "--learner.critic_lr=1e-3",
-            "--reference.logprob_chunk_size=7",  # several chunks per micro-batch
-            f"--run.timeout_s={TIMEOUT_S}",
-            *overrides,
-        ],
+    return learner_config(
+        policy,
+        reward,
+        "--learner.lr=1e-3",
+        "--learner.critic_lr=1e-3",
+        "--reference.logprob_chunk_size=7",  # several chunks per micro-batch
+        f"--run.timeout_s={TIMEOUT_S}",
+        *overrides,
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 import ray
 import safetensors.torch
 import torch
+from testdata import learner_config
 from transformers import AutoModelForCausalLM
 
 from actors.learner_group import LearnerGroup
@@ -35,21 +36,16 @@ def _batch(n: int, seed: int):
 def lora(ray_local, tiny_policy, tiny_reward):
     """2 ranks under ZeRO-3 (every weight partitioned), fp32, the policy and the critic with
     rank-8 adapters; one train call has moved the adapters away from their no-op start."""
-    cfg = load_config(
-        None,
-        [
-            f"--model.policy={tiny_policy}",
-            f"--model.reward={tiny_reward}",
-            "--model.dtype=float32",
-            "--learner.num_ranks=2",
-            "--learner.zero_stage=3",
-            "--learner.micro_batch_size=2",
-            "--ppo.minibatch_size=4",
-            f"--learner.lora_rank={RANK}",
-            "--learner.lr=1e-2",
-            "--learner.critic_lora=true",
-            f"--run.timeout_s={TIMEOUT_S}",
-        ],
+    cfg = learner_config(
+        tiny_policy,
+        tiny_reward,
+        "--learner.zero_stage=3",
+        "--learner.micro_batch_size=2",
+        "--ppo.minibatch_size=4",
+        f"--learner.lora_rank={RANK}",
+        "--learner.lr=1e-2",
+        "--learner.critic_lora=true",
+        f"--run.timeout_s={TIMEOUT_S}",
     )
     group = LearnerGroup(cfg)
     batch = _batch(8, seed=1)

@@ -13,12 +13,12 @@ import pytest
 import ray
 import safetensors.torch
 import torch
+from testdata import learner_config
 from transformers import AutoModelForCausalLM
 
 from actors.learner_group import LearnerGroup
 from actors.ptx import Pretraining
 from actors.sequences import Experience, make_sequence_batch
-from orchestrator.config import load_config
 
 TIMEOUT_S = 300
 GAMMA, PTX_BATCH, SEED = 0.5, 3, 5
@@ -28,26 +28,21 @@ TEXTS = [[5 + 7 * i + j for j in range(2 + i % 4)] for i in range(6)]  # 2..5 to
 @pytest.fixture(scope="module")
 def ptx_group(ray_local, tiny_policy, tiny_reward):
     # 8 rows, 4 per rank = one minibatch of 2 micro-batches: DeepSpeed divides by 2, undone.
-    cfg = load_config(
-        None,
-        [
-            f"--model.policy={tiny_policy}",
-            f"--model.reward={tiny_reward}",
-            "--model.dtype=float32",
-            "--learner.num_ranks=2",
-            "--learner.zero_stage=2",
-            "--learner.micro_batch_size=2",
-            "--ppo.minibatch_size=4",
-            "--ppo.estimator=grpo",
-            f"--ppo.ptx_coef={GAMMA}",
-            "--data.pretrain=tiny://pretrain",
-            f"--learner.ptx_batch_size={PTX_BATCH}",
-            "--learner.lr=1.0",
-            "--learner.adam_eps=1.0",
-            "--learner.max_grad_norm=1e9",
-            f"--run.seed={SEED}",
-            f"--run.timeout_s={TIMEOUT_S}",
-        ],
+    cfg = learner_config(
+        tiny_policy,
+        tiny_reward,
+        "--learner.zero_stage=2",
+        "--learner.micro_batch_size=2",
+        "--ppo.minibatch_size=4",
+        "--ppo.estimator=grpo",
+        f"--ppo.ptx_coef={GAMMA}",
+        "--data.pretrain=tiny://pretrain",
+        f"--learner.ptx_batch_size={PTX_BATCH}",
+        "--learner.lr=1.0",
+        "--learner.adam_eps=1.0",
+        "--learner.max_grad_norm=1e9",
+        f"--run.seed={SEED}",
+        f"--run.timeout_s={TIMEOUT_S}",
     )
     group = LearnerGroup(cfg, pretrain=TEXTS)
     yield group

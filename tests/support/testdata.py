@@ -53,6 +53,15 @@ def ppo_tiny_config(tiny_dir: str, out: Path, *overrides: str):
     )
 
 
+def learner_config(policy: str, reward: str, *overrides: str):
+    """A config for a LearnerGroup of 2 fp32 ranks on the given models (compared with fp32
+    forwards at fp32 tolerances), plus overrides; not validated (tests set odd values)."""
+    from orchestrator.config import load_config
+
+    base = [f"--model.policy={policy}", f"--model.reward={reward}", "--model.dtype=float32"]
+    return load_config(None, [*base, "--learner.num_ranks=2", *overrides])
+
+
 # How close a verified sync's probe log-probs come to the learner's, by the run's dtype: fp32
 # rounding only (~1e-6, seen), and bf16's own rounding (0.002-0.015 seen on the tiny models).
 SYNCED = {"float32": 1e-4, "bfloat16": 0.03}
