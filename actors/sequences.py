@@ -11,8 +11,8 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from actors.lora import is_lora
-from kernels import logprobs_from_hidden
+from instructray.actors.lora import is_lora
+from instructray.kernels import logprobs_from_hidden
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

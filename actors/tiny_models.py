@@ -87,7 +87,7 @@ def _corpus(seed: int, n: int = 3000) -> list[str]:
 
 
 def _world_corpus(seed: int) -> list[str]:
-    from orchestrator.demo.world import corpus
+    from instructray.orchestrator.demo.world import corpus
 
     return corpus(seed)
 
@@ -126,7 +126,7 @@ def build_model(recipe: TinyRecipe, out_dir: Path) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 
-    from actors.logs import name_accelerator
+    from instructray.actors.logs import name_accelerator
 
     name_accelerator()  # save_pretrained imports DeepSpeed (through accelerate)
     tokenizer = build_tokenizer(out_dir, recipe.vocab_size, corpus=recipe.corpus)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.masked import masked_sum, masked_whiten, zero_masked
+from instructray.kernels.masked import masked_sum, masked_whiten, zero_masked
 
 CRITIC_FREE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
 # Those that subtract a baseline of the row's group from the row's score.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.masked import zero_masked
+from instructray.kernels.masked import zero_masked
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 

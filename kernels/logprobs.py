@@ -14,7 +14,7 @@ from typing import Literal, overload
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from kernels.losses import entropy_from_logits
+from instructray.kernels.losses import entropy_from_logits
 
 ChunkResult = tuple[torch.Tensor, ...]
 

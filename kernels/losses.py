@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.kl import kl_penalty
-from kernels.masked import masked_mean, masked_sum, zero_masked
+from instructray.kernels.kl import kl_penalty
+from instructray.kernels.masked import masked_mean, masked_sum, zero_masked
 
 LOSS_AGG_MODES = (
     "token_mean",

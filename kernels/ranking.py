@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.masked import masked_mean
+from instructray.kernels.masked import masked_mean
 
 MIN_RESPONSES = 2
 MAX_RESPONSES = 9

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.kl import kl_penalty
+from instructray.kernels.kl import kl_penalty
 
 
 def combine_rewards(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

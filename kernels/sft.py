@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.masked import masked_mean, masked_sum
+from instructray.kernels.masked import masked_mean, masked_sum
 
 
 def sft_loss(

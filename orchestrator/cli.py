@@ -10,28 +10,42 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from actors.remote import RemoteError
-from orchestrator.cluster import PlacementError
-from orchestrator.config import ConfigError, describe_fields, load_config, validate_config
-from orchestrator.config.precision import resolve_precision
-from orchestrator.data import DataError
-from orchestrator.ppo.numerics import NonFiniteError
-from orchestrator.preflight import preflight
+from instructray.actors.remote import RemoteError
+from instructray.orchestrator.cluster import PlacementError
+from instructray.orchestrator.config import (
+    ConfigError,
+    describe_fields,
+    load_config,
+    validate_config,
+)
+from instructray.orchestrator.config.precision import resolve_precision
+from instructray.orchestrator.data import DataError
+from instructray.orchestrator.ppo.numerics import NonFiniteError
+from instructray.orchestrator.preflight import preflight
 
 # stage -> (one-line description, "module:function" that runs it with a validated Config)
 STAGES: dict[str, tuple[str, str]] = {
-    "sft": ("supervised fine-tuning on demonstrations", "orchestrator.supervised:run_sft"),
-    "rm": ("train the K-wise ranking reward model", "orchestrator.supervised:run_rm"),
+    "sft": (
+        "supervised fine-tuning on demonstrations",
+        "instructray.orchestrator.supervised:run_sft",
+    ),
+    "rm": ("train the K-wise ranking reward model", "instructray.orchestrator.supervised:run_rm"),
     "ppo": (
         "PPO against the reward model with KL to the SFT model",
-        "orchestrator.ppo.run:run_ppo",
+        "instructray.orchestrator.ppo.run:run_ppo",
     ),
-    "pipeline": ("SFT -> RM -> PPO in one run folder", "orchestrator.pipeline:run_pipeline"),
-    "eval": ("evaluate a policy on held-out prompts", "orchestrator.demo.evaluate:run_eval"),
-    "demo": ("the InstructGPT story in miniature", "orchestrator.demo.run:run_demo"),
+    "pipeline": (
+        "SFT -> RM -> PPO in one run folder",
+        "instructray.orchestrator.pipeline:run_pipeline",
+    ),
+    "eval": (
+        "evaluate a policy on held-out prompts",
+        "instructray.orchestrator.demo.evaluate:run_eval",
+    ),
+    "demo": ("the InstructGPT story in miniature", "instructray.orchestrator.demo.run:run_demo"),
     "bench": (
         "PPO steps at fixed settings; prints seconds and tokens/s",
-        "orchestrator.ppo.bench:run_bench",
+        "instructray.orchestrator.ppo.bench:run_bench",
     ),
 }
 
@@ -152,7 +166,7 @@ JOB_COMMANDS = ("submit", "status", "logs", "stop", "scale")
 
 
 def _job_command(argv: list[str]) -> int:
-    from orchestrator import jobs
+    from instructray.orchestrator import jobs
 
     try:
         return jobs.main(argv, list(STAGES), _normalize_overrides)
@@ -180,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         if getattr(args, "plan", False):  # on paper: the config's inputs need not exist here
-            from orchestrator.ppo.bench_plan import plan_report
+            from instructray.orchestrator.ppo.bench_plan import plan_report
 
             print(plan_report(cfg, args.plan_from, args.plan_params))
             return 0

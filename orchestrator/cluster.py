@@ -13,12 +13,12 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.faults import ENV as FAULT_ENV
-from actors.logs import LEVEL_ENV as LOG_LEVEL_ENV
-from orchestrator.config import Config
-from orchestrator.config.checks import max_engines
-from orchestrator.config.lora import reference_in_learner
-from orchestrator.output import RUN_ENV, run_label
+from instructray.actors.faults import ENV as FAULT_ENV
+from instructray.actors.logs import LEVEL_ENV as LOG_LEVEL_ENV
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.config.checks import max_engines
+from instructray.orchestrator.config.lora import reference_in_learner
+from instructray.orchestrator.output import RUN_ENV, run_label
 
 logger = logging.getLogger(__name__)
 

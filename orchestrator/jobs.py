@@ -25,7 +25,12 @@ from typing import Any
 
 import yaml
 
-from orchestrator.output.scale_requests import KV_NAMESPACE, kv_key, new_request, write_request
+from instructray.orchestrator.output.scale_requests import (
+    KV_NAMESPACE,
+    kv_key,
+    new_request,
+    write_request,
+)
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV = Path("deploy/runtime_env.yaml")
@@ -107,7 +112,7 @@ def submit(
     submission_id: str | None = None,
 ) -> str:
     """Check the config locally, submit the stage as a Ray job; returns the job id."""
-    from orchestrator.config import load_config, validate_config
+    from instructray.orchestrator.config import load_config, validate_config
 
     check_no_secrets(overrides)
     cfg = load_config(config, overrides)

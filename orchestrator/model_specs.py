@@ -1,14 +1,14 @@
 """Model specs made concrete before anything starts: `tiny://` models built (or found in their
-cache), local folders made absolute. Not in config/: it imports actors.tiny_models."""
+cache), local folders made absolute. Not in config/: it imports instructray.actors.tiny_models."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from actors.lora import model_folder
-from actors.tiny_models import is_tiny, resolve
-from orchestrator.config import Config, uses_reward_model
-from orchestrator.config.precision import resolve_precision
+from instructray.actors.lora import model_folder
+from instructray.actors.tiny_models import is_tiny, resolve
+from instructray.orchestrator.config import Config, uses_reward_model
+from instructray.orchestrator.config.precision import resolve_precision
 
 
 def resolve_models(cfg: Config, need_reward: bool = True) -> Config:

@@ -24,11 +24,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from actors.lora import model_folder
-from actors.rule_rewards import check_ranking, load_function
-from actors.sequences import load_tokenizer
-from orchestrator.config import Config
-from orchestrator.data import (
+from instructray.actors.lora import model_folder
+from instructray.actors.scoring.rule_rewards import check_ranking, load_function
+from instructray.actors.sequences import load_tokenizer
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.data import (
     DataError,
     convert_rankings,
     format_prompt,
@@ -36,9 +36,9 @@ from orchestrator.data import (
     row_problem,
     tokenize_prompt,
 )
-from orchestrator.output import RunFolder, run_label
-from orchestrator.ppo.run import run_ppo
-from orchestrator.supervised import run_rm, run_sft
+from instructray.orchestrator.output import RunFolder, run_label
+from instructray.orchestrator.ppo.run import run_ppo
+from instructray.orchestrator.supervised import run_rm, run_sft
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
     """Sample K responses per prompt from `policy` (and from each of `pipeline.ranking_models`,
     interleaved) with one vLLM engine; rank them by labeler."""
 
-    from orchestrator.sampler import Sampler
+    from instructray.orchestrator.sampler import Sampler
 
     p, r, d = cfg.pipeline, cfg.rollout, cfg.data
     tokenizer = load_tokenizer(policy, cfg.model.trust_remote_code)
@@ -126,7 +126,7 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
 def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
     """SFT -> RM -> PPO (-> RM -> PPO ... with a labeler), each stage in its own sub-folder of
     cfg.run.output_dir (or of `folder`, a run folder the caller already opened)."""
-    from orchestrator.model_specs import resolve_models
+    from instructray.orchestrator.model_specs import resolve_models
 
     folder = folder or RunFolder(cfg)
     root = folder.path

@@ -20,17 +20,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.rule_rewards import check_ranking, check_scores, load_function
-from orchestrator.config import REWARD_MODEL, Config, reward_sources, uses_reward_model
-from orchestrator.data import (
+from instructray.actors.scoring.rule_rewards import check_ranking, check_scores, load_function
+from instructray.orchestrator.config import REWARD_MODEL, Config, reward_sources, uses_reward_model
+from instructray.orchestrator.data import (
     load_demonstrations,
     load_pretrain,
     load_prompt_set,
     load_rankings,
 )
-from orchestrator.model_check import check_lora_targets, check_model_folder, check_tokenizer
-from orchestrator.model_specs import resolve_models
-from orchestrator.output import check_run_folder
+from instructray.orchestrator.model_check import (
+    check_lora_targets,
+    check_model_folder,
+    check_tokenizer,
+)
+from instructray.orchestrator.model_specs import resolve_models
+from instructray.orchestrator.output import check_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +104,7 @@ def _check_model(cfg: Config, path: str, key: str, role: str) -> None:
 
 
 def _tokenizer(cfg: Config) -> Any:
-    from actors.sequences import load_tokenizer
+    from instructray.actors.sequences import load_tokenizer
 
     path = cfg.model.tokenizer
     key = "model.tokenizer" if path != cfg.model.policy else "model.policy"

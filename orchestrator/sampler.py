@@ -8,11 +8,11 @@ from typing import Any
 
 import ray
 
-from actors.remote import wait_all
-from actors.rollout import RolloutActor
-from orchestrator.cluster import actor_env
-from orchestrator.config import Config
-from orchestrator.data import tokenize_prompt
+from instructray.actors.remote import wait_all
+from instructray.actors.rollout.actor import RolloutActor
+from instructray.orchestrator.cluster import actor_env
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.data import tokenize_prompt
 
 
 class Sampler:

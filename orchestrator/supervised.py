@@ -1,9 +1,10 @@
 """`instructray sft` and `instructray rm`: the supervised stages under Ray Train.
 
 The driver loads and checks the examples (orchestrator/data/examples.py), puts them in the object
-store once, and runs a `TorchTrainer` whose `learner.num_ranks` workers run actors/supervised.py's
-loop under DeepSpeed ZeRO (gloo on CPU, NCCL on GPU). The stage shows in the Ray dashboard's
-Train view; `FailureConfig` restarts a failed group from its last epoch checkpoint.
+store once, and runs a `TorchTrainer` whose `learner.num_ranks` workers run the loop of
+actors/learner/supervised.py under DeepSpeed ZeRO (gloo on CPU, NCCL on GPU). The stage shows
+in the Ray dashboard's Train view; `FailureConfig` restarts a failed group from its last epoch
+checkpoint.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Any
 
 import ray
 
-from actors.remote import RemoteError
-from actors.sequences import load_tokenizer
-from orchestrator.cluster import actor_env, connect
-from orchestrator.config import Config
-from orchestrator.data import ExampleSet, load_demonstrations, load_rankings
-from orchestrator.model_specs import resolve_models
-from orchestrator.output import RunFolder
+from instructray.actors.remote import RemoteError
+from instructray.actors.sequences import load_tokenizer
+from instructray.orchestrator.cluster import actor_env, connect
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.data import ExampleSet, load_demonstrations, load_rankings
+from instructray.orchestrator.model_specs import resolve_models
+from instructray.orchestrator.output import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def run_supervised(cfg: Config, stage: str) -> RunFolder:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from actors.supervised import train_loop
+    from instructray.actors.learner.supervised import train_loop
 
     folder = RunFolder(cfg, stage=stage)
     resolve_models(cfg, need_reward=False)
@@ -106,7 +107,7 @@ def _resume_from(cfg: Config, storage: Path, stage: str) -> str:
     """run.resume for SFT / RM: "" -> "", refusing a folder that holds an unfinished run;
     auto -> the epoch checkpoint with the most epochs done under storage ("" if none); else
     that checkpoint folder. Resuming restarts the epoch after it (the optimizer starts anew)."""
-    from actors.epoch_checkpoints import epoch_checkpoints
+    from instructray.actors.learner.epoch_checkpoints import epoch_checkpoints
 
     found = epoch_checkpoints(storage.glob("*/checkpoint_*"))
     if not cfg.run.resume:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.tiny_models import resolve
+from instructray.actors.tiny_models import resolve
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,7 @@ def ray_local(tmp_path_factory):
     """
     import ray
 
-    from orchestrator.cluster import loopback_only
+    from instructray.orchestrator.cluster import loopback_only
 
     loopback_only()  # every port of this Ray on 127.0.0.1, as the embedded default has it
     ray.init(

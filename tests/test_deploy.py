@@ -27,14 +27,14 @@ SHIPPED = sorted((ROOT / "deploy/configs").glob("*.yaml"))
 
 def _gpus(cfg) -> float:
     """GPUs the run reserves: the sum over every actor of every role."""
-    from orchestrator.cluster import role_requests
+    from instructray.orchestrator.cluster import role_requests
 
     return sum(r.get("GPU", 0.0) for reqs in role_requests(cfg).values() for r in reqs)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_config_loads_and_validates_for_its_stage(path):
-    from orchestrator.config import load_config, validate_config
+    from instructray.orchestrator.config import load_config, validate_config
 
     stage = path.name.split("-")[0]  # ppo-..., pipeline-..., demo-..., bench-...
     stage = {"grpo": "demo"}.get(stage, stage)  # grpo-tiny-cpu.yaml: the demo's verifiable task
@@ -42,7 +42,7 @@ def test_every_shipped_config_loads_and_validates_for_its_stage(path):
 
 
 def test_gpu_configs_reserve_the_gpus_they_promise():
-    from orchestrator.config import load_config
+    from instructray.orchestrator.config import load_config
 
     one = load_config(ROOT / "deploy/configs/ppo-0.5b-1gpu.yaml")
     assert one.run.colocate and _gpus(one) == pytest.approx(1.0)  # 4 roles x a quarter
@@ -71,7 +71,7 @@ def test_gpu_configs_reserve_the_gpus_they_promise():
     ],
 )
 def test_validate_checks_gpu_arithmetic(overrides, message):
-    from orchestrator.config import ConfigError, load_config, validate_config
+    from instructray.orchestrator.config import ConfigError, load_config, validate_config
 
     cfg = load_config(ROOT / "deploy/configs/ppo-tiny-cpu.yaml", overrides)
     with pytest.raises(ConfigError) as e:
@@ -82,7 +82,7 @@ def test_validate_checks_gpu_arithmetic(overrides, message):
 def test_wandb_project_without_wandb_is_a_config_error(monkeypatch):
     import importlib.util
 
-    from orchestrator.config import ConfigError, load_config, validate_config
+    from instructray.orchestrator.config import ConfigError, load_config, validate_config
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -114,7 +114,7 @@ def test_cluster_yaml_enables_token_auth_everywhere():
 
 
 def test_rayjob_runs_a_shipped_config_on_the_gpus_it_asks_for():
-    from orchestrator.config import load_config, validate_config
+    from instructray.orchestrator.config import load_config, validate_config
 
     job = yaml.safe_load((ROOT / "deploy/rayjob.yaml").read_text())
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")

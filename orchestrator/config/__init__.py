@@ -4,7 +4,7 @@
     cfg = validate_config(load_config("ppo.yaml", ["--run.steps=3"]), "ppo")
 """
 
-from orchestrator.config.checks import (
+from instructray.orchestrator.config.checks import (
     REWARD_MODEL,
     STAGES,
     needs_critic,
@@ -13,14 +13,14 @@ from orchestrator.config.checks import (
     uses_reward_model,
     validate_config,
 )
-from orchestrator.config.load import (
+from instructray.orchestrator.config.load import (
     describe_fields,
     dump_config,
     load_config,
     sections,
     set_key,
 )
-from orchestrator.config.schema import Config, ConfigError
+from instructray.orchestrator.config.schema import Config, ConfigError
 
 __all__ = [
     "REWARD_MODEL",

@@ -7,9 +7,10 @@ import importlib.util
 import math
 import re
 
-from orchestrator.config.fields import describe_range, in_range
-from orchestrator.config.lora import check_lora
-from orchestrator.config.schema import Config, ConfigError
+from instructray.orchestrator.config.fields import describe_range, in_range
+from instructray.orchestrator.config.lora import check_lora
+from instructray.orchestrator.config.renames import check_function_spec
+from instructray.orchestrator.config.schema import Config, ConfigError
 
 STAGES = ("sft", "rm", "ppo", "pipeline", "eval", "demo", "bench")
 REWARD_MODEL = "model"  # the entry of reward.function that names the reward model
@@ -78,6 +79,8 @@ def _check_rewards(cfg: Config, errors: list[str]) -> None:
                 f"reward.function entry '{entry}' must be {REWARD_MODEL} (the reward model) or "
                 f"look like module:function"
             )
+        elif entry != REWARD_MODEL and (moved := check_function_spec("reward.function", entry)):
+            errors.append(moved)
     repeated = sorted({e for e in sources if sources.count(e) > 1})
     if repeated:
         errors.append(f"reward.function names {', '.join(map(repr, repeated))} more than once")
@@ -109,7 +112,9 @@ def gae_in_learner(cfg: Config) -> bool:
 
 
 def _check_ppo(cfg: Config, errors: list[str]) -> None:
-    from kernels import GROUP_ESTIMATORS  # the kernels' own list (imports torch: here only)
+    from instructray.kernels import (
+        GROUP_ESTIMATORS,  # the kernels' own list (imports torch: here only)
+    )
 
     r, p, learner = cfg.rollout, cfg.ppo, cfg.learner
     if p.estimator in GROUP_ESTIMATORS and r.samples_per_prompt < 2:
@@ -282,6 +287,10 @@ def validate_config(cfg: Config, stage: str) -> Config:
             f"run.resume = {cfg.run.resume}: a {stage} resumes with auto (finished stages are "
             f"kept, a stopped PPO stage continues from its latest checkpoint)"
         )
+    if ":" in cfg.pipeline.labeler and (
+        moved := check_function_spec("pipeline.labeler", cfg.pipeline.labeler)
+    ):
+        errors.append(moved)
     if stage == "pipeline":
         pl = cfg.pipeline
         if pl.iterations > 1 and ":" not in pl.labeler:

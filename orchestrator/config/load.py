@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
-from orchestrator.config.fields import describe_range
-from orchestrator.config.schema import Config, ConfigError
+from instructray.orchestrator.config.fields import describe_range
+from instructray.orchestrator.config.schema import Config, ConfigError
 
 logger = logging.getLogger(__name__)
 

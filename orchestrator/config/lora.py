@@ -3,7 +3,7 @@ what a weight sync sends, and the engines' adapter rank; and its cross-field che
 
 from __future__ import annotations
 
-from orchestrator.config.schema import Config
+from instructray.orchestrator.config.schema import Config
 
 # The ranks vLLM 0.32 accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
 ENGINE_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

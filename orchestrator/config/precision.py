@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from orchestrator.config.schema import Config
+from instructray.orchestrator.config.schema import Config
 
 logger = logging.getLogger(__name__)
 

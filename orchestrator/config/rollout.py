@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.config.fields import param
+from instructray.orchestrator.config.fields import param
 
 
 @dataclass

@@ -12,9 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from orchestrator.config.fields import param
-from orchestrator.config.rollout import RolloutConfig
-from orchestrator.config.stages import (
+from instructray.orchestrator.config.fields import param
+from instructray.orchestrator.config.rollout import RolloutConfig
+from instructray.orchestrator.config.stages import (
     DemoConfig,
     EvalConfig,
     PipelineConfig,
@@ -140,7 +140,8 @@ class RewardConfig:
         "",
         "Rule-based reward `module:function`, called as fn(prompts, responses) -> list of floats; "
         "when set, no reward model is loaded. Several rewards: a comma-separated list, where "
-        "`model` names the reward model (model.reward), e.g. `model, actors.rule_rewards:brevity`.",
+        "`model` names the reward model (model.reward), e.g. "
+        "`model, instructray.actors.scoring.rule_rewards:brevity`.",
     )
     weights: list[float] = param(
         [],

@@ -1,9 +1,9 @@
 """Data: prompt sets, demonstrations and rankings, read through `datasets`, converted from public
 formats, curated, checked against the DESIGN.md schemas; a bad row is a DataError naming it."""
 
-from orchestrator.data.converters import RANKING_FORMATS, convert_rankings
-from orchestrator.data.curation import CurationReport, curate, split_by_user
-from orchestrator.data.examples import (
+from instructray.orchestrator.data.converters import RANKING_FORMATS, convert_rankings
+from instructray.orchestrator.data.curation import CurationReport, curate, split_by_user
+from instructray.orchestrator.data.examples import (
     Demonstration,
     ExampleSet,
     Ranking,
@@ -12,8 +12,8 @@ from orchestrator.data.examples import (
     load_prompt_set,
     load_rankings,
 )
-from orchestrator.data.pretrain import TINY_PRETRAIN, load_pretrain, tokenize_text
-from orchestrator.data.prompts import (
+from instructray.orchestrator.data.pretrain import TINY_PRETRAIN, load_pretrain, tokenize_text
+from instructray.orchestrator.data.prompts import (
     PromptSampler,
     PromptSet,
     format_prompt,
@@ -21,8 +21,8 @@ from orchestrator.data.prompts import (
     row_problem,
     tokenize_prompt,
 )
-from orchestrator.data.schema import DataError, prompt_text
-from orchestrator.data.sources import TINY_DATA, TINY_PROMPTS, load_rows, tiny_prompts
+from instructray.orchestrator.data.schema import DataError, prompt_text
+from instructray.orchestrator.data.sources import TINY_DATA, TINY_PROMPTS, load_rows, tiny_prompts
 
 __all__ = [
     "RANKING_FORMATS",

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from orchestrator.data.schema import (
+from instructray.orchestrator.data.schema import (
     BadRow,
     DataError,
     Rows,

@@ -13,18 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.config import Config
-from orchestrator.data.converters import convert_rankings
-from orchestrator.data.curation import split_by_user
-from orchestrator.data.prompts import PromptSet, checked_prompt, load_prompts
-from orchestrator.data.schema import (
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.data.converters import convert_rankings
+from instructray.orchestrator.data.curation import split_by_user
+from instructray.orchestrator.data.prompts import PromptSet, checked_prompt, load_prompts
+from instructray.orchestrator.data.schema import (
     BadRow,
     DataError,
     check_rows,
     demonstration_response,
     ranked_responses,
 )
-from orchestrator.data.sources import load_rows
+from instructray.orchestrator.data.sources import load_rows
 
 
 @dataclass

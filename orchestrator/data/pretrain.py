@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.data.schema import BadRow, DataError, check_rows, require_text
-from orchestrator.data.sources import load_rows
+from instructray.orchestrator.data.schema import BadRow, DataError, check_rows, require_text
+from instructray.orchestrator.data.sources import load_rows
 
 TINY_PRETRAIN = "tiny://pretrain"
 

@@ -10,8 +10,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.data.schema import BadRow, DataError, check_prompt, check_rows
-from orchestrator.data.sources import TINY_PROMPTS, load_rows
+from instructray.orchestrator.data.schema import BadRow, DataError, check_prompt, check_rows
+from instructray.orchestrator.data.sources import TINY_PROMPTS, load_rows
 
 
 def format_prompt(row: dict[str, Any], tokenizer: Any, template: str) -> str:
@@ -86,8 +86,8 @@ def load_prompts(
     on_bad_row: str = "error",
     curation: dict[str, Any] | None = None,
 ) -> PromptSet:
-    """Load, curate (`curation`: keyword arguments of orchestrator.curation.curate), validate,
-    format and tokenize a prompt set; raise DataError on bad input."""
+    """Load, curate (`curation`: keyword arguments of data.curation.curate), validate, format and
+    tokenize a prompt set; raise DataError on bad input."""
     if not spec:
         raise DataError(
             f"data.prompts is empty: give a prompt file, a Hub data set or {TINY_PROMPTS}"

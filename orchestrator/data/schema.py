@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from kernels import MAX_RESPONSES, MIN_RESPONSES
-from orchestrator.data.curation import curate
+from instructray.kernels import MAX_RESPONSES, MIN_RESPONSES
+from instructray.orchestrator.data.curation import curate
 
 logger = logging.getLogger(__name__)
 

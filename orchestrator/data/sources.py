@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.data.schema import DataError, Rows, shown
+from instructray.orchestrator.data.schema import DataError, Rows, shown
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 TINY_SCHEME = "tiny://"

@@ -1,8 +1,8 @@
 """The embedded demo: a synthetic world with a simulated labeler, the demo run (base -> SFT ->
-RM -> PPO -> evaluation) and its report. Names load on first use (see `orchestrator.lazy_face`):
-Ray workers import `demo.world` alone."""
+RM -> PPO -> evaluation) and its report. Names load on first use (see
+`instructray.orchestrator.lazy_face`): Ray workers import `demo.world` alone."""
 
-from orchestrator import lazy_face
+from instructray.orchestrator import lazy_face
 
 _NAMES = {
     "run_demo": "run",

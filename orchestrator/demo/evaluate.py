@@ -16,16 +16,16 @@ from typing import Any
 import ray
 import torch
 
-from actors.lora import model_folder
-from actors.remote import wait_all
-from actors.scorers import ReferenceActor, RewardActor
-from actors.sequences import load_tokenizer, make_sequence_batch
-from kernels import kl_penalty, masked_sum, sft_loss
-from orchestrator.cluster import actor_env
-from orchestrator.config import Config
-from orchestrator.data import tokenize_prompt
-from orchestrator.demo import world
-from orchestrator.sampler import Sampler
+from instructray.actors.lora import model_folder
+from instructray.actors.remote import wait_all
+from instructray.actors.scoring.scorers import ReferenceActor, RewardActor
+from instructray.actors.sequences import load_tokenizer, make_sequence_batch
+from instructray.kernels import kl_penalty, masked_sum, sft_loss
+from instructray.orchestrator.cluster import actor_env
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.data import tokenize_prompt
+from instructray.orchestrator.demo import world
+from instructray.orchestrator.sampler import Sampler
 
 TAX_TEXTS = 256  # held-out texts of the base model's kind for the alignment tax
 
@@ -255,11 +255,11 @@ def run_eval(cfg: Config) -> None:
     """`instructray eval`: judge a finished demo or pipeline run folder (run.output_dir) anew with
     the eval.* settings: its base (base/final, else the model the run started from), sft/, ppo/
     and rm/ models. Rewrites eval.json, report.md, plot.png and samples.jsonl there."""
-    from orchestrator.cluster import connect
-    from orchestrator.config import load_config
-    from orchestrator.demo.report import table, write_report
-    from orchestrator.model_specs import resolve_models
-    from orchestrator.output import read_metrics
+    from instructray.orchestrator.cluster import connect
+    from instructray.orchestrator.config import load_config
+    from instructray.orchestrator.demo.report import table, write_report
+    from instructray.orchestrator.model_specs import resolve_models
+    from instructray.orchestrator.output import read_metrics
 
     root = Path(cfg.run.output_dir)
     models = {name: root / name / "final" for name in ("base", "sft", "ppo", "rm")}

@@ -14,71 +14,17 @@ report.md and plot.png.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import random
-from pathlib import Path
-from typing import Any
 
-from actors.lora import model_folder
-from orchestrator.cluster import connect
-from orchestrator.config import Config
-from orchestrator.demo import world
-from orchestrator.output import RunFolder, read_metrics, run_label
+from instructray.actors.lora import model_folder
+from instructray.orchestrator.cluster import connect
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.demo.data import write_world_data
+from instructray.orchestrator.output import RunFolder, read_metrics, run_label
 
 logger = logging.getLogger(__name__)
 
-LABELER = "orchestrator.demo.world:rank_responses"
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def write_world_data(folder: Path, cfg: Config) -> dict[str, str]:
-    """The world's text sets as JSONL files in folder. -> {name: path}."""
-    d, seed = cfg.demo, cfg.run.seed
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    base = world.prompts(d.base_examples, seed)
-    demos = world.prompts(d.demonstrations, seed + 1)
-    ppo = world.prompts(d.ppo_prompts, seed + 2)
-    paths = {
-        "base": _write(
-            folder / "base_text.jsonl",
-            [
-                {
-                    "prompt": p.text,
-                    "response": world.base_response(p, rng),
-                    "user_id": f"web{i % 500}",
-                }
-                for i, p in enumerate(base)
-            ],
-        ),
-        "demonstrations": _write(
-            folder / "demonstrations.jsonl",
-            [
-                {
-                    "prompt": p.text,
-                    "response": world.ideal_response(p, rng),
-                    "user_id": f"u{i % 64}",
-                }
-                for i, p in enumerate(demos)
-            ],
-        ),
-        "prompts": _write(
-            folder / "prompts.jsonl",
-            [{"prompt": p.text, "user_id": f"u{i % 64}"} for i, p in enumerate(ppo)],
-        ),
-    }
-    # PPO-ptx's pretraining text: the base model's own, whole (its prompt and its reply)
-    base_rows = [json.loads(line) for line in Path(paths["base"]).read_text().splitlines()]
-    paths["pretrain"] = _write(
-        folder / "pretrain.jsonl",
-        [{"text": cfg.sft.template.format(prompt=r["prompt"]) + r["response"]} for r in base_rows],
-    )
-    return paths
+LABELER = "instructray.orchestrator.demo.world:rank_responses"
 
 
 def _dashboard() -> str:
@@ -93,16 +39,16 @@ def _dashboard() -> str:
 
 def run_demo(cfg: Config) -> RunFolder:
     """Base LM -> SFT -> rankings -> RM -> PPO -> evaluation, in one run folder."""
-    from orchestrator.demo.evaluate import evaluate_world
-    from orchestrator.demo.report import table, write_report
-    from orchestrator.model_specs import resolve_models
-    from orchestrator.pipeline import ppo_stage, run_or_reuse, run_pipeline
-    from orchestrator.ppo.run import run_ppo
-    from orchestrator.supervised import run_sft
+    from instructray.orchestrator.demo.evaluate import evaluate_world
+    from instructray.orchestrator.demo.report import table, write_report
+    from instructray.orchestrator.model_specs import resolve_models
+    from instructray.orchestrator.pipeline import ppo_stage, run_or_reuse, run_pipeline
+    from instructray.orchestrator.ppo.run import run_ppo
+    from instructray.orchestrator.supervised import run_sft
 
     folder = RunFolder(cfg)
     if cfg.demo.task == "verifiable":
-        from orchestrator.demo.verifiable import run_verifiable
+        from instructray.orchestrator.demo.verifiable import run_verifiable
 
         return run_verifiable(cfg, folder)
     root = folder.path

@@ -18,14 +18,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from actors.lora import model_folder
-from orchestrator.cluster import connect
-from orchestrator.config import Config
-from orchestrator.demo import world
-from orchestrator.demo.run import write_world_data
-from orchestrator.output import RunFolder, read_metrics, run_label
+from instructray.actors.lora import model_folder
+from instructray.orchestrator.cluster import connect
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.demo import world
+from instructray.orchestrator.demo.data import write_world_data
+from instructray.orchestrator.output import RunFolder, read_metrics, run_label
 
-REWARD = "orchestrator.demo.world:exact_match"
+REWARD = "instructray.orchestrator.demo.world:exact_match"
 SAMPLES_PER_PROMPT = 8  # sampled answers per held-out question (greedy: one)
 EVAL_SEED_OFFSET = 7919  # as evaluate.held_out_prompts: a seed no training set uses
 CURVE_STEPS = 20  # steps averaged at each end of the RL stage's reward curve (at most half)
@@ -37,7 +37,7 @@ def rl_name(cfg: Config) -> str:
 
 
 def write_quiz_data(folder: Path, cfg: Config) -> dict[str, str]:
-    """The preference demo's base text and demonstrations (run.write_world_data), and as the RL
+    """The preference demo's base text and demonstrations (data.write_world_data), and as the RL
     prompts demo.ppo_prompts quiz prompts in place of its mixed ones. -> {name: path}."""
     paths = write_world_data(folder, cfg)
     quiz = world.quiz_prompts(cfg.demo.ppo_prompts, cfg.run.seed + 2)
@@ -93,8 +93,8 @@ def evaluate_accuracy(cfg: Config, models: dict[str, str]) -> dict[str, Any]:
     word): greedy (one answer each) and SAMPLES_PER_PROMPT samples at eval.temperature, overall
     and per kind of prompt, and the words per greedy answer. One vLLM engine serves the models
     in turn."""
-    from actors.sequences import load_tokenizer
-    from orchestrator.sampler import Sampler
+    from instructray.actors.sequences import load_tokenizer
+    from instructray.orchestrator.sampler import Sampler
 
     e = cfg.eval
     quiz = world.quiz_prompts(e.num_prompts, cfg.run.seed + EVAL_SEED_OFFSET)
@@ -242,9 +242,9 @@ def write_report(root: Path, ev: dict[str, Any]) -> None:
 
 def run_verifiable(cfg: Config, folder: RunFolder) -> RunFolder:
     """Base LM -> SFT -> ppo.estimator against exact_match -> accuracy, in one run folder."""
-    from orchestrator.model_specs import resolve_models
-    from orchestrator.ppo.run import run_ppo
-    from orchestrator.supervised import run_sft
+    from instructray.orchestrator.model_specs import resolve_models
+    from instructray.orchestrator.ppo.run import run_ppo
+    from instructray.orchestrator.supervised import run_sft
 
     root, name = folder.path, rl_name(cfg)
     print(f"InstructRay demo, verifiable task: base -> SFT -> {name.upper()} on exact match")

@@ -2,14 +2,14 @@
 go (the file, Ray's dashboard, TensorBoard, W&B). With config/, the only orchestrator code that
 actors import."""
 
-from orchestrator.output.metrics import (
+from instructray.orchestrator.output.metrics import (
     RUN_ENV,
     MetricsLog,
     metric_name,
     report_throughput,
     run_label,
 )
-from orchestrator.output.run_folder import (
+from instructray.orchestrator.output.run_folder import (
     PhaseTimer,
     RunFolder,
     check_run_folder,

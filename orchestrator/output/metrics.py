@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import Config
+from instructray.orchestrator.config import Config
 
 logger = logging.getLogger(__name__)
 

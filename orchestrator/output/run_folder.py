@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import Config, dump_config
-from orchestrator.config.precision import resolve_precision
-from orchestrator.output.metrics import MetricsLog
+from instructray.orchestrator.config import Config, dump_config
+from instructray.orchestrator.config.precision import resolve_precision
+from instructray.orchestrator.output.metrics import MetricsLog
 
 
 def check_run_folder(path: Path, resume: str) -> None:

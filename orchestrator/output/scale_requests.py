@@ -1,5 +1,5 @@
-"""Scale requests: how `instructray scale` (or `orchestrator.jobs.scale` from Python) tells a
-running PPO driver how many rollout engines to hold. The driver reads them between steps.
+"""Scale requests: how `instructray scale` (or `instructray.orchestrator.jobs.scale` from Python)
+tells a running PPO driver how many rollout engines to hold. The driver reads them between steps.
 
 - A run on this machine: `<run folder>/scale.json`, written whole (a rename), read each step.
 - A Ray job: a key in the cluster's internal key-value store, named by the job's Ray job id,

@@ -1,7 +1,8 @@
 """PPO (InstructGPT step 3): the trainer's experience loop, the actors of a run, its checkpoints,
-the weight-sync check and the bench. Names load on first use (see `orchestrator.lazy_face`)."""
+the weight-sync check and the bench. Names load on first use (see
+`instructray.orchestrator.lazy_face`)."""
 
-from orchestrator import lazy_face
+from instructray.orchestrator import lazy_face
 
 _NAMES = {
     "PPOTrainer": "trainer",

@@ -7,11 +7,11 @@ import json
 import statistics
 import threading
 
-from orchestrator.config import Config
-from orchestrator.config.lora import adapter_sync
-from orchestrator.output import RunFolder
-from orchestrator.ppo.roles import Roles
-from orchestrator.ppo.trainer import PPOTrainer
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.config.lora import adapter_sync
+from instructray.orchestrator.output import RunFolder
+from instructray.orchestrator.ppo.roles import Roles
+from instructray.orchestrator.ppo.trainer import PPOTrainer
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.config import Config
-from orchestrator.ppo.plan import (
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.ppo.plan import (
     ASSUMED_MFU,
     BF16_BYTES,
     CPU_2CORE,

@@ -15,10 +15,10 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from actors.faults import kills_at
-from actors.remote import ActorDied, RemoteError, wait_alive, wait_all
-from orchestrator.config import Config
-from orchestrator.ppo.roles import Roles
+from instructray.actors.faults import kills_at
+from instructray.actors.remote import ActorDied, RemoteError, wait_alive, wait_all
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.ppo.roles import Roles
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-import kernels
-from actors.sequences import Experience, SequenceBatch
-from orchestrator.config import Config
+from instructray import kernels
+from instructray.actors.sequences import Experience, SequenceBatch
+from instructray.orchestrator.config import Config
 
 
 @dataclass

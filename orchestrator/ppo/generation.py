@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from actors.sequences import make_sequence_batch
-from orchestrator.config import Config
-from orchestrator.ppo.calls import Pending, RoleCalls
-from orchestrator.ppo.experience import Rollout, pad_rows, split_by_load
-from orchestrator.ppo.roles import Roles
+from instructray.actors.sequences import make_sequence_batch
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.ppo.calls import Pending, RoleCalls
+from instructray.orchestrator.ppo.experience import Rollout, pad_rows, split_by_load
+from instructray.orchestrator.ppo.roles import Roles
 
 
 @dataclass

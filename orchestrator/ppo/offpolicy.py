@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-import kernels
-from orchestrator.config import Config
+from instructray import kernels
+from instructray.orchestrator.config import Config
 
 logger = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from typing import Any
 
 import ray
 
-from actors.remote import RemoteError
-from orchestrator.cluster import Slot, describe, role_requests
-from orchestrator.config import Config
-from orchestrator.config.checks import max_engines
-from orchestrator.output.scale_requests import ScaleRequests
-from orchestrator.ppo.roles import Roles, start_engine
-from orchestrator.ppo.weights import WeightSync
+from instructray.actors.remote import RemoteError
+from instructray.orchestrator.cluster import Slot, describe, role_requests
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.config.checks import max_engines
+from instructray.orchestrator.output.scale_requests import ScaleRequests
+from instructray.orchestrator.ppo.roles import Roles, start_engine
+from instructray.orchestrator.ppo.weights import WeightSync
 
 logger = logging.getLogger(__name__)
 

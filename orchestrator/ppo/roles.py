@@ -8,16 +8,16 @@ from typing import Any
 
 import ray
 
-from actors.learner_group import LearnerGroup
-from actors.remote import wait_all
-from actors.rollout import RolloutActor
-from actors.scorers import ReferenceActor, RewardActor
-from actors.sequences import load_tokenizer
-from orchestrator.cluster import Placement, connect
-from orchestrator.config import Config
-from orchestrator.config.lora import adapter_sync, engine_lora_rank
-from orchestrator.data import PromptSampler, PromptSet, load_pretrain, load_prompt_set
-from orchestrator.model_specs import resolve_models
+from instructray.actors.learner.group import LearnerGroup
+from instructray.actors.remote import wait_all
+from instructray.actors.rollout.actor import RolloutActor
+from instructray.actors.scoring.scorers import ReferenceActor, RewardActor
+from instructray.actors.sequences import load_tokenizer
+from instructray.orchestrator.cluster import Placement, connect
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.config.lora import adapter_sync, engine_lora_rank
+from instructray.orchestrator.data import PromptSampler, PromptSet, load_pretrain, load_prompt_set
+from instructray.orchestrator.model_specs import resolve_models
 
 logger = logging.getLogger(__name__)
 

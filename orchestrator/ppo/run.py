@@ -10,13 +10,13 @@ import signal
 import threading
 from typing import Any
 
-from actors.remote import ActorDied, RemoteError
-from orchestrator.config import Config
-from orchestrator.output import RunFolder
-from orchestrator.ppo.checkpoints import Checkpoints
-from orchestrator.ppo.numerics import NonFiniteError
-from orchestrator.ppo.roles import Roles
-from orchestrator.ppo.trainer import PPOTrainer, RestartsExhausted
+from instructray.actors.remote import ActorDied, RemoteError
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.output import RunFolder
+from instructray.orchestrator.ppo.checkpoints import Checkpoints
+from instructray.orchestrator.ppo.numerics import NonFiniteError
+from instructray.orchestrator.ppo.roles import Roles
+from instructray.orchestrator.ppo.trainer import PPOTrainer, RestartsExhausted
 
 logger = logging.getLogger(__name__)
 

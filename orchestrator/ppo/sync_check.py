@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from actors.remote import RemoteError
-from actors.weight_sync import fingerprint_mismatch
-from orchestrator.config import Config
+from instructray.actors.remote import RemoteError
+from instructray.actors.weight_sync import fingerprint_mismatch
+from instructray.orchestrator.config import Config
 
 # The most the engine's and the learner's probe log-probs may differ once the bits agree: the
 # spread of the two implementations' rounding. Measured at every sync in fp32: ~1e-6. In bf16 the

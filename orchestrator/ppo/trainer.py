@@ -19,16 +19,17 @@ from typing import Any
 
 import torch
 
-import kernels
-from actors.remote import RemoteError
-from orchestrator.config import Config
-from orchestrator.config.checks import gae_in_learner, needs_critic, reward_sources
-from orchestrator.output import PhaseTimer, RunFolder
-from orchestrator.output.scale_requests import ScaleRequests
-from orchestrator.ppo import generation
-from orchestrator.ppo.calls import RestartsExhausted, RoleCalls
-from orchestrator.ppo.checkpoints import read_driver_state
-from orchestrator.ppo.experience import (
+from instructray import kernels
+from instructray.actors.remote import RemoteError
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.config.checks import gae_in_learner, needs_critic, reward_sources
+from instructray.orchestrator.config.renames import RENAMING_PICKLE
+from instructray.orchestrator.output import PhaseTimer, RunFolder
+from instructray.orchestrator.output.scale_requests import ScaleRequests
+from instructray.orchestrator.ppo import generation
+from instructray.orchestrator.ppo.calls import RestartsExhausted, RoleCalls
+from instructray.orchestrator.ppo.checkpoints import read_driver_state
+from instructray.orchestrator.ppo.experience import (
     Rollout,
     engine_rates,
     make_experience,
@@ -36,16 +37,16 @@ from orchestrator.ppo.experience import (
     staleness,
     step_metrics,
 )
-from orchestrator.ppo.generation import Generating
-from orchestrator.ppo.numerics import ROWS_SHOWN, batch_statistics, nonfinite_fields
-from orchestrator.ppo.offpolicy import (
+from instructray.orchestrator.ppo.generation import Generating
+from instructray.orchestrator.ppo.numerics import ROWS_SHOWN, batch_statistics, nonfinite_fields
+from instructray.orchestrator.ppo.offpolicy import (
     decide_old_logprobs,
     importance_weights,
     truncated_importance,
 )
-from orchestrator.ppo.pool import EnginePool
-from orchestrator.ppo.roles import Roles
-from orchestrator.ppo.weights import WeightSync
+from instructray.orchestrator.ppo.pool import EnginePool
+from instructray.orchestrator.ppo.roles import Roles
+from instructray.orchestrator.ppo.weights import WeightSync
 
 __all__ = ["PPOTrainer", "RestartsExhausted"]
 
@@ -99,7 +100,7 @@ class PPOTrainer:
     def rebuild_learner(self, checkpoint: Path) -> int:
         """A learner rank died: start a new group in the same placement bundles, load the
         checkpoint into it and bring the engines to its weights; -> the step to redo from."""
-        from actors.learner_group import LearnerGroup
+        from instructray.actors.learner.group import LearnerGroup
 
         self.roles.learner.shutdown()
         slots = self.roles.placement.slots["learner"]
@@ -159,7 +160,9 @@ class PPOTrainer:
         max_diff = self.weights.sync()  # the engines serve the checkpoint's weights, verified
         self.ahead = None
         if state.get("ahead_lag") is not None:  # the samples drawn ahead, with their lag
-            self.ahead = torch.load(folder / AHEAD_FILE, weights_only=False)
+            self.ahead = torch.load(
+                folder / AHEAD_FILE, weights_only=False, pickle_module=RENAMING_PICKLE
+            )
             self.ahead.versions = torch.full_like(
                 self.ahead.versions, self.weights.version - state["ahead_lag"]
             )

@@ -12,12 +12,12 @@ import logging
 import math
 from typing import Any
 
-from actors.remote import ActorDied, RemoteError, wait_all
-from orchestrator.config import Config
-from orchestrator.config.lora import adapter_sync
-from orchestrator.ppo.calls import RoleCalls, learner_deaths, names
-from orchestrator.ppo.roles import Roles
-from orchestrator.ppo.sync_check import (
+from instructray.actors.remote import ActorDied, RemoteError, wait_all
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.config.lora import adapter_sync
+from instructray.orchestrator.ppo.calls import RoleCalls, learner_deaths, names
+from instructray.orchestrator.ppo.roles import Roles
+from instructray.orchestrator.ppo.sync_check import (
     WeightSyncError,
     max_logprob_diff,
     sync_logprob_limit,

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
-from actors.epoch_checkpoints import PROGRESS_FILE, epoch_checkpoints, write_progress
+from instructray.actors.learner.epoch_checkpoints import (
+    PROGRESS_FILE,
+    epoch_checkpoints,
+    write_progress,
+)
 
 
 def test_only_complete_epoch_checkpoints_are_found(tmp_path):

@@ -1,36 +1,38 @@
 """The driver's layers import one way: config/ -> data/, output/ -> actors/ -> cluster,
 model_specs, model_check -> sampler, ppo/, supervised, preflight, jobs -> pipeline, cli ->
-demo/. Every import counts, also one inside a function (a lazy import is still an edge a reader
-must follow)."""
+demo/. Inside actors/, a role's folder (learner/, rollout/, scoring/) imports no other role's:
+what two roles share lies in actors/ itself. Every import counts, also one inside a function
+(a lazy import is still an edge a reader must follow)."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+from import_graph import graph
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+ORCH = "instructray.orchestrator"
 LAYERS = {
-    "orchestrator.config": 0,
-    "orchestrator.data": 1,
-    "orchestrator.output": 1,
-    "actors": 2,
-    "orchestrator.cluster": 3,
-    "orchestrator.model_specs": 3,
-    "orchestrator.model_check": 3,
-    "orchestrator.preflight": 4,
-    "orchestrator.sampler": 4,
-    "orchestrator.ppo": 4,
-    "orchestrator.supervised": 4,
-    "orchestrator.pipeline": 5,
-    "orchestrator.jobs": 4,
-    "orchestrator.cli": 5,
-    "orchestrator.demo": 6,
+    "instructray": 0,
+    f"{ORCH}.config": 0,
+    f"{ORCH}.data": 1,
+    f"{ORCH}.output": 1,
+    "instructray.actors": 2,
+    f"{ORCH}.cluster": 3,
+    f"{ORCH}.model_specs": 3,
+    f"{ORCH}.model_check": 3,
+    f"{ORCH}.preflight": 4,
+    f"{ORCH}.sampler": 4,
+    f"{ORCH}.ppo": 4,
+    f"{ORCH}.supervised": 4,
+    f"{ORCH}.pipeline": 5,
+    f"{ORCH}.jobs": 4,
+    f"{ORCH}.cli": 5,
+    f"{ORCH}.demo": 6,
 }
+ROLES = ("learner", "rollout", "scoring")
 # Named exceptions, each with its reason.
 ALLOWED = {
     # The `tiny://world` recipe trains its tokenizer on the demo world's text: moving the import
     # would change what `instructray sft --model.policy=tiny://world` builds.
-    ("actors.tiny_models", "orchestrator.demo.world"),
+    ("instructray.actors.tiny_models", f"{ORCH}.demo.world"),
 }
 
 
@@ -39,58 +41,62 @@ def _unit(module: str) -> str:
     for prefix in sorted(LAYERS, key=len, reverse=True):
         if module == prefix or module.startswith(prefix + "."):
             return prefix
-    if module == "orchestrator":  # the package itself: lazy_face only
-        return "orchestrator.config"
+    if module == ORCH:  # the package itself: lazy_face only
+        return f"{ORCH}.config"
     raise AssertionError(f"{module} is in no layer; add it to LAYERS")
 
 
-def _imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)  # and `from package import module`:
-            found.update(
-                f"{node.module}.{a.name}" for a in node.names if _known(f"{node.module}.{a.name}")
-            )
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-    return {m for m in found if m.split(".")[0] in ("orchestrator", "actors")}
-
-
-def _module(path: Path) -> str:
-    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _known(module: str) -> bool:
-    path = REPO_ROOT / Path(*module.split("."))
-    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+def _driver_and_actors() -> dict[str, set[str]]:
+    return {
+        me: {t for t in targets if not t.startswith("instructray.kernels")}
+        for me, targets in graph().items()
+        if not me.startswith("instructray.kernels")
+    }
 
 
 def test_imports_go_down_the_layers_only():
-    wrong = []
-    for folder in ("orchestrator", "actors"):
-        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
-            me = _module(path)
-            for target in filter(_known, _imports(path)):
-                if (me, target) in ALLOWED or _unit(target) == _unit(me):
-                    continue
-                if LAYERS[_unit(target)] >= LAYERS[_unit(me)]:
-                    wrong.append(f"{me} imports {target}")
+    wrong = [
+        f"{me} imports {target}"
+        for me, targets in sorted(_driver_and_actors().items())
+        for target in sorted(targets)
+        if (me, target) not in ALLOWED
+        and _unit(target) != _unit(me)
+        and LAYERS[_unit(target)] >= LAYERS[_unit(me)]
+    ]
     assert not wrong, "\n".join(wrong)
 
 
 def test_actors_import_only_the_config_and_the_run_outputs():
     seen = {
-        (_module(path), target)
-        for path in sorted((REPO_ROOT / "actors").glob("*.py"))
-        for target in _imports(path)
-        if target.startswith("orchestrator")
+        (me, t)
+        for me, targets in _driver_and_actors().items()
+        if me.startswith("instructray.actors")
+        for t in targets
+        if t.startswith(ORCH)
     }
     outside = {
         (me, t)
         for me, t in seen
-        if _unit(t) not in ("orchestrator.config", "orchestrator.output") and (me, t) not in ALLOWED
+        if _unit(t) not in (f"{ORCH}.config", f"{ORCH}.output") and (me, t) not in ALLOWED
     }
     assert not outside, outside
-    assert any(t.startswith("orchestrator.output") for _, t in seen)  # the test sees imports
+    assert any(t.startswith(f"{ORCH}.output") for _, t in seen)  # the test sees imports
+
+
+def _role(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == "actors" and parts[2] in ROLES else None
+
+
+def test_a_role_imports_no_other_role():
+    edges = graph()
+    crossing = [
+        f"{me} imports {t}"
+        for me, targets in sorted(edges.items())
+        for t in sorted(targets)
+        if _role(me) and _role(t) and _role(me) != _role(t)
+    ]
+    assert not crossing, "\n".join(crossing)
+    # every role has code and the driver reaches each (the test sees the folders)
+    assert {_role(m) for m in edges} >= set(ROLES)
+    assert {_role(t) for ts in edges.values() for t in ts} >= set(ROLES)

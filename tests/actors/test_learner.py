@@ -15,12 +15,17 @@ import torch
 from testdata import learner_config
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from actors.engine import deepspeed_config, warmup_factor
-from actors.learner_group import LearnerGroup
-from actors.remote import RemoteError
-from actors.sequences import Experience, SequenceBatch, make_sequence_batch, response_logprobs
-from kernels import compute_gae, masked_whiten, policy_loss, value_loss
-from orchestrator.config import load_config
+from instructray.actors.learner.engine import deepspeed_config, warmup_factor
+from instructray.actors.learner.group import LearnerGroup
+from instructray.actors.remote import RemoteError
+from instructray.actors.sequences import (
+    Experience,
+    SequenceBatch,
+    make_sequence_batch,
+    response_logprobs,
+)
+from instructray.kernels import compute_gae, masked_whiten, policy_loss, value_loss
+from instructray.orchestrator.config import load_config
 
 TIMEOUT_S = 300
 TEMPERATURE = 0.7

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from actors import logs
+from instructray.actors import logs
 
 RELOAD = "vllm.model_executor.model_loader.reload.layerwise"
 

@@ -14,12 +14,12 @@ import torch
 from testdata import learner_config
 from transformers import AutoModelForCausalLM
 
-from actors.learner_group import LearnerGroup
-from actors.lora import ADAPTER_CONFIG, ADAPTER_CONFIG_KEY, ADAPTER_WEIGHTS, MERGED
-from actors.lora_engine import read_metadata
-from actors.scorers import ReferenceActor
-from actors.sequences import Experience, make_sequence_batch, response_logprobs
-from orchestrator.config import load_config
+from instructray.actors.learner.group import LearnerGroup
+from instructray.actors.lora import ADAPTER_CONFIG, ADAPTER_CONFIG_KEY, ADAPTER_WEIGHTS, MERGED
+from instructray.actors.rollout.adapter import read_metadata
+from instructray.actors.scoring.scorers import ReferenceActor
+from instructray.actors.sequences import Experience, make_sequence_batch, response_logprobs
+from instructray.orchestrator.config import load_config
 
 TIMEOUT_S = 300
 RANK = 8
@@ -148,7 +148,7 @@ def test_saved_folder_holds_the_adapter_and_merged_holds_the_model(lora, tiny_po
 
 
 def test_a_saved_adapter_loads_back_as_it_was_and_a_misfit_is_named(tiny_policy, tmp_path):
-    from actors.lora import add_adapters, load_adapter
+    from instructray.actors.lora import add_adapters, load_adapter
 
     learner = load_config(None, ["--learner.lora_rank=4"]).learner
 
@@ -178,7 +178,7 @@ def test_adapter_tensors_carry_the_names_peft_saves_them_under(task, tiny_policy
     from peft.utils import get_peft_model_state_dict
     from transformers import AutoModelForSequenceClassification
 
-    from actors.lora import adapter_weights, add_adapters
+    from instructray.actors.lora import adapter_weights, add_adapters
 
     learner = load_config(None, ["--learner.lora_rank=4"]).learner
     if task == "SEQ_CLS":  # a reward model or critic: its value head trains whole

@@ -16,9 +16,9 @@ import torch
 from testdata import learner_config
 from transformers import AutoModelForCausalLM
 
-from actors.learner_group import LearnerGroup
-from actors.ptx import Pretraining
-from actors.sequences import Experience, make_sequence_batch
+from instructray.actors.learner.group import LearnerGroup
+from instructray.actors.learner.ptx import Pretraining
+from instructray.actors.sequences import Experience, make_sequence_batch
 
 TIMEOUT_S = 300
 GAMMA, PTX_BATCH, SEED = 0.5, 3, 5

@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from actors.rollout import RolloutActor
+from instructray.actors.rollout.actor import RolloutActor
 
 START_TIMEOUT = 300  # engine start: a Ray worker, importing vLLM, loading the model
 CALL_TIMEOUT = 120

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from actors.scorers import ReferenceActor, RewardActor
-from actors.sequences import make_sequence_batch, response_logprobs, sequence_scores
+from instructray.actors.scoring.scorers import ReferenceActor, RewardActor
+from instructray.actors.sequences import make_sequence_batch, response_logprobs, sequence_scores
 
 PROMPTS = [[5, 6, 7], [8], [9, 10, 11]]
 RESPONSES = [[20, 21], [22, 23, 24], [26]]

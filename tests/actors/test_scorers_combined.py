@@ -11,8 +11,8 @@ import types
 import pytest
 import torch
 
-from actors.scorers import SCORE_STATS_FILE, RewardActor
-from actors.sequences import make_sequence_batch
+from instructray.actors.scoring.scorers import SCORE_STATS_FILE, RewardActor
+from instructray.actors.sequences import make_sequence_batch
 
 PROMPTS = [[5, 6, 7], [8], [9, 10, 11]]
 RESPONSES = [[20, 21], [22, 23, 24], [26]]
@@ -67,7 +67,7 @@ def test_combined_is_the_weighted_sum_of_normalized_rm_and_function(
 
 def test_functions_alone_load_no_model_and_errors_name_the_entry(length_reward):
     batch = make_sequence_batch(PROMPTS, RESPONSES, pad_id=1)
-    spec = f"{length_reward}:length, actors.rule_rewards:brevity"
+    spec = f"{length_reward}:length, instructray.actors.scoring.rule_rewards:brevity"
     actor = RewardActor(function=spec, weights=[2.0, 50.0])
     assert actor.model is None  # no `model` entry: no reward model, none needed
     combined, parts = actor.score_sources(batch, TEXTS, RESPONSE_TEXTS)

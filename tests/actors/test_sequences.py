@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from actors.sequences import (
+from instructray.actors.sequences import (
     Experience,
     make_sequence_batch,
     response_logprobs,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from actors.tiny_models import RECIPES, resolve
+from instructray.actors.tiny_models import RECIPES, resolve
 
 
 def test_policy_folder_loads_and_generates(tiny_policy):
@@ -71,7 +71,7 @@ def test_plain_paths_pass_through_and_unknown_names_fail(tmp_path):
 
 
 def test_world_model_tokenizer_keeps_the_worlds_words_whole(tiny_dir):
-    from orchestrator.demo.world import ENTITIES, RUDE_WORDS
+    from instructray.orchestrator.demo.world import ENTITIES, RUDE_WORDS
 
     tok = AutoTokenizer.from_pretrained(resolve("tiny://world", tiny_dir))
     for word in (*ENTITIES, *RUDE_WORDS, "lives", "about"):

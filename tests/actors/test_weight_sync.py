@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from actors.weight_sync import (
+from instructray.actors.weight_sync import (
     fingerprint_mismatch,
     fingerprints_of,
     open_group,
@@ -104,7 +104,7 @@ def test_unknown_backend_is_refused():
 
 
 def test_fingerprint_is_exact_on_the_bits_and_does_not_depend_on_chunks(monkeypatch):
-    from actors import weight_sync
+    from instructray.actors import weight_sync
 
     g = torch.Generator().manual_seed(1)
     for dtype in (torch.float32, torch.bfloat16, torch.int64, torch.uint8):
@@ -128,7 +128,7 @@ def test_fingerprint_is_exact_on_the_bits_and_does_not_depend_on_chunks(monkeypa
 
 
 def test_fingerprint_is_its_formula_past_one_period_of_the_weights(monkeypatch):
-    from actors import weight_sync
+    from instructray.actors import weight_sync
 
     g = torch.Generator().manual_seed(2)
     for dtype, words in ((torch.bfloat16, torch.int16), (torch.float32, torch.int32)):

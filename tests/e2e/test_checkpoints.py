@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from testdata import metrics_of, ppo_tiny_config, write_jsonl
 
-from orchestrator.data import tiny_prompts
-from orchestrator.ppo.checkpoints import CheckpointError
-from orchestrator.ppo.run import run_ppo
+from instructray.orchestrator.data import tiny_prompts
+from instructray.orchestrator.ppo.checkpoints import CheckpointError
+from instructray.orchestrator.ppo.run import run_ppo
 
 pytestmark = pytest.mark.e2e
 # Numbers that depend on the clock, not on the computation.

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config, validate_config
-from orchestrator.demo import world
-from orchestrator.demo.run import run_demo
-from orchestrator.output import read_metrics
+from instructray.orchestrator.config import load_config, validate_config
+from instructray.orchestrator.demo import world
+from instructray.orchestrator.demo.run import run_demo
+from instructray.orchestrator.output import read_metrics
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/demo-tiny-cpu.yaml"
 pytestmark = pytest.mark.e2e

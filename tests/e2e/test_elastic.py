@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from testdata import every_sync_close, metrics_of, ppo_tiny_config, rows_so_far, wait_for
 
-from orchestrator.cli import main
-from orchestrator.jobs import scale
-from orchestrator.ppo.run import run_ppo
+from instructray.orchestrator.cli import main
+from instructray.orchestrator.jobs import scale
+from instructray.orchestrator.ppo.run import run_ppo
 
 pytestmark = pytest.mark.e2e
 STEPS = 140  # ~0.3-0.6 s each: an engine starts and joins (step 64 seen, quiet), then leaves
@@ -62,7 +62,7 @@ def scaled_run(ray_local, tiny_dir, tiny_policy, tiny_reward, tmp_path_factory, 
     cfg = ppo_tiny_config(
         tiny_dir,
         out,
-        "--reward.function=actors.rule_rewards:count_target_word",
+        "--reward.function=instructray.actors.scoring.rule_rewards:count_target_word",
         f"--run.steps={STEPS}",
         "--learner.lr=1.0e-4",
         "--ppo.kl_coef=0.01",
@@ -81,7 +81,7 @@ def caplog_module():
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = records.append
-    logger = logging.getLogger("orchestrator.ppo.pool")
+    logger = logging.getLogger("instructray.orchestrator.ppo.pool")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     yield records
@@ -129,9 +129,9 @@ def test_a_request_that_cannot_be_placed_is_dropped_with_a_warning(ray_local, ca
     waited for run.start_timeout_s, then dropped with a warning; the pool asks for no more."""
     from types import SimpleNamespace
 
-    from orchestrator.cluster import Placement
-    from orchestrator.config import load_config
-    from orchestrator.ppo.pool import EnginePool
+    from instructray.orchestrator.cluster import Placement
+    from instructray.orchestrator.config import load_config
+    from instructray.orchestrator.ppo.pool import EnginePool
 
     cfg = load_config(None, ["--rollout.cpus_per_engine=64", "--run.start_timeout_s=2"])
     placement = Placement.__new__(Placement)  # no actors of its own: only the joiner's group
@@ -139,7 +139,7 @@ def test_a_request_that_cannot_be_placed_is_dropped_with_a_warning(ray_local, ca
     roles = SimpleNamespace(engines=[], placement=placement)
     pool = EnginePool(cfg, roles, weights=None)
     pool.target = 1
-    caplog.set_level(logging.INFO, "orchestrator.ppo.pool")
+    caplog.set_level(logging.INFO, "instructray.orchestrator.ppo.pool")
     pool.apply()
     assert len(pool.joining) == 1 and len(placement.groups) == 1
     time.sleep(2.5)

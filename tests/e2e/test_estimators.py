@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 from testdata import ppo_tiny_config
 
-from kernels import CRITIC_FREE_ESTIMATORS
-from orchestrator.config import needs_critic
-from orchestrator.ppo.checkpoints import Checkpoints
-from orchestrator.ppo.roles import Roles
-from orchestrator.ppo.trainer import PPOTrainer
+from instructray.kernels import CRITIC_FREE_ESTIMATORS
+from instructray.orchestrator.config import needs_critic
+from instructray.orchestrator.ppo.checkpoints import Checkpoints
+from instructray.orchestrator.ppo.roles import Roles
+from instructray.orchestrator.ppo.trainer import PPOTrainer
 
 pytestmark = pytest.mark.e2e
 

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from testdata import every_sync_close, metrics_of, ppo_tiny_config
 
-from actors.faults import ENV
-from actors.remote import RemoteError
-from orchestrator.config import load_config
-from orchestrator.ppo.run import run_ppo
+from instructray.actors.faults import ENV
+from instructray.actors.remote import RemoteError
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.ppo.run import run_ppo
 
 pytestmark = pytest.mark.e2e
 STEPS = 20  # the config's own run.steps

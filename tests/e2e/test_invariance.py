@@ -27,12 +27,12 @@ import safetensors.torch
 import torch
 from supervised_ranks import SupervisedRank
 
-from actors.learner_group import LearnerGroup
-from actors.ranks import free_port
-from actors.sequences import Experience, make_sequence_batch
-from kernels import LOSS_AGG_MODES
-from orchestrator.config import load_config
-from orchestrator.data import Demonstration, Ranking
+from instructray.actors.learner.group import LearnerGroup
+from instructray.actors.learner.ranks import free_port
+from instructray.actors.sequences import Experience, make_sequence_batch
+from instructray.kernels import LOSS_AGG_MODES
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.data import Demonstration, Ranking
 
 pytestmark = pytest.mark.e2e
 

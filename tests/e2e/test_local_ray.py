@@ -16,8 +16,8 @@ pytestmark = pytest.mark.e2e
 
 PROBE = """
 import json, os, sys, time, psutil, ray
-from orchestrator import cli
-from orchestrator.cluster import connect
+from instructray.orchestrator import cli
+from instructray.orchestrator.cluster import connect
 
 
 def stage(cfg):

@@ -14,11 +14,11 @@ import torch
 from testdata import PPO_TINY, SYNCED, metrics_of, ppo_tiny_config
 from transformers import AutoModelForCausalLM
 
-from actors.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGED
-from actors.rollout import RolloutActor
-from actors.sequences import make_sequence_batch, response_logprobs
-from orchestrator.cli import main
-from orchestrator.ppo.run import run_ppo
+from instructray.actors.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGED
+from instructray.actors.rollout.actor import RolloutActor
+from instructray.actors.sequences import make_sequence_batch, response_logprobs
+from instructray.orchestrator.cli import main
+from instructray.orchestrator.ppo.run import run_ppo
 
 pytestmark = pytest.mark.e2e
 STEPS = 20

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from testdata import every_sync_close, metrics_of, ppo_tiny_config
 
-from actors.faults import ENV
-from orchestrator.ppo.numerics import NonFiniteError
-from orchestrator.ppo.run import run_ppo
+from instructray.actors.faults import ENV
+from instructray.orchestrator.ppo.numerics import NonFiniteError
+from instructray.orchestrator.ppo.run import run_ppo
 
 pytestmark = pytest.mark.e2e
 

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file, save
 from testdata import PPO_TINY, metrics_of, ppo_tiny_config
 
-from actors.remote import RemoteError
-from orchestrator.cli import main
-from orchestrator.config import load_config
-from orchestrator.ppo.roles import Roles
-from orchestrator.ppo.run import run_ppo
-from orchestrator.ppo.trainer import PPOTrainer
+from instructray.actors.remote import RemoteError
+from instructray.orchestrator.cli import main
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.ppo.roles import Roles
+from instructray.orchestrator.ppo.run import run_ppo
+from instructray.orchestrator.ppo.trainer import PPOTrainer
 
 CONFIG = PPO_TINY
 pytestmark = pytest.mark.e2e
@@ -33,7 +33,7 @@ def zero2_run(ray_local, tiny_dir, tiny_policy, tmp_path_factory):
         tiny_dir,
         out,
         "--model.dtype=bfloat16",
-        "--reward.function=actors.rule_rewards:count_target_word",
+        "--reward.function=instructray.actors.scoring.rule_rewards:count_target_word",
         "--run.steps=40",
         "--learner.lr=3.0e-4",
         "--ppo.kl_coef=0.01",

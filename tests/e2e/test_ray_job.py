@@ -31,8 +31,8 @@ import yaml
 from prometheus import scrape, values_of
 from testdata import SYNCED, metrics_of
 
-from actors.lora import ADAPTER_WEIGHTS, MERGED
-from actors.rule_rewards import rank_by_target_word
+from instructray.actors.lora import ADAPTER_WEIGHTS, MERGED
+from instructray.actors.scoring.rule_rewards import rank_by_target_word
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
@@ -195,7 +195,7 @@ def pipeline_job(head, tiny_dir):
         "--sft.epochs=1",
         "--rm.epochs=1",
         "--pipeline.iterations=2",
-        "--pipeline.labeler=actors.rule_rewards:rank_by_target_word",
+        "--pipeline.labeler=instructray.actors.scoring.rule_rewards:rank_by_target_word",
         "--pipeline.rank_prompts=12",
         "--pipeline.ranking_models=[tiny://policy]",  # its samples join the policy's
         "--ppo.ptx_coef=0.5",  # PPO-ptx in both PPO stages
@@ -360,7 +360,7 @@ def test_job_api_refuses_a_client_without_the_token(head):
 
 
 def test_ray_job_scales_then_stop_leaves_a_checkpoint_the_run_resumes_from(head, tiny_dir):
-    from orchestrator.ppo.checkpoints import Checkpoints, read_driver_state
+    from instructray.orchestrator.ppo.checkpoints import Checkpoints, read_driver_state
 
     out, client = head.run_dir / "sigterm", _client(head)
     ppo = [

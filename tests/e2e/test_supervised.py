@@ -11,10 +11,10 @@ import pytest
 import torch
 from testdata import metrics_of, write_jsonl
 
-from actors.faults import ENV
-from actors.remote import RemoteError
-from orchestrator.config import load_config, validate_config
-from orchestrator.supervised import run_rm, run_sft
+from instructray.actors.faults import ENV
+from instructray.actors.remote import RemoteError
+from instructray.orchestrator.config import load_config, validate_config
+from instructray.orchestrator.supervised import run_rm, run_sft
 
 pytestmark = pytest.mark.e2e
 

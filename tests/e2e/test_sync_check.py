@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 from testdata import ppo_tiny_config
 
-from actors.faults import ENV
-from orchestrator.ppo.roles import Roles
-from orchestrator.ppo.sync_check import WeightSyncError, sync_logprob_limit
-from orchestrator.ppo.trainer import PPOTrainer
+from instructray.actors.faults import ENV
+from instructray.orchestrator.ppo.roles import Roles
+from instructray.orchestrator.ppo.sync_check import WeightSyncError, sync_logprob_limit
+from instructray.orchestrator.ppo.trainer import PPOTrainer
 
 pytestmark = pytest.mark.e2e
 

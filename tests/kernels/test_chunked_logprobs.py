@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from kernels import entropy_from_logits, logprobs_from_hidden, logprobs_from_logits
+from instructray.kernels import entropy_from_logits, logprobs_from_hidden, logprobs_from_logits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 B, T, H, V = 3, 11, 16, 97  # B * T = 33 rows
@@ -129,7 +129,7 @@ def test_empty_batch_gives_empty_outputs():
 # size (writing 5 to /proc/self/clear_refs), so each run's peak is its own, whatever ran before.
 MEMORY_SCRIPT = """
 import json, torch
-from kernels import logprobs_from_hidden, logprobs_from_logits
+from instructray.kernels import logprobs_from_hidden, logprobs_from_logits
 torch.manual_seed(0)
 H, V, CHUNK = 64, 24000, 128
 batch = {"train": 1, "logits": 3, "hidden": 4}  # T = 512

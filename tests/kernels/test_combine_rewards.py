@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels import combine_rewards
+from instructray.kernels import combine_rewards
 
 
 def test_weighted_sum_by_hand():

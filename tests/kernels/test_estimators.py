@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from kernels import (
+from instructray.kernels import (
     CRITIC_FREE_ESTIMATORS,
     GROUP_ESTIMATORS,
     compute_gae,

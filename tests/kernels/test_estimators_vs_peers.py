@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from kernels import aggregate_loss, compute_token_rewards, estimator_advantages
+from instructray.kernels import aggregate_loss, compute_token_rewards, estimator_advantages
 
 F64 = torch.float64
 SEEDS = [0, 1, 2]

@@ -1,7 +1,7 @@
 import torch
 from torch.testing import assert_close
 
-from kernels import compute_gae
+from instructray.kernels import compute_gae
 
 F64 = torch.float64
 

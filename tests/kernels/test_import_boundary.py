@@ -4,17 +4,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kernels
+from instructray import kernels
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FORBIDDEN = ("ray", "vllm", "deepspeed", "transformers", "orchestrator", "actors")
+FORBIDDEN = (
+    "ray",
+    "vllm",
+    "deepspeed",
+    "transformers",
+    "instructray.orchestrator",
+    "instructray.actors",
+)
 
 
 def test_import_kernels_loads_no_framework():
     code = (
-        "import sys, kernels\n"
+        "import sys, instructray.kernels\n"
         f"forbidden = {FORBIDDEN!r}\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & set(forbidden)))\n"
+        "loaded = {m + '.' for m in sys.modules}\n"
+        "print(sorted({f for f in forbidden if any(m.startswith(f + '.') for m in loaded)}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(

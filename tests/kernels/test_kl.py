@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from kernels import KL_ESTIMATORS, aggregate_loss, kl_loss, kl_penalty
+from instructray.kernels import KL_ESTIMATORS, aggregate_loss, kl_loss, kl_penalty
 
 F64 = torch.float64
 

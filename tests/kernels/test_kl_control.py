@@ -1,6 +1,6 @@
 import pytest
 
-from kernels import AdaptiveKLController, FixedKLController
+from instructray.kernels import AdaptiveKLController, FixedKLController
 
 
 def test_adaptive_kl_hand_computed():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from kernels import masked_mean, masked_sum, masked_var, masked_whiten
+from instructray.kernels import masked_mean, masked_sum, masked_var, masked_whiten
 
 F64 = torch.float64
 

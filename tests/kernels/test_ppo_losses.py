@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from kernels import (
+from instructray.kernels import (
     LOSS_AGG_MODES,
     aggregate_loss,
     aggregation_count,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from kernels import kwise_ranking_loss, pairwise_loss
+from instructray.kernels import kwise_ranking_loss, pairwise_loss
 
 F64 = torch.float64
 

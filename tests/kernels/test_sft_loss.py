@@ -3,7 +3,7 @@ import math
 import torch
 from torch.testing import assert_close
 
-from kernels import sft_loss
+from instructray.kernels import sft_loss
 
 
 def test_sft_loss_hand_computed_counts_response_tokens_only():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from kernels import compute_token_rewards, last_token_index
+from instructray.kernels import compute_token_rewards, last_token_index
 
 F64 = torch.float64
 

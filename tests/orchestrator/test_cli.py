@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cli import main
-from orchestrator.config import load_config
-from orchestrator.config.precision import resolve_precision
+from instructray.orchestrator.cli import main
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.config.precision import resolve_precision
 
 
 def test_help_lists_every_field_with_doc_and_default(capsys):
@@ -48,7 +48,7 @@ def test_invalid_arithmetic_fails_before_anything_starts(capsys):
 
 def test_console_script_is_installed():
     out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "ppo", "--print-config"],
+        [sys.executable, "-m", "instructray.orchestrator.cli", "ppo", "--print-config"],
         capture_output=True,
         text=True,
         check=True,
@@ -74,8 +74,8 @@ def test_demo_with_no_config_is_the_shipped_demo(tmp_path, capsys):
 
 
 def test_every_stage_the_checks_know_has_a_runner():
-    from orchestrator import cli
-    from orchestrator.config import STAGES
+    from instructray.orchestrator import cli
+    from instructray.orchestrator.config import STAGES
 
     assert list(cli.STAGES) == list(STAGES)
     for stage in STAGES:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cluster
-from orchestrator.cluster import Placement, PlacementError, Slot, never_fits
-from orchestrator.config import load_config
+from instructray.orchestrator import cluster
+from instructray.orchestrator.cluster import Placement, PlacementError, Slot, never_fits
+from instructray.orchestrator.config import load_config
 
 CONFIG = Path(__file__).parents[2] / "deploy" / "configs" / "ppo-tiny-cpu.yaml"
 
@@ -69,7 +69,7 @@ def test_a_placement_that_waits_says_for_what(ray_local, monkeypatch, caplog):
     ray_local.get(hog.ready(), timeout=60)
     try:
         cfg = load_config(CONFIG, ["--run.timeout_s=2"])
-        with caplog.at_level(logging.WARNING, logger="orchestrator.cluster"):
+        with caplog.at_level(logging.WARNING, logger="instructray.orchestrator.cluster"):
             with pytest.raises(PlacementError, match=r"could not reserve the resources within 2 s"):
                 Placement(cfg)
         waits = [r.getMessage() for r in caplog.records if "waiting for resources" in r.message]
@@ -80,7 +80,7 @@ def test_a_placement_that_waits_says_for_what(ray_local, monkeypatch, caplog):
 
 
 def test_every_actor_gets_the_runs_log_level():
-    from actors.logs import LEVEL_ENV
+    from instructray.actors.logs import LEVEL_ENV
 
     assert cluster.actor_env(load_config(CONFIG, []))[LEVEL_ENV] == "warning"
     assert cluster.actor_env(load_config(CONFIG, ["--run.log_level=debug"]))[LEVEL_ENV] == "debug"

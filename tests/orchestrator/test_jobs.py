@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import jobs
-from orchestrator.cli import main
+from instructray.orchestrator import jobs
+from instructray.orchestrator.cli import main
 
 CONFIG = str(Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml")
 

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.model_check import ModelFolderError, check_model_folder, check_tokenizer
+from instructray.orchestrator.model_check import (
+    ModelFolderError,
+    check_model_folder,
+    check_tokenizer,
+)
 
 
 def _edit_config(folder: Path, **changes) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from testdata import PPO_TINY, write_jsonl
 
-import orchestrator.cli as cli
+import instructray.orchestrator.cli as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ROOT / "deploy/configs/pipeline-tiny-cpu.yaml"
@@ -167,7 +167,7 @@ CASES = [
     (
         "one of several",
         "ppo",
-        ["--reward.function=model, actors.rule_rewards:brevity, nosuch_xyz:f"],
+        ["--reward.function=model, instructray.actors.scoring.rule_rewards:brevity, nosuch_xyz:f"],
         ["reward.function = 'nosuch_xyz:f'", "cannot import module 'nosuch_xyz'"],
     ),
     ("wrong signature", "ppo", ["--reward.function=os:getcwd"], ["TypeError", "fn(prompts"]),

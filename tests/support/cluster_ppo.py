@@ -25,8 +25,8 @@ import ray
 from ray.cluster_utils import Cluster
 from testdata import rows_so_far, wait_for
 
-from orchestrator.config import load_config, validate_config
-from orchestrator.ppo.run import run_ppo
+from instructray.orchestrator.config import load_config, validate_config
+from instructray.orchestrator.ppo.run import run_ppo
 
 CONFIG = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 STEPS = 100  # a node joins, an engine starts on it and the node goes (by step 53 seen, quiet)
@@ -105,7 +105,7 @@ def autoscale(cluster: Cluster, tiny_dir: str, out: Path) -> dict:
         "--rollout.autoscale=true",
         "--rollout.min_engines=1",
         "--rollout.max_engines=2",
-        "--reward.function=actors.rule_rewards:count_target_word",
+        "--reward.function=instructray.actors.scoring.rule_rewards:count_target_word",
         "--learner.lr=1.0e-4",
         "--ppo.kl_coef=0.01",
         f"--run.steps={STEPS}",

@@ -1,7 +1,7 @@
 """A supervised stage's ranks as plain Ray actors, for tests that step them one step at a time.
 
-The stages run under Ray Train (actors/supervised.py `train_loop`); these actors build the same
-task (SFTTask / RewardModelTask) in their own gloo group on loopback and call the same
+The stages run under Ray Train (actors/learner/supervised.py `train_loop`); these actors build
+the same task (SFTTask / RewardModelTask) in their own gloo group on loopback and call the same
 `train_step`, so a test can give each rank the examples it wants.
 """
 
@@ -15,8 +15,8 @@ import torch
 @ray.remote(num_cpus=1)
 class SupervisedRank:
     def __init__(self, cfg, stage: str, model_path: str, pad_id: int, rank: int, world: int, port):
-        from actors.engine import init_distributed
-        from actors.supervised import TASKS
+        from instructray.actors.learner.engine import init_distributed
+        from instructray.actors.learner.supervised import TASKS
 
         init_distributed(rank, world, "127.0.0.1", port, "gloo", cfg.run.timeout_s)
         torch.manual_seed(cfg.run.seed)  # a new reward head starts equal on every rank
@@ -26,13 +26,13 @@ class SupervisedRank:
         return True
 
     def step(self, examples) -> dict[str, float]:
-        from actors.supervised import train_step
+        from instructray.actors.learner.supervised import train_step
 
         return train_step(self.task, examples)
 
     def weights(self) -> bytes:
         """The model's weights (safetensors bytes); every rank gathers, rank 0's are returned."""
-        from actors.export import gathered_state_dict
+        from instructray.actors.learner.export import gathered_state_dict
 
         state = gathered_state_dict(self.task.hf_model())
         if state is None:

@@ -43,7 +43,7 @@ PPO_TINY = Path(__file__).parents[2] / "deploy/configs/ppo-tiny-cpu.yaml"
 
 def ppo_tiny_config(tiny_dir: str, out: Path, *overrides: str):
     """The tiny PPO config with the session's tiny models, writing into out; validated."""
-    from orchestrator.config import load_config, validate_config
+    from instructray.orchestrator.config import load_config, validate_config
 
     return validate_config(
         load_config(
@@ -56,7 +56,7 @@ def ppo_tiny_config(tiny_dir: str, out: Path, *overrides: str):
 def learner_config(policy: str, reward: str, *overrides: str):
     """A config for a LearnerGroup of 2 fp32 ranks on the given models (compared with fp32
     forwards at fp32 tolerances), plus overrides; not validated (tests set odd values)."""
-    from orchestrator.config import load_config
+    from instructray.orchestrator.config import load_config
 
     base = [f"--model.policy={policy}", f"--model.reward={reward}", "--model.dtype=float32"]
     return load_config(None, [*base, "--learner.num_ranks=2", *overrides])

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from orchestrator.config import (
+from instructray.orchestrator.config import (
     Config,
     ConfigError,
     dump_config,
@@ -187,8 +187,8 @@ def test_group_estimators_need_two_samples_per_prompt(estimator):
 
 
 def test_a_critic_free_estimator_has_no_critic_and_no_gae_in_the_learner():
-    from orchestrator.config import needs_critic
-    from orchestrator.config.checks import gae_in_learner
+    from instructray.orchestrator.config import needs_critic
+    from instructray.orchestrator.config.checks import gae_in_learner
 
     gae = load_config(None, ["--ppo.old_values=train", "--ppo.minibatch_size=16"])
     grpo = load_config(None, ["--ppo.estimator=grpo", "--ppo.minibatch_size=16"])

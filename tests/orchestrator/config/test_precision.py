@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import logging
 
-from orchestrator.config import load_config, precision
-from orchestrator.config.precision import choose_dtype, cpu_bf16_flags, resolve_precision
+from instructray.orchestrator.config import load_config, precision
+from instructray.orchestrator.config.precision import (
+    choose_dtype,
+    cpu_bf16_flags,
+    resolve_precision,
+)
 
 # /proc/cpuinfo as two kinds of the project's machines show it (flags shortened)
 AVX512_BF16 = """processor\t: 0
@@ -53,7 +57,7 @@ def test_resolve_sets_the_dtype_and_logs_why(tmp_path, monkeypatch, caplog):
         cpuinfo.write_text(text)
         monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
         cfg = load_config(None, ["--model.dtype=auto"])
-        with caplog.at_level(logging.INFO, logger="orchestrator.config.precision"):
+        with caplog.at_level(logging.INFO, logger="instructray.orchestrator.config.precision"):
             resolve_precision(cfg)
         assert (cfg.model.dtype, cfg.model.attn_implementation) == (want, attention)
         assert f"precision: {want} (model.dtype auto:" in caplog.text

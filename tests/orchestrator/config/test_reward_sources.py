@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import (
+from instructray.orchestrator.config import (
     ConfigError,
     load_config,
     reward_sources,
@@ -12,7 +12,7 @@ from orchestrator.config import (
     validate_config,
 )
 
-BREVITY = "actors.rule_rewards:brevity"
+BREVITY = "instructray.actors.scoring.rule_rewards:brevity"
 
 
 def cfg_of(function: str, weights: str = "[]"):
@@ -24,8 +24,8 @@ def test_entries_in_order_and_whether_the_reward_model_loads():
         "": (["model"], True),
         BREVITY: ([BREVITY], False),
         f"model, {BREVITY}": (["model", BREVITY], True),
-        f"{BREVITY},actors.rule_rewards:count_target_word": (
-            [BREVITY, "actors.rule_rewards:count_target_word"],
+        f"{BREVITY},instructray.actors.scoring.rule_rewards:count_target_word": (
+            [BREVITY, "instructray.actors.scoring.rule_rewards:count_target_word"],
             False,
         ),
     }

@@ -7,9 +7,14 @@ import json
 
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.data import DataError, load_demonstrations, load_prompts, load_rankings
-from orchestrator.data.sources import _reason
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.data import (
+    DataError,
+    load_demonstrations,
+    load_prompts,
+    load_rankings,
+)
+from instructray.orchestrator.data.sources import _reason
 
 CURATION = {"max_per_user": 200, "prefix_chars": 64, "drop_pii": True, "user_field": "user_id"}
 PROMPT = {"prompt": "Say hi."}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.data import DataError, load_rows
-from orchestrator.data.converters import (
+from instructray.orchestrator.data import DataError, load_rows
+from instructray.orchestrator.data.converters import (
     RANKING_FORMATS,
     convert_rankings,
     hh_rlhf_rows,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.data import curation
-from orchestrator.data.curation import CurationReport, curate, find_pii, split_by_user
+from instructray.orchestrator.data import curation
+from instructray.orchestrator.data.curation import CurationReport, curate, find_pii, split_by_user
 
 
 @pytest.fixture(autouse=True)

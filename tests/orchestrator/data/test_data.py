@@ -7,7 +7,7 @@ import json
 import pytest
 from testdata import write_jsonl
 
-from orchestrator.data import DataError, PromptSampler, load_prompts, load_rows
+from instructray.orchestrator.data import DataError, PromptSampler, load_prompts, load_rows
 
 
 def test_every_local_format_loads_the_same_rows(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from testdata import write_jsonl
 
-from orchestrator.config import load_config
-from orchestrator.data import DataError, load_demonstrations, load_rankings
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.data import DataError, load_demonstrations, load_rankings
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"
 
@@ -170,7 +170,7 @@ def test_curation_and_user_split_apply_to_examples(tmp_path, tok):
 
 
 def test_cli_reports_a_bad_ranking_on_one_line_and_leaves_no_final(tmp_path, tiny_dir, capsys):
-    from orchestrator.cli import main
+    from instructray.orchestrator.cli import main
 
     path = write_jsonl(tmp_path / "r.jsonl", [GOOD, {**GOOD, "ranking": [1, 1, 0]}])
     out = tmp_path / "run"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from testdata import write_jsonl
 
-from orchestrator.data import DataError, load_pretrain, tokenize_text
+from instructray.orchestrator.data import DataError, load_pretrain, tokenize_text
 
 
 def test_tiny_pretrain_texts_end_with_eos_and_fit_the_context(tok):

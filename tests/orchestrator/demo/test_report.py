@@ -1,4 +1,4 @@
-from orchestrator.demo.report import table
+from instructray.orchestrator.demo.report import table
 
 WIN_RATES = {
     "win_rate_sft_vs_base": 0.8,

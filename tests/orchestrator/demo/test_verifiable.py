@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from orchestrator.demo import world as w
+from instructray.orchestrator.demo import world as w
 
 FEWSHOT = "the dog says woof. the duck says quack. the cow says"
 CAT_HOME = "continue: the cat lives in"
@@ -103,8 +103,8 @@ def test_quiz_prompts_are_seeded_answerable_and_of_both_kinds():
 def test_the_rl_stage_trains_the_sft_model_against_exact_match(tmp_path):
     from pathlib import Path
 
-    from orchestrator.config import load_config, validate_config
-    from orchestrator.demo.verifiable import REWARD, grpo_stage_config, rl_name
+    from instructray.orchestrator.config import load_config, validate_config
+    from instructray.orchestrator.demo.verifiable import REWARD, grpo_stage_config, rl_name
 
     config = Path(__file__).parents[3] / "deploy/configs/grpo-tiny-cpu.yaml"
     cfg = validate_config(load_config(config, [f"--run.output_dir={tmp_path}"]), "demo")
@@ -126,7 +126,7 @@ def test_the_rl_stage_trains_the_sft_model_against_exact_match(tmp_path):
 def test_the_report_tables_accuracy_and_the_training_curve(tmp_path):
     import json
 
-    from orchestrator.demo.verifiable import table, training_curve, write_report
+    from instructray.orchestrator.demo.verifiable import table, training_curve, write_report
 
     rows = [{"step": i, "reward/mean": 0.5 if i < 20 else 0.9, "kl/mean": 0.1} for i in range(40)]
     curve = training_curve(rows)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from orchestrator.demo import world as w
+from instructray.orchestrator.demo import world as w
 
 
 def test_labelers_disagree_on_about_a_quarter_of_pairs():

@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.output import MetricsLog, metric_name, run_label
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.output import MetricsLog, metric_name, run_label
 
 
 def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from orchestrator.config import load_config
-from orchestrator.model_specs import resolve_models
-from orchestrator.output import RunFolder
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.model_specs import resolve_models
+from instructray.orchestrator.output import RunFolder
 
 
 def test_relative_paths_become_absolute(tmp_path, tiny_policy, monkeypatch):

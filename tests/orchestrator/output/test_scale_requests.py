@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from orchestrator.config import ConfigError, load_config, validate_config
-from orchestrator.config.checks import max_engines
-from orchestrator.jobs import scale
-from orchestrator.output.scale_requests import SCALE_FILE, ScaleRequests
+from instructray.orchestrator.config import ConfigError, load_config, validate_config
+from instructray.orchestrator.config.checks import max_engines
+from instructray.orchestrator.jobs import scale
+from instructray.orchestrator.output.scale_requests import SCALE_FILE, ScaleRequests
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import load_config
-from orchestrator.ppo.bench_plan import (
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.ppo.bench_plan import (
     README_MEASURED,
     README_SHAPE,
     params_from_name,
@@ -18,7 +18,7 @@ from orchestrator.ppo.bench_plan import (
     reference_from_run,
     target_shape,
 )
-from orchestrator.ppo.plan import CPU_2CORE, H100, plan_step, scale
+from instructray.orchestrator.ppo.plan import CPU_2CORE, H100, plan_step, scale
 
 CONFIG_7B = Path(__file__).parents[3] / "deploy" / "configs" / "pipeline-7b-8gpu.yaml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.ppo.checkpoints import CheckpointError, Checkpoints, read_driver_state
+from instructray.orchestrator.ppo.checkpoints import CheckpointError, Checkpoints, read_driver_state
 
 
 def _writer(step: int, fail: bool = False):

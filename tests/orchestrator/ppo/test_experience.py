@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from actors.sequences import make_sequence_batch
-from orchestrator.config import load_config
-from orchestrator.ppo.experience import (
+from instructray.actors.sequences import make_sequence_batch
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.ppo.experience import (
     Rollout,
     make_experience,
     pad_rows,

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from orchestrator.ppo.plan import (
+from instructray.orchestrator.ppo.plan import (
     CPU_2CORE,
     H100,
     PHASES,

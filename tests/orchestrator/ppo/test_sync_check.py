@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from actors.weight_sync import fingerprints_of
-from orchestrator.config import load_config
-from orchestrator.ppo.sync_check import max_logprob_diff, sync_logprob_limit, sync_problem
+from instructray.actors.weight_sync import fingerprints_of
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.ppo.sync_check import (
+    max_logprob_diff,
+    sync_logprob_limit,
+    sync_problem,
+)
 
 WEIGHTS = {"a.weight": torch.ones(2, 3), "b.bias": torch.arange(4.0)}
 LEARNER = fingerprints_of(WEIGHTS.items())

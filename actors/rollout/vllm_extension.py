@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 import torch
 
-from actors import weight_sync
-from actors.weight_sync import Fingerprinter, Fingerprints
+from instructray.actors import weight_sync
+from instructray.actors.weight_sync import Fingerprinter, Fingerprints
 
 
 class WeightSyncExtension:

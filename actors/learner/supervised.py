@@ -1,7 +1,7 @@
 """The supervised stages' training loop, run by every Ray Train worker (`TorchTrainer`).
 
 SFT (InstructGPT step 1) and the K-wise reward model (step 2) share one loop: the model and its
-DeepSpeed engine come from actors/engine.py (as the PPO learner's do), batches are planned the
+DeepSpeed engine come from engine.py (as the PPO learner's do), batches are planned the
 same way on every rank, rank 0 writes metrics.jsonl and `final/`, and each epoch ends with
 `ray.train.report` carrying a checkpoint (the model in HF format) from which a restarted group
 (`FailureConfig`) resumes at the next epoch.
@@ -19,24 +19,29 @@ from typing import Any
 
 import torch
 
-from actors.batching import even_shard, fixed_batches, shard, token_budget_batches
-from actors.engine import (
+from instructray.actors.faults import inject
+from instructray.actors.learner.batching import (
+    even_shard,
+    fixed_batches,
+    shard,
+    token_budget_batches,
+)
+from instructray.actors.learner.engine import (
     PolicyLogprobs,
     SequenceScores,
     build_engine,
     engine_inputs,
     load_model,
 )
-from actors.epoch_checkpoints import epoch_checkpoints, write_progress
-from actors.export import gathered_adapter, gathered_state_dict, save_hf_folder
-from actors.faults import inject
-from actors.logs import quiet_libraries
-from actors.lora import ADAPTER_CONFIG
-from actors.ranks import mean_over_ranks, sum_over_ranks
-from actors.sequences import make_sequence_batch
-from kernels import kwise_ranking_loss, sft_loss
-from orchestrator.config import Config
-from orchestrator.output import MetricsLog, truncate_metrics
+from instructray.actors.learner.epoch_checkpoints import epoch_checkpoints, write_progress
+from instructray.actors.learner.export import gathered_adapter, gathered_state_dict, save_hf_folder
+from instructray.actors.learner.ranks import mean_over_ranks, sum_over_ranks
+from instructray.actors.logs import quiet_libraries
+from instructray.actors.lora import ADAPTER_CONFIG
+from instructray.actors.sequences import make_sequence_batch
+from instructray.kernels import kwise_ranking_loss, sft_loss
+from instructray.orchestrator.config import Config
+from instructray.orchestrator.output import MetricsLog, truncate_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ def full_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """
     import deepspeed
 
-    from actors.lora import hf_name, is_lora, merged_parameters
+    from instructray.actors.lora import hf_name, is_lora, merged_parameters
 
     lora = is_lora(model)
     if lora:
@@ -70,7 +70,7 @@ def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | Non
 def gathered_adapter(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """A LoRA model's adapter (actors/lora.py, PEFT's names) as a CPU state dict on rank 0;
     None elsewhere and for a model without adapters. Every rank must call it."""
-    from actors.lora import adapter_weights, is_lora
+    from instructray.actors.lora import adapter_weights, is_lora
 
     if not is_lora(model):
         return None
@@ -96,7 +96,7 @@ def save_hf_folder(
     `merged/` the merged model (`state`) as a plain Hugging Face folder."""
     from transformers import AutoTokenizer
 
-    from actors.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGED, adapter_config_json
+    from instructray.actors.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGED, adapter_config_json
 
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from actors.lora import ADAPTER_CONFIG, ADAPTER_CONFIG_KEY, ADAPTER_WEIGHTS
-from actors.weight_sync import Fingerprints, fingerprints_of
+from instructray.actors.lora import ADAPTER_CONFIG, ADAPTER_CONFIG_KEY, ADAPTER_WEIGHTS
+from instructray.actors.weight_sync import Fingerprints, fingerprints_of
 
 
 def read_metadata(data: bytes) -> dict[str, str]:

@@ -8,10 +8,10 @@ from typing import Any
 import ray
 import torch
 
-from actors.learner import LearnerActor
-from actors.remote import wait_all
-from actors.sequences import Experience, SequenceBatch
-from orchestrator.config import Config
+from instructray.actors.learner.actor import LearnerActor
+from instructray.actors.remote import wait_all
+from instructray.actors.sequences import Experience, SequenceBatch
+from instructray.orchestrator.config import Config
 
 
 class LearnerGroup:

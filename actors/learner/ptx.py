@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from actors.engine import engine_inputs
-from actors.sequences import text_batch
-from kernels import sft_loss
+from instructray.actors.learner.engine import engine_inputs
+from instructray.actors.sequences import text_batch
+from instructray.kernels import sft_loss
 
 
 class Pretraining:

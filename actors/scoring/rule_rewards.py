@@ -1,4 +1,4 @@
-"""Rule-based rewards for `reward.function: actors.rule_rewards:NAME`.
+"""Rule-based rewards for `reward.function: instructray.actors.scoring.rule_rewards:NAME`.
 
 Signature: fn(prompts: list[str], responses: list[str]) -> list[float], one finite score per
 response. Write your own in any importable module.

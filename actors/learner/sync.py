@@ -14,12 +14,12 @@ from typing import Any
 import ray
 import torch
 
-from actors.engine import engine_inputs
-from actors.export import full_weights, gathered_state_dict
-from actors.lora import ADAPTER_CONFIG_KEY, adapter_config_json, adapter_weights
-from actors.ranks import free_port
-from actors.sequences import text_batch
-from actors.weight_sync import fingerprints_of, open_group, send_weights
+from instructray.actors.learner.engine import engine_inputs
+from instructray.actors.learner.export import full_weights, gathered_state_dict
+from instructray.actors.learner.ranks import free_port
+from instructray.actors.lora import ADAPTER_CONFIG_KEY, adapter_config_json, adapter_weights
+from instructray.actors.sequences import text_batch
+from instructray.actors.weight_sync import fingerprints_of, open_group, send_weights
 
 
 class LearnerSync:

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import torch
 
-from actors.faults import inject
-from actors.logs import quiet_libraries
-from actors.rule_rewards import check_scores, load_function
-from actors.sequences import (
+from instructray.actors.faults import inject
+from instructray.actors.logs import quiet_libraries
+from instructray.actors.scoring.rule_rewards import check_scores, load_function
+from instructray.actors.sequences import (
     SequenceBatch,
     load_tokenizer,
     make_sequence_batch,
     response_logprobs,
     sequence_scores,
 )
-from kernels import combine_rewards
-from orchestrator.config import REWARD_MODEL, parse_reward_sources
-from orchestrator.output import report_throughput
+from instructray.kernels import combine_rewards
+from instructray.orchestrator.config import REWARD_MODEL, parse_reward_sources
+from instructray.orchestrator.output import report_throughput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SCORE_STATS_FILE = "score_stats.json"  # {"mean", "std"} saved beside a trained reward model

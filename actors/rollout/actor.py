@@ -3,7 +3,7 @@
 The driver wraps the plain class, `ray.remote(RolloutActor).options(num_cpus=..., num_gpus=...)`.
 Everything crosses the actor boundary as plain Python lists (prompt-major samples), and weights
 arrive as safetensors bytes through the object store; the worker side of the weight sync lives in
-`actors/vllm_extension.py`.
+`actors/rollout/vllm_extension.py`.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from actors.faults import inject
-from actors.logs import quiet_libraries
-from actors.lora_engine import EngineAdapter, read_metadata
-from actors.remote import ActorRestarted
-from actors.weight_sync import Fingerprints
-from orchestrator.output import report_throughput
+from instructray.actors.faults import inject
+from instructray.actors.logs import quiet_libraries
+from instructray.actors.remote import ActorRestarted
+from instructray.actors.rollout.adapter import EngineAdapter, read_metadata
+from instructray.actors.weight_sync import Fingerprints
+from instructray.orchestrator.output import report_throughput
 
 logger = logging.getLogger(__name__)
 
-EXTENSION = "actors.vllm_extension.WeightSyncExtension"
+EXTENSION = "instructray.actors.rollout.vllm_extension.WeightSyncExtension"
 
 # CPU only. vLLM's default runs the engine core in a second process and pins its OpenMP threads
 # to cores it picks itself: ~15 s more start and a fraction of the decode speed on 2 cores. In

@@ -1,4 +1,4 @@
-"""The PPO critic on a learner rank, and the optimizer step both of a rank's models take.
+"""The PPO critic on a learner rank.
 
 Only `ppo.estimator: gae` has a critic; the critic-free estimators (GRPO, RLOO, REINFORCE++)
 build none, so no critic weights, gradients or optimizer state take memory.
@@ -6,38 +6,14 @@ build none, so no critic weights, gradients or optimizer state take memory.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from actors.engine import TokenValues, build_engine, engine_inputs, load_model
-from kernels import compute_gae, value_loss
-from orchestrator.config import Config, uses_reward_model
-
-if TYPE_CHECKING:
-    from actors.learner import MicroBatch
-
-
-def backward_and_step(
-    engine: Any, loss: torch.Tensor, name: str, stats: dict[str, float]
-) -> dict[str, float]:
-    """Backward of one micro-batch; at a boundary the optimizer steps, or skips the step when
-    any rank's gradients are not finite (the decision is the group's: every rank skips)."""
-    boundary = engine.is_gradient_accumulation_boundary()  # set by the caller
-    if not torch.isfinite(loss):
-        # Every gradient this loss reaches turns non-finite (NaN * 0 is NaN), so the
-        # group's gradient check sees it whatever the loss is made of.
-        loss = loss * float("nan")
-    engine.backward(loss)  # scales by 1 / grad_accum; averages gradients over the ranks
-    engine.step()  # optimizer step (clipped) and warm-up only at a boundary
-    if boundary:
-        stats[f"{name}/optimizer_steps"] = 1.0
-        applied = engine.was_step_applied()
-        stats[f"{name}/skipped_steps"] = 0.0 if applied else 1.0
-        norm = engine.get_global_grad_norm()  # None under ZeRO-0 fp32
-        if applied and norm is not None:
-            stats[f"{name}/grad_norm"] = float(norm)
-    return stats
+from instructray.actors.learner.engine import TokenValues, build_engine, engine_inputs, load_model
+from instructray.actors.learner.step import MicroBatch, backward_and_step
+from instructray.kernels import compute_gae, value_loss
+from instructray.orchestrator.config import Config, uses_reward_model
 
 
 class Critic:

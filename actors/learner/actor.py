@@ -1,7 +1,7 @@
 """The PPO learner: DeepSpeed ZeRO ranks holding the policy and (with ppo.estimator gae) the
 critic (critic.py).
 
-`LearnerActor` is one rank (a plain class; `LearnerGroup` in learner_group.py wraps it with
+`LearnerActor` is one rank (a plain class; `LearnerGroup` in group.py wraps it with
 `ray.remote` and is the driver's handle on all of them).
 """
 
@@ -10,29 +10,29 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 
-from actors.critic import Critic, backward_and_step
-from actors.engine import (
+from instructray.actors.faults import inject
+from instructray.actors.learner.critic import Critic
+from instructray.actors.learner.engine import (
     PolicyLogprobs,
     build_engine,
     engine_inputs,
     init_distributed,
     load_model,
 )
-from actors.export import gathered_adapter, gathered_state_dict, save_hf_folder
-from actors.faults import inject
-from actors.learner_sync import LearnerSync
-from actors.logs import quiet_libraries
-from actors.ptx import Pretraining
-from actors.ranks import free_port, mean_over_ranks, sum_over_ranks
-from actors.sequences import Experience, SequenceBatch
-from kernels import (
+from instructray.actors.learner.export import gathered_adapter, gathered_state_dict, save_hf_folder
+from instructray.actors.learner.ptx import Pretraining
+from instructray.actors.learner.ranks import free_port, mean_over_ranks, sum_over_ranks
+from instructray.actors.learner.step import MicroBatch, backward_and_step
+from instructray.actors.learner.sync import LearnerSync
+from instructray.actors.logs import quiet_libraries
+from instructray.actors.sequences import Experience, SequenceBatch
+from instructray.kernels import (
     aggregate_loss,
     aggregation_count,
     kl_loss,
@@ -40,8 +40,8 @@ from kernels import (
     masked_whiten,
     policy_loss,
 )
-from orchestrator.config import Config, needs_critic, set_key
-from orchestrator.output import report_throughput
+from instructray.orchestrator.config import Config, needs_critic, set_key
+from instructray.orchestrator.output import report_throughput
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +55,6 @@ MASTER_WEIGHTS = (
     "fp32_groups_flat",
 )
 CHECKPOINT_TAG = "state"  # DeepSpeed's sub-folder name inside each engine's checkpoint folder
-
-
-@dataclass
-class MicroBatch:
-    """One micro-batch of a rank's rows in a train call."""
-
-    batch: SequenceBatch  # (b, P + R) rows
-    rows: torch.Tensor  # (b,) their indices into the rank's rows
-    share: torch.Tensor  # 0-d: the denominator of its loss (LearnerActor._cut)
-    last: bool  # the last of its minibatch: the optimizer steps after it
 
 
 class LearnerActor(LearnerSync):

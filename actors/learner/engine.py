@@ -1,7 +1,8 @@
 """The one place that builds a model and its DeepSpeed engine.
 
-The PPO learner (actors/learner.py) and the SFT / reward-model workers under Ray Train all come
-through here, so ZeRO, precision, optimizer, clipping, warm-up and weight export are set up once.
+The PPO learner (actor.py) and the SFT / reward-model workers under Ray Train (supervised.py)
+all come through here, so ZeRO, precision, optimizer, clipping, warm-up and weight export are set
+up once.
 A rank calls, in order: `init_distributed`, `load_model` (partitioned while it loads under ZeRO-3),
 wraps the model in a module whose forward is the whole computation (`PolicyLogprobs`,
 `TokenValues`), then `build_engine`. export.py writes it out again.
@@ -19,7 +20,12 @@ from typing import Any
 
 import torch
 
-from actors.sequences import SequenceBatch, response_logprobs, sequence_scores, token_values
+from instructray.actors.sequences import (
+    SequenceBatch,
+    response_logprobs,
+    sequence_scores,
+    token_values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +277,7 @@ def load_model(
             **kwargs,
         )
     if lora and learner_cfg.lora_rank > 0:
-        from actors.lora import add_adapters, load_adapter
+        from instructray.actors.lora import add_adapters, load_adapter
 
         model = add_adapters(model, learner_cfg, lora)
         if adapter:
