@@ -10,4 +10,4 @@ actor logs (`logs.py`), the test-only fault hook (`faults.py`), the tiny-model b
 if __name__ == "actors":
     from instructray import step_aside
 
-    step_aside(__name__)
+    step_aside(__name__, __file__)

@@ -23,20 +23,21 @@ if not (_here / "orchestrator").is_dir() and (_here.parent / "orchestrator" / "c
     __path__.append(str(_here.parent))  # its orchestrator/, actors/, kernels/
 
 
-def step_aside(name: str) -> None:
+def step_aside(name: str, file: str) -> None:
     """Called by a top-level folder of a clone imported by its bare name (`import kernels` with
     the clone's root on sys.path, as in a job's working_dir): where another package has that name
     (Hugging Face's `kernels`, which transformers imports when it is installed), `sys.modules[name]`
     becomes that package. Where none has, the folder stays what the name imports (transformers
-    probes `kernels` by importing it and finds no version: not installed)."""
-    root = _here.parent
-    path = [p for p in sys.path if Path(p or os.getcwd()).resolve() != root]
+    probes `kernels` by importing it and finds no version: not installed). `file` is the
+    folder's `__init__.py`."""
+    mine = Path(file).resolve()
+    path = [p for p in sys.path if Path(p or os.getcwd()).resolve() != mine.parents[1]]
     for finder in sys.meta_path:
         if finder is importlib.machinery.PathFinder:
             spec = finder.find_spec(name, path)
         else:
             spec = getattr(finder, "find_spec", lambda *_: None)(name, None)
-        if spec is not None and spec.origin != str(root / name / "__init__.py"):
+        if spec is not None and spec.origin and Path(spec.origin).resolve() != mine:
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module  # what the import statement returns
             spec.loader.exec_module(module)

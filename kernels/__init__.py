@@ -78,4 +78,4 @@ __all__ = [
 if __name__ == "kernels":
     from instructray import step_aside
 
-    step_aside(__name__)
+    step_aside(__name__, __file__)

@@ -27,4 +27,4 @@ def lazy_face(package: str, names: dict[str, str]) -> Callable[[str], Any]:
 if __name__ == "orchestrator":
     from instructray import step_aside
 
-    step_aside(__name__)
+    step_aside(__name__, __file__)

@@ -134,3 +134,16 @@ def test_a_clone_first_on_the_path_runs_its_own_code_beside_theirs(site):
     assert Path(ours) == REPO_ROOT / "kernels" / "__init__.py"
     assert Path(theirs) == site / "kernels" / "__init__.py"
     assert callable_ == "True"
+
+
+def test_a_clone_after_an_installed_wheel_imports_without_a_loop(wheel, tmp_path):
+    """The wheel's `instructray` comes first and the clone's root after it: a bare `kernels`
+    (transformers probes it) is the clone's folder, the one thing of that name, imported once."""
+    target = tmp_path / "site"
+    install = [*PIP, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)]
+    subprocess.run(install, check=True, capture_output=True, text=True)
+    code = "import kernels, instructray\nprint(kernels.__file__, instructray.__file__)\n"
+    [line] = _python(code, target, REPO_ROOT, cwd=tmp_path)
+    bare, package = line.split()
+    assert Path(bare) == REPO_ROOT / "kernels" / "__init__.py"
+    assert Path(package) == target / "instructray" / "__init__.py"
