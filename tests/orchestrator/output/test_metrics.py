@@ -69,6 +69,11 @@ def test_wandb_offline_run_records_the_metrics(tmp_path, monkeypatch):
     log.log({"step": 0, "reward/mean": 0.25})
     log.log({"step": 1, "reward/mean": 0.125})
     log.close()
+    # finish() returns before W&B's service has written the run's records out (under load the file
+    # held only its header); teardown waits for the service to close its files.
+    import wandb
+
+    wandb.teardown()
     [record] = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     data = record.read_bytes()
     assert b"reward/mean" in data and b"0.125" in data
