@@ -52,3 +52,10 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# constraints-gpu.txt, the GPU image's lock, resolved from pyproject.toml with the pins of
+# constraints-cpu.txt (deploy/lock_gpu.py; package metadata only, a few seconds). Rerun after
+# changing either; tests/test_gpu_image.py fails while the lock is stale.
+.PHONY: constraints-gpu
+constraints-gpu: $(STAMP)
+	$(PY) deploy/lock_gpu.py
