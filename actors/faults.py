@@ -7,6 +7,8 @@ INSTRUCTRAY_FAULT="FAULT[,FAULT...]@MARKER_DIR", each FAULT one of
 - `hang:ROLE:METHOD:N`: that call never returns (the caller's timeout must catch it);
 - `skip:rollout:sync:N`, `half:rollout:sync:N`: that weight update of an engine is broken: it
   takes the new version but loads nothing (skip) or every other tensor (half);
+- `stale:rollout:repack:N`: that weight update leaves the CPU build's packed copy of a tied
+  LM head at the old weights (the loader took in every tensor: only the log-probs show it);
 - `kill:ROLE:PHASE:STEP`: the driver kills actor 0 of ROLE (`ray.kill`, Ray may restart it) as
   PPO step STEP enters PHASE (generate, score, train, sync), while the actor may be idle.
 A marker file in MARKER_DIR makes each fault fire once per run, so a restarted actor serves
@@ -24,7 +26,7 @@ ENV = "INSTRUCTRAY_FAULT"
 _calls: dict[tuple[str, str], int] = {}
 
 
-BREAKS = ("nan", "skip", "half")  # faults the method itself carries out
+BREAKS = ("nan", "skip", "half", "stale")  # faults the method itself carries out
 
 
 def inject(role: str, method: str) -> str:

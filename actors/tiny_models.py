@@ -50,6 +50,9 @@ RECIPES = {
     "reward-30m": TinyRecipe("reward", 512, 8, 8, 2, 2048, 4096, seed=1),
     # The demo world's base model (~2M parameters): its tokenizer knows the world's words whole.
     "world": TinyRecipe("causal_lm", 256, 4, 4, 2, 512, 512, corpus="world"),
+    # Not tiny: ~1.2B parameters, 4.9 GB in fp32, for `instructray doctor`'s weight sync of
+    # more than 4 GiB (GPU nodes only; a few GB of memory and ~1 min to build).
+    "sync-4gib": TinyRecipe("causal_lm", 2048, 20, 16, 4, 8192, 512),
 }
 
 

@@ -14,12 +14,16 @@ message of (0, 0) ends the stream.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import socket
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
 
 GROUP_PREFIX = "instructray-weights"
 ALIGN = 16
@@ -32,11 +36,21 @@ def local_address(peer_host: str, peer_port: int) -> str:
         return s.getsockname()[0]
 
 
+# NCCL's error handling for the weight group: CleanUpOnly. A member that dies mid-sync leaves the
+# others blocked in a collective until the group's timeout; torch's default then tears their
+# process down (SkipCleanUp), which inside a vLLM worker kills the engine of a live actor. With
+# CleanUpOnly the watchdog aborts the communicator and the collective raises: the driver sees an
+# error naming the engine, and forms the group again. Read when a ProcessGroupNCCL is built, so it
+# reaches only groups built after it (the learner's own group is built before).
+NCCL_ERROR_HANDLING = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+
+
 def open_group(
     host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float
 ) -> dist.ProcessGroup:
     """Join the weight group (rank 0 hosts the rendezvous at host:port); blocks until every rank
-    has joined or timeout_s passes. Leaves the process's default group alone."""
+    has joined or timeout_s passes, which also bounds each of its collectives. Leaves the
+    process's default group alone."""
     timeout = timedelta(seconds=timeout_s)
     store = dist.TCPStore(
         host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False
@@ -48,6 +62,8 @@ def open_group(
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=local_address(host, port))]
         group = dist.ProcessGroupGloo(store, rank, world_size, options)
     elif backend == "nccl":
+        for key, value in NCCL_ERROR_HANDLING.items():
+            os.environ.setdefault(key, value)
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timeout
         group = dist.ProcessGroupNCCL(store, rank, world_size, options)
@@ -56,6 +72,18 @@ def open_group(
     # A first collective completes the rendezvous now, not inside the first sync.
     _broadcast(group, torch.zeros(1, device=_device(backend)))
     return group
+
+
+def close_group(group: dist.ProcessGroup | None) -> None:
+    """Release a weight group before another forms (a group re-formed after a member left or
+    joined): an NCCL group's communicator, buffers and watchdog thread would outlive it, one set
+    per re-forming. Aborted, not shut down: a shutdown waits on work a dead member never ends."""
+    if group is None:
+        return
+    try:
+        group.abort()
+    except Exception as e:  # a group already broken by a dead member: nothing left to free
+        logger.info("weight group: abort of the old group: %s", e)
 
 
 def _device(backend: str) -> torch.device:
@@ -72,6 +100,24 @@ def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
 
 
+def buckets(
+    weights: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """(name, tensor) pairs grouped in stream order into buckets of at most bucket_bytes of
+    tensor data; a tensor larger than that goes alone. Pulls the stream lazily."""
+    bucket: list[tuple[str, torch.Tensor]] = []
+    filled = 0
+    for name, tensor in weights:
+        size = tensor.numel() * tensor.element_size()
+        if bucket and filled + size > bucket_bytes:
+            yield bucket
+            bucket, filled = [], 0
+        bucket.append((name, tensor))
+        filled += size
+    if bucket:
+        yield bucket
+
+
 def send_weights(
     group: dist.ProcessGroup,
     weights: Iterable[tuple[str, torch.Tensor]],
@@ -79,12 +125,10 @@ def send_weights(
     bucket_bytes: int,
     device: torch.device,
 ) -> int:
-    """Broadcast (name, tensor) pairs from rank 0 in buckets of about bucket_bytes (a larger
-    tensor goes alone); tensors may arrive lazily. -> bytes sent."""
-    bucket: list[tuple[str, torch.Tensor]] = []
-    filled = total = 0
-
-    def flush() -> None:
+    """Broadcast (name, tensor) pairs from rank 0 in buckets (`buckets`); tensors may arrive
+    lazily. -> bytes sent."""
+    total = 0
+    for bucket in buckets(weights, bucket_bytes):
         header = {
             "version": version,
             "params": [[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for n, t in bucket],
@@ -94,21 +138,11 @@ def send_weights(
         for _, t in bucket:
             parts.append(_as_bytes(t).to(device))
             parts.append(torch.zeros(-parts[-1].numel() % ALIGN, dtype=torch.uint8, device=device))
+            total += t.numel() * t.element_size()
         data = torch.cat(parts)
         _broadcast(group, torch.tensor([head.numel(), data.numel()], device=device))
         _broadcast(group, head.to(device))
         _broadcast(group, data)
-
-    for name, tensor in weights:
-        size = tensor.numel() * tensor.element_size()
-        if bucket and filled + size > bucket_bytes:
-            flush()
-            bucket, filled = [], 0
-        bucket.append((name, tensor))
-        filled += size
-        total += size
-    if bucket:
-        flush()
     _broadcast(group, torch.zeros(2, dtype=torch.int64, device=device))
     return total
 

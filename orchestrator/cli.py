@@ -1,5 +1,6 @@
-"""`instructray {sft,rm,ppo,pipeline,eval,demo,bench} --config FILE [--section.key=value ...]`,
-and the Ray job commands `instructray {submit,status,logs,stop,scale}` (orchestrator/jobs.py)."""
+"""`instructray STAGE --config FILE [--section.key=value ...]` for each stage of STAGES (sft, rm,
+ppo, pipeline, eval, demo, bench, doctor), and the Ray job commands `instructray {submit,status,
+logs,stop,scale}` (orchestrator/jobs.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from instructray.orchestrator.config import (
 )
 from instructray.orchestrator.config.precision import resolve_precision
 from instructray.orchestrator.data import DataError
+from instructray.orchestrator.doctor import DoctorFailed
 from instructray.orchestrator.ppo.numerics import NonFiniteError
 from instructray.orchestrator.preflight import preflight
 
@@ -47,13 +49,21 @@ STAGES: dict[str, tuple[str, str]] = {
         "PPO steps at fixed settings; prints seconds and tokens/s",
         "instructray.orchestrator.ppo.bench:run_bench",
     ),
+    "doctor": (
+        "check the GPU path on this cluster: tiny PPO runs, each timed; prints what passed",
+        "instructray.orchestrator.doctor:run_doctor",
+    ),
 }
 
 
 # `instructray demo` is `make demo`: the demo stage's defaults are the shipped demo config's
-# (an explicit --config and overrides still win). Found beside the package (a checkout, an
-# editable install) or in the working directory (a Ray job's upload, the image's WORKDIR).
-DEMO_CONFIG = Path("deploy/configs/demo-tiny-cpu.yaml")
+# (an explicit --config and overrides still win); the doctor's, its tiny runs'. Found beside the
+# package (a checkout, an editable install) or in the working directory (a Ray job's upload, the
+# image's WORKDIR).
+DEFAULT_CONFIGS = {
+    "demo": Path("deploy/configs/demo-tiny-cpu.yaml"),
+    "doctor": Path("deploy/configs/doctor-tiny.yaml"),
+}
 
 
 class UserError(Exception):
@@ -68,6 +78,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DataError,
     RemoteError,
     NonFiniteError,
+    DoctorFailed,
     FileNotFoundError,
     FileExistsError,
     PermissionError,
@@ -142,16 +153,17 @@ def _normalize_overrides(rest: list[str]) -> list[str]:
 
 
 def _stage_defaults(stage: str) -> Path | None:
-    if stage != "demo":
+    if stage not in DEFAULT_CONFIGS:
         return None
+    shipped = DEFAULT_CONFIGS[stage]
     for root in (Path(__file__).resolve().parents[1], Path.cwd()):
-        if (root / DEMO_CONFIG).is_file():
+        if (root / shipped).is_file():
             logging.getLogger("instructray").info(
-                "demo: defaults from the shipped %s, then --config, then overrides", DEMO_CONFIG
+                "%s: defaults from the shipped %s, then --config, then overrides", stage, shipped
             )
-            return root / DEMO_CONFIG
+            return root / shipped
     raise UserError(
-        f"the demo's settings ({DEMO_CONFIG}) are neither beside the package nor in the working "
+        f"the {stage}'s settings ({shipped}) are neither beside the package nor in the working "
         "directory; pass --config FILE"
     )
 

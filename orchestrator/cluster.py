@@ -15,7 +15,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from instructray.actors.faults import ENV as FAULT_ENV
 from instructray.actors.logs import LEVEL_ENV as LOG_LEVEL_ENV
-from instructray.orchestrator.config import Config
+from instructray.actors.rollout import BUNDLES_ENV
+from instructray.orchestrator.config import Config, uses_reward_model
 from instructray.orchestrator.config.checks import max_engines
 from instructray.orchestrator.config.lora import reference_in_learner
 from instructray.orchestrator.output import RUN_ENV, run_label
@@ -80,37 +81,67 @@ def on_gpu(cfg: Config) -> bool:
 
 
 def engine_request(cfg: Config) -> dict[str, float]:
-    """Resources of one rollout engine."""
+    """Resources of one rollout engine: the actor's CPUs and its GPUs (with its vLLM workers')."""
     engine = {"CPU": cfg.rollout.cpus_per_engine}
     if on_gpu(cfg):
         engine["GPU"] = float(cfg.rollout.tensor_parallel_size)
     return engine
 
 
+def tensor_parallel(cfg: Config) -> bool:
+    """Whether each engine runs tensor-parallel over several GPUs (its vLLM workers are Ray
+    actors of their own, one GPU each)."""
+    return on_gpu(cfg) and cfg.rollout.tensor_parallel_size > 1
+
+
+def engine_bundles(cfg: Config) -> list[dict[str, float]]:
+    """The placement bundles of one engine. Tensor-parallel: one bundle of one GPU per worker
+    (vLLM's Ray executor refuses a bundle of more than one GPU), the engine actor's CPUs in the
+    first; else one bundle, the engine_request."""
+    if not tensor_parallel(cfg):
+        return [engine_request(cfg)]
+    tp = cfg.rollout.tensor_parallel_size
+    return [{"CPU": cfg.rollout.cpus_per_engine, "GPU": 1.0}] + [{"GPU": 1.0}] * (tp - 1)
+
+
 def role_requests(cfg: Config, engines: int | None = None) -> dict[str, list[dict[str, float]]]:
     """Resources of each actor of each role, in start order (`engines` engines, default
-    rollout.num_engines)."""
+    rollout.num_engines). A reward actor takes a GPU only to run a reward model (rule rewards
+    are Python on CPUs)."""
     gpu = on_gpu(cfg)
     engine = engine_request(cfg)
     rank = {"CPU": cfg.learner.cpus_per_rank}
     if gpu:
         rank["GPU"] = cfg.learner.gpus_per_rank
     gpu_share = {"GPU": 1.0} if gpu else {}
+    reward_gpu = gpu_share if uses_reward_model(cfg) else {}
     requests = {
         "rollout": [engine] * (cfg.rollout.num_engines if engines is None else engines),
         "learner": [rank] * cfg.learner.num_ranks,
         "reference": [{"CPU": cfg.reference.cpus_per_actor, **gpu_share}]
         * (0 if reference_in_learner(cfg) else cfg.reference.num_actors),
-        "reward": [{"CPU": cfg.reward.cpus_per_actor, **gpu_share}] * cfg.reward.num_actors,
+        "reward": [{"CPU": cfg.reward.cpus_per_actor, **reward_gpu}] * cfg.reward.num_actors,
     }
     requests = {role: reqs for role, reqs in requests.items() if reqs}  # no reference: LoRA's
     if cfg.run.colocate and gpu:
-        # Colocated roles share each GPU: every role takes a fraction of its bundle's device.
-        share = 1.0 / len(requests)
+        # Colocated roles share each bundle's GPU: every role on a GPU takes a fraction of it.
+        share = 1.0 / sum(1 for reqs in requests.values() if reqs[0].get("GPU"))
         requests = {
-            role: [{**r, "GPU": r["GPU"] * share} for r in reqs] for role, reqs in requests.items()
+            role: [{**r, "GPU": r["GPU"] * share} if r.get("GPU") else r for r in reqs]
+            for role, reqs in requests.items()
         }
     return requests
+
+
+def colocated_bundles(requests: dict[str, list[dict[str, float]]]) -> list[dict[str, float]]:
+    """run.colocate: bundle i holds actor i of every role. A bundle with any GPU actor reserves
+    a whole GPU, however few roles fill it: two bundles of a fraction each could share one
+    device, and NCCL refuses two learner ranks on one (num_ranks != num_engines)."""
+    bundles: list[dict[str, float]] = []
+    for reqs in requests.values():
+        for i, r in enumerate(reqs):
+            _merge(bundles, i, r)
+    return [{**b, "GPU": 1.0} if b.get("GPU") else b for b in bundles]
 
 
 # OpenMP waiting on CPU, per role. Roles share a few cores; idle OpenMP threads that spin steal
@@ -139,6 +170,9 @@ class Slot:
     env: dict[str, str] = field(default_factory=dict)  # the actor's environment variables
     max_restarts: int = 0  # Ray restarts a dead actor (its constructor runs again) this often
     role: str = ""
+    # A tensor-parallel engine: the bundles whose GPUs its vLLM workers take, one each. The
+    # actor itself then asks for no GPU (a worker could never be scheduled beside it).
+    worker_bundles: tuple[int, ...] = ()
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for `ActorClass.options(...)`."""
@@ -147,12 +181,14 @@ class Slot:
         )
         options: dict[str, Any] = {
             "num_cpus": self.resources.get("CPU", 0),
-            "num_gpus": self.resources.get("GPU", 0),
+            "num_gpus": 0 if self.worker_bundles else self.resources.get("GPU", 0),
             "scheduling_strategy": strategy,
             "max_restarts": self.max_restarts,
         }
         env = dict(self.env)
-        if not options["num_gpus"]:
+        if self.worker_bundles:  # read by vLLM's Ray executor in the engine
+            env[BUNDLES_ENV] = ",".join(map(str, self.worker_bundles))
+        if not self.resources.get("GPU"):
             env.update(CPU_THREAD_ENV.get(self.role, CPU_THREAD_ENV[""]))
         if env:
             options["runtime_env"] = {"env_vars": env}
@@ -188,51 +224,80 @@ class Placement:
         self.slots: dict[str, list[Slot]] = {}
         requests = role_requests(cfg)
         env = actor_env(cfg)
+        # What each placement waits for: its groups, and the bundles that must fit the nodes.
+        waits: dict[str, list[PlacementGroup]] = {}
+        fits = requests
         if cfg.run.colocate:
-            bundles: list[dict[str, float]] = []
-            for reqs in requests.values():
-                for i, r in enumerate(reqs):
-                    _merge(bundles, i, r)
+            bundles = colocated_bundles(requests)
             pg = placement_group(bundles, strategy="PACK", name="instructray-colocated")
             self.groups.append(pg)
             self.slots = {
                 role: [Slot(pg, i, r, env, _restarts(cfg, role), role) for i, r in enumerate(reqs)]
                 for role, reqs in requests.items()
             }
+            waits = {"every role (run.colocate)": [pg]}
+            fits = {"colocated": bundles}
         else:
             for role, reqs in requests.items():
+                if role == "rollout" and tensor_parallel(cfg):
+                    self.slots[role] = [
+                        self._engine_group(cfg, f"instructray-rollout-{i}")
+                        for i in range(len(reqs))
+                    ]
+                    waits[role] = [s.pg for s in self.slots[role]]
+                    continue
                 strategy = cfg.rollout.placement_strategy if role == "rollout" else "PACK"
                 pg = placement_group(list(reqs), strategy=strategy, name=f"instructray-{role}")
                 self.groups.append(pg)
                 self.slots[role] = [
                     Slot(pg, i, r, env, _restarts(cfg, role), role) for i, r in enumerate(reqs)
                 ]
-        self._wait(requests, cfg.run.timeout_s)
+                waits[role] = [pg]
+        self._wait(waits, fits, requests, cfg.run.timeout_s)
 
-    def _wait(self, requests: dict[str, list[dict[str, float]]], timeout_s: float) -> None:
+    def _engine_group(self, cfg: Config, name: str) -> Slot:
+        """A placement group of one engine's own. Tensor-parallel, its GPUs on one node
+        (STRICT_PACK): the workers all-reduce at every layer."""
+        bundles = engine_bundles(cfg)
+        strategy = "STRICT_PACK" if len(bundles) > 1 else "PACK"
+        pg = placement_group(bundles, strategy=strategy, name=name)
+        self.groups.append(pg)
+        workers = tuple(range(len(bundles))) if tensor_parallel(cfg) else ()
+        restarts = _restarts(cfg, "rollout")
+        return Slot(pg, 0, engine_request(cfg), actor_env(cfg), restarts, "rollout", workers)
+
+    def _wait(
+        self,
+        waits: dict[str, list[PlacementGroup]],
+        fits: dict[str, list[dict[str, float]]],
+        requests: dict[str, list[dict[str, float]]],
+        timeout_s: float,
+    ) -> None:
         """Wait for every group within timeout_s, saying every WAIT_REPORT_S what is pending;
-        fail at once where the cluster can never fit the actors (and no autoscaler may grow it)."""
-        problem = never_fits(requests, _node_totals())
+        fail at once where the cluster can never fit the bundles (and no autoscaler may grow
+        it)."""
+        problem = never_fits(fits, _node_totals())
         if problem and not may_grow():
             self.remove()
             raise PlacementError(
                 f"placement: the cluster can never fit this run's actors: {problem}"
             )
-        if len(self.groups) == 1:  # run.colocate: one group for every role
-            pending = {"every role (run.colocate)": self.groups[0].ready()}
-        else:
-            pending = dict(zip(requests, (pg.ready() for pg in self.groups), strict=True))
+        pending = {label: [pg.ready() for pg in groups] for label, groups in waits.items()}
         deadline = time.monotonic() + timeout_s
         while pending:
+            refs = [ref for refs in pending.values() for ref in refs]
             ready, _ = ray.wait(
-                list(pending.values()),
-                num_returns=len(pending),
+                refs,
+                num_returns=len(refs),
                 timeout=max(0.0, min(WAIT_REPORT_S, deadline - time.monotonic())),
             )
-            pending = {role: ref for role, ref in pending.items() if ref not in ready}
+            pending = {
+                label: [r for r in refs if r not in ready] for label, refs in pending.items()
+            }
+            pending = {label: refs for label, refs in pending.items() if refs}
             if not pending:
                 return
-            wanted = {role: describe(requests.get(role, [])) for role in pending}
+            wanted = {label: describe(requests.get(label, [])) for label in pending}
             left = deadline - time.monotonic()
             if left <= 0:
                 self.remove()
@@ -252,14 +317,12 @@ class Placement:
     def add_engine_group(self, cfg: Config, engine_id: int) -> Slot:
         """A placement group of its own for a rollout engine that joins the run (a group
         cannot gain bundles); not waited for (its `pg.ready()` says when it is placed)."""
-        request = engine_request(cfg)
-        pg = placement_group([request], strategy="PACK", name=f"instructray-rollout-{engine_id}")
-        self.groups.append(pg)
-        return Slot(pg, 0, request, actor_env(cfg), _restarts(cfg, "rollout"), "rollout")
+        return self._engine_group(cfg, f"instructray-rollout-{engine_id}")
 
     def release(self, slot: Slot) -> None:
         """An engine left the pool: remove its group once no other actor of the run is in it
-        (an engine started with the run shares its role's group: that bundle stays reserved)."""
+        (an engine started with the run shares its role's group, and its bundle stays reserved;
+        a tensor-parallel engine has a group of its own, which goes with it)."""
         used = any(s.pg.id == slot.pg.id for slots in self.slots.values() for s in slots)
         if not used and any(pg.id == slot.pg.id for pg in self.groups):
             remove_placement_group(slot.pg)

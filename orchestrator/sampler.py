@@ -3,16 +3,33 @@ serves several models in turn, each loaded by version as in PPO's weight sync.""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import ray
+import safetensors.torch
 
 from instructray.actors.remote import wait_all
 from instructray.actors.rollout.actor import RolloutActor
-from instructray.orchestrator.cluster import actor_env
+from instructray.actors.weight_sync import buckets
+from instructray.orchestrator.cluster import actor_env, on_gpu
 from instructray.orchestrator.config import Config
 from instructray.orchestrator.data import tokenize_prompt
+
+
+def engine_options(cfg: Config) -> dict[str, Any]:
+    """Ray options of the Sampler's engine: outside any placement group, it holds the GPUs it
+    computes on itself (rollout.tensor_parallel_size of them on a GPU run; vLLM drives them with
+    its own processes)."""
+    r = cfg.rollout
+    gpus = r.tensor_parallel_size if on_gpu(cfg) else 0
+    return {
+        "num_cpus": r.cpus_per_engine,
+        "num_gpus": gpus,
+        "runtime_env": {"env_vars": actor_env(cfg)},
+    }
 
 
 class Sampler:
@@ -24,7 +41,7 @@ class Sampler:
         self.cfg, self.tokenizer, self.version = cfg, tokenizer, 0
         self.engine = (
             ray.remote(RolloutActor)
-            .options(num_cpus=r.cpus_per_engine, runtime_env={"env_vars": actor_env(cfg)})
+            .options(**engine_options(cfg))
             .remote(
                 first_model,
                 dtype=cfg.model.dtype,
@@ -32,15 +49,23 @@ class Sampler:
                 seed=cfg.run.seed,
                 kv_cache_gib=r.kv_cache_gib,
                 enforce_eager=r.enforce_eager,
+                tensor_parallel_size=r.tensor_parallel_size,
+                gpu_memory_utilization=r.gpu_memory_utilization,
             )
         )
 
     def load(self, model_dir: str) -> None:
-        """Serve the model in model_dir (its safetensors loaded in place, a new version)."""
+        """Serve the model in model_dir (its safetensors loaded in place, a new version), sent
+        as the PPO sync sends weights: in buckets of rollout.sync_bucket_mib through the object
+        store."""
         self.version += 1
-        data = (Path(model_dir) / "model.safetensors").read_bytes()
+        bucket_bytes = int(self.cfg.rollout.sync_bucket_mib * 2**20)
+        parts = [
+            ray.put(safetensors.torch.save(dict(bucket)))
+            for bucket in buckets(saved_tensors(Path(model_dir)), bucket_bytes)
+        ]
         wait_all(
-            [self.engine.update_weights.remote(self.version, data)],
+            [self.engine.update_weights.remote(self.version, parts)],
             "sampler weights",
             ["rollout engine 0"],
             self.cfg.run.timeout_s,
@@ -82,3 +107,21 @@ class Sampler:
 
     def close(self) -> None:
         ray.kill(self.engine)
+
+
+def saved_tensors(model_dir: Path) -> Iterator[tuple[str, Any]]:
+    """Every tensor of a Hugging Face folder's weights (model.safetensors, or the shards its
+    model.safetensors.index.json names), one at a time, by name."""
+    from safetensors import safe_open
+
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (model_dir / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise ValueError(f"{model_dir} holds neither model.safetensors nor its index")
+    for file in files:
+        with safe_open(str(model_dir / file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is no dict)
+                yield name, f.get_tensor(name)

@@ -73,6 +73,7 @@ class LearnerActor(LearnerSync):
         self.train_calls = 0
         self._poison = False  # test hook: the next policy loss of this train call is non-finite
         self.weight_group: Any = None  # rank 0's group with the engines' workers (broadcast sync)
+        self.weight_group_device = torch.device("cpu")  # where its buckets go out from
 
     def master_address(self) -> tuple[str, int]:
         return self.master_addr, self.master_port
@@ -121,6 +122,10 @@ class LearnerActor(LearnerSync):
     def engines(self) -> dict[str, Any]:
         """This rank's DeepSpeed engines by name: the policy's, and the critic's if any."""
         return {"policy": self.policy} | ({"critic": self.critic.engine} if self.critic else {})
+
+    def device_name(self) -> str:
+        """Where this rank computes (`instructray doctor` checks it)."""
+        return str(self.device)
 
     def peak_memory_gib(self) -> float:
         """This rank's peak resident memory so far (its process: models, optimizer state,
@@ -284,7 +289,12 @@ class LearnerActor(LearnerSync):
         means = {k: sum(v) / len(v) for k, v in totals.items()} | counts
         # Optimizer state: each rank holds its ZeRO partition; the group's is their sum.
         state = {k: v * self.world_size for k, v in self.optimizer_state_bytes().items()}
-        return mean_over_ranks(means | state, self.device)
+        out = mean_over_ranks(means | state, self.device)
+        if self.cfg.run.colocate and self.device.type == "cuda":
+            # The caching allocator keeps the training peak reserved; a colocated engine on the
+            # same GPU generates next and gets it back (as OpenRLHF empties it around training).
+            torch.cuda.empty_cache()
+        return out
 
     def _cut(self, batch: SequenceBatch, order: torch.Tensor) -> list[MicroBatch]:
         """This rank's rows in `order` as micro-batches; grad_accum consecutive ones make a
@@ -343,6 +353,8 @@ class LearnerActor(LearnerSync):
         for name, engine in self.engines().items():
             engine.save_checkpoint(f"{path}/{name}", tag=CHECKPOINT_TAG)
         state = {"train_calls": self.train_calls, "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():  # dropout and sampling on the GPU draw from its own
+            state["cuda_rng"] = torch.cuda.get_rng_state()
         torch.save(state, f"{path}/rank-{self.rank}.pt")
 
     def load_checkpoint(self, path: str) -> None:
@@ -365,6 +377,8 @@ class LearnerActor(LearnerSync):
         state = torch.load(rank_file, weights_only=True)
         self.train_calls = int(state["train_calls"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
 
 
 def _sizes(values: Any) -> dict[int, int]:

@@ -80,6 +80,12 @@ def deepspeed_config(
     on_gpu = torch.cuda.is_available()
     if dtype == "float16" and not on_gpu:
         raise ValueError("model.dtype = float16 trains only on GPU; use bfloat16 or float32 on CPU")
+    if dtype == "bfloat16" and on_gpu and not torch.cuda.is_bf16_supported():
+        # model.dtype auto decides on the driver, which may see no GPU (a KubeRay head).
+        raise ValueError(
+            f"model.dtype = bfloat16, but this learner's GPU ({torch.cuda.get_device_name()}) "
+            "has no bf16: set model.dtype to float16 or float32"
+        )
     stage = learner_cfg.zero_stage
     zero: dict[str, Any] = {"stage": stage}
     if learner_cfg.offload:
@@ -112,16 +118,20 @@ def deepspeed_config(
     }
 
 
-def _optimizer_config(learner_cfg: Any, lr: float) -> dict[str, Any]:
-    """AdamW. With offload DeepSpeed picks its CPU Adam (compiled on first use); on GPU its
-    FusedAdam; on CPU without offload FusedAdam's CPU build is a compile step we skip: torch's."""
+def _optimizer_config(learner_cfg: Any, lr: float, on_gpu: bool | None = None) -> dict[str, Any]:
+    """AdamW. With offload DeepSpeed picks its CPU Adam (compiled on a node's first use, for its
+    CPU). Else torch's AdamW, which needs no compile step (DeepSpeed's FusedAdam would be built
+    at the first run against the node's CUDA toolkit): on GPU its fused kernel."""
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     params: dict[str, Any] = {
         "lr": lr,
         "weight_decay": learner_cfg.weight_decay,
         "eps": learner_cfg.adam_eps,
     }
-    if not learner_cfg.offload and not torch.cuda.is_available():
-        params["torch_adam"] = True
+    if not learner_cfg.offload:
+        params["torch_adam"] = True  # DeepSpeed passes the other params to torch.optim.AdamW
+        if on_gpu:
+            params["fused"] = True
     return {"type": "AdamW", "params": params}
 
 

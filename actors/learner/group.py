@@ -112,6 +112,10 @@ class LearnerGroup:
         """Parameters of the models the learner trains (learner/critic_parameters 0: none)."""
         return self._wait("model_parameters", [self.actors[0].model_parameters.remote()])[0]
 
+    def device_names(self) -> list[str]:
+        """Where each rank computes."""
+        return self._wait("device", [a.device_name.remote() for a in self.actors])
+
     def peak_memory_gib(self) -> list[float]:
         """Each rank's peak memory so far, GiB."""
         return self._wait("peak_memory", [a.peak_memory_gib.remote() for a in self.actors])
@@ -122,6 +126,12 @@ class LearnerGroup:
         refs = [a.export_weights.remote(model) for a in self.actors]
         fetch = [rank != 0 for rank in range(len(refs))]
         return self._wait("export_weights", refs, fetch)[0]
+
+    def export_weight_buckets(self) -> list[Any]:
+        """ObjectRefs of the policy's weights in safetensors buckets (rank 0's, in order; see
+        LearnerActor.export_weight_buckets)."""
+        refs = [a.export_weight_buckets.remote() for a in self.actors]
+        return self._wait("export_weights", refs)[0]
 
     def open_weight_group(self, world_size: int, backend: str) -> tuple[str, int, list[Any]]:
         """Start rank 0 joining a broadcast weight group of world_size ranks. -> (host, port,

@@ -2,8 +2,8 @@
 
 The driver wraps the plain class, `ray.remote(RolloutActor).options(num_cpus=..., num_gpus=...)`.
 Everything crosses the actor boundary as plain Python lists (prompt-major samples), and weights
-arrive as safetensors bytes through the object store; the worker side of the weight sync lives in
-`actors/rollout/vllm_extension.py`.
+arrive as safetensors buckets through the object store (or by broadcast); the worker side of the
+weight sync lives in `actors/rollout/vllm_extension.py`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from instructray.actors.faults import inject
 from instructray.actors.logs import quiet_libraries
 from instructray.actors.remote import ActorRestarted
+from instructray.actors.rollout import BUNDLES_ENV
 from instructray.actors.rollout.adapter import EngineAdapter, read_metadata
 from instructray.actors.weight_sync import Fingerprints
 from instructray.orchestrator.output import report_throughput
@@ -25,6 +26,7 @@ from instructray.orchestrator.output import report_throughput
 logger = logging.getLogger(__name__)
 
 EXTENSION = "instructray.actors.rollout.vllm_extension.WeightSyncExtension"
+FETCH_TIMEOUT_S = 600.0  # one bucket of a weight update out of the object store
 
 # CPU only. vLLM's default runs the engine core in a second process and pins its OpenMP threads
 # to cores it picks itself: ~15 s more start and a fraction of the decode speed on 2 cores. In
@@ -41,6 +43,24 @@ def _on_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _ray_workers() -> dict[str, Any]:
+    """Engine args of a tensor-parallel engine the run placed (BUNDLES_ENV set): vLLM's Ray
+    executor starts one worker of one GPU in each bundle named there, and the actor, which
+    holds no GPU, must not hide the node's GPUs from the engine it drives. Else {}: one GPU, or
+    an engine that holds its tensor-parallel GPUs itself (the Sampler's), which vLLM drives with
+    its own processes."""
+    if not os.environ.get(BUNDLES_ENV):
+        return {}
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    return {"distributed_executor_backend": "ray"}
+
+
+def _eager(enforce_eager: bool | str, on_gpu: bool) -> bool:
+    """rollout.enforce_eager: auto = eager on CPU (no CUDA graphs there), CUDA graphs on GPU
+    (a slower start, a faster decode)."""
+    return not on_gpu if enforce_eager == "auto" else bool(enforce_eager)
 
 
 def _check_lengths(sequences: list[list[int]], max_model_len: int, what: str) -> None:
@@ -68,13 +88,18 @@ def _token_logprobs(positions: list[dict[int, Any] | None], token_ids: list[int]
     return [pos[tok].logprob for pos, tok in zip(positions, token_ids, strict=True)]
 
 
-def _every_other_tensor(weights: bytes, keep_metadata: bool = False) -> bytes:
-    """Test hook (a half-applied update): safetensors bytes with every other tensor left out."""
+def _every_other_tensor(
+    weights: bytes, keep_metadata: bool = False, first: int = 0
+) -> tuple[bytes, int]:
+    """Test hook (a half-applied update): safetensors bytes with every other tensor left out,
+    counted from `first` (the tensors of the buckets before this one). -> (bytes, the tensors
+    the bytes held)."""
     import safetensors.torch
 
     state = safetensors.torch.load(weights)
     metadata = read_metadata(weights) if keep_metadata else None
-    return safetensors.torch.save({k: state[k] for k in sorted(state)[::2]}, metadata=metadata)
+    names = sorted(state)[first % 2 :: 2]
+    return safetensors.torch.save({k: state[k] for k in names}, metadata=metadata), len(state)
 
 
 class RolloutActor:
@@ -88,18 +113,20 @@ class RolloutActor:
         max_model_len: int,
         seed: int = 0,
         kv_cache_gib: float = 1.0,
-        enforce_eager: bool = True,
+        enforce_eager: bool | str = "auto",
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.5,
         max_lora_rank: int = 0,
     ):
         """max_lora_rank > 0: the engine serves LoRA adapters of the policy (update_adapter)
-        through vLLM's LoRA path, one at a time; 0: full weights only."""
+        through vLLM's LoRA path, one at a time; 0: full weights only. enforce_eager: True,
+        False or auto (eager on CPU, CUDA graphs on GPU)."""
         quiet_libraries()
-        engine_args: dict[str, Any] = {}
+        engine_args = _ray_workers()  # first: it may unhide the node's GPUs
+        on_gpu = _on_gpu()
         if max_lora_rank:
             engine_args.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
-        if _on_gpu():
+        if on_gpu:
             engine_args["gpu_memory_utilization"] = gpu_memory_utilization
         else:
             for key, value in CPU_ENV.items():  # read when vLLM builds the engine, not at import
@@ -118,12 +145,14 @@ class RolloutActor:
             dtype=dtype,
             max_model_len=max_model_len,
             seed=seed,
-            enforce_eager=enforce_eager,
+            enforce_eager=_eager(enforce_eager, on_gpu),
             tensor_parallel_size=tensor_parallel_size,
             worker_extension_cls=EXTENSION,
             load_format="safetensors",  # never unpickle a .bin checkpoint
-            # A cached prefix would outlive a weight update and serve stale KV.
-            enable_prefix_caching=False,
+            # On GPU the n samples of a prompt share its prefill and prompt KV (vLLM runs them
+            # as n requests); every weight update resets the cache, whose KV would be stale.
+            # Off on CPU, where resetting it is not verified.
+            enable_prefix_caching=on_gpu,
             # Log-probs of the raw model (log-softmax of logits, temperature 1, before top-k/p):
             # what the learner and the reference compute, so old_logprobs, the KL penalty and the
             # weight-sync check compare like with like. vLLM 0.32's default, pinned on purpose.
@@ -226,10 +255,11 @@ class RolloutActor:
         fault = inject("rollout", "sync")  # test hook: "skip" or "half" breaks this update
         self._check_version(version)
         if fault == "half":
-            adapter = _every_other_tensor(adapter, keep_metadata=True)
+            adapter, _ = _every_other_tensor(adapter, keep_metadata=True)
         if fault != "skip":
             self._loaded = [self._adapter.load(self._llm.llm_engine, version, adapter)]
         self._version = version
+        self._weights_changed()
         logger.info("rollout engine serves adapter version %d (%d bytes)", version, len(adapter))
         return version
 
@@ -249,17 +279,44 @@ class RolloutActor:
                 f"weight version {version} is not newer than the engine's version {self._version}"
             )
 
-    def update_weights(self, version: int, weights: bytes) -> int:
-        """Load a full policy state dict (safetensors bytes) as `version`; versions must rise."""
+    def update_weights(self, version: int, weights: bytes | list[Any]) -> int:
+        """Load a full policy state dict as `version`; versions must rise. weights: safetensors
+        bytes, or a list of buckets (each bytes or the ObjectRef of bytes), fetched and handed to
+        the engine's workers one at a time: no call into vLLM's engine process carries more than
+        one bucket (its IPC cannot carry 4 GiB); the workers load them all in one reload."""
+        import ray
+
         fault = inject("rollout", "sync")  # test hook: "skip" or "half" breaks this update
         self._check_version(version)
-        if fault == "half":
-            weights = _every_other_tensor(weights)
+        parts = [weights] if isinstance(weights, bytes) else list(weights)
+        size = seen = 0
         if fault != "skip":
-            self._loaded = self._llm.collective_rpc("load_weights_from_bytes", args=(weights,))
+            for i, part in enumerate(parts):
+                data = part if isinstance(part, bytes) else ray.get(part, timeout=FETCH_TIMEOUT_S)
+                size += len(data)
+                if fault == "half":
+                    data, count = _every_other_tensor(data, first=seen)
+                    seen += count
+                self._llm.collective_rpc("stage_weights", args=(data, i == 0))
+            self._loaded = self._llm.collective_rpc("load_staged_weights")
         self._version = version
-        logger.info("rollout engine loaded weights version %d (%d bytes)", version, len(weights))
+        self._weights_changed()
+        logger.info(
+            "rollout engine loaded weights version %d (%d bytes in %d buckets)",
+            version,
+            size,
+            len(parts),
+        )
         return version
+
+    def _weights_changed(self) -> None:
+        """Every cached prefix was computed with the weights before: drop them, so that no
+        request reuses their KV (with prefix caching off there are none)."""
+        if not self._llm.reset_prefix_cache():
+            raise RuntimeError(
+                "rollout engine: could not reset the prefix cache after a weight update "
+                "(requests still hold cache blocks)"
+            )
 
     def join_weight_group(
         self,
@@ -283,8 +340,13 @@ class RolloutActor:
         self._check_version(version, again)
         self._loaded = self._llm.collective_rpc("receive_weights", args=(version,))
         self._version = version
+        self._weights_changed()
         logger.info("rollout engine received weights version %d by broadcast", version)
         return version
+
+    def model_device(self) -> str:
+        """Where the engine's model lives: its first worker's first parameter's device."""
+        return self._llm.collective_rpc("model_device")[0]
 
     def weights_checksum(self) -> float:
         """Sum of all parameter values over the engine's workers (tests compare it)."""

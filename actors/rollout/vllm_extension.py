@@ -14,20 +14,36 @@ from collections.abc import Iterable
 import torch
 
 from instructray.actors import weight_sync
+from instructray.actors.faults import inject
 from instructray.actors.weight_sync import Fingerprinter, Fingerprints
 
 
 class WeightSyncExtension:
     """Mixed into vLLM's worker class; `self.model_runner` is the worker's model runner."""
 
-    def load_weights_from_bytes(self, data: bytes) -> Fingerprints:
-        """Object-store transport: a full state dict serialized by `safetensors.torch.save`.
-        -> the fingerprints of what the loader took in."""
+    def stage_weights(self, data: bytes, first: bool) -> int:
+        """Object-store transport: one bucket of the state dict (`safetensors.torch.save`
+        bytes), kept until load_staged_weights; `first` drops what an earlier, unfinished update
+        left. -> the buckets staged. Bytes are the one payload that crosses vLLM's own RPC
+        serializer intact when the engine runs in separate processes (tensor parallel, or any
+        GPU engine), up to 4 GiB a call: hence buckets."""
         from safetensors.torch import load
 
-        # Bytes are the one payload that crosses vLLM's own RPC serializer intact when the engine
-        # runs in separate processes (tensor parallel); tensors or callables do not.
-        return self._reload(load(data).items())
+        if first or not hasattr(self, "_staged"):
+            self._staged: list[dict[str, torch.Tensor]] = []
+        self._staged.append(load(data))
+        return len(self._staged)
+
+    def load_staged_weights(self) -> Fingerprints:
+        """Load every staged bucket into the live model in one reload, each bucket freed as
+        the loader passes it. -> the fingerprints of what the loader took in."""
+        staged, self._staged = getattr(self, "_staged", []), []
+
+        def stream() -> Iterable[tuple[str, torch.Tensor]]:
+            while staged:
+                yield from staged.pop(0).items()
+
+        return self._reload(stream())
 
     def join_weight_group(
         self,
@@ -40,6 +56,8 @@ class WeightSyncExtension:
     ) -> None:
         """Broadcast transport: join the learner's weight group as rank rank_offset + own rank."""
         rank = rank_offset + self.rank  # the worker's rank within its engine
+        weight_sync.close_group(getattr(self, "_weight_group", None))  # formed again
+        self._weight_group = None
         self._weight_group = weight_sync.open_group(
             host, port, rank, world_size, backend, timeout_s
         )
@@ -59,6 +77,10 @@ class WeightSyncExtension:
             for _ in stream:  # whatever the loader left: the sender waits on every bucket
                 pass
 
+    def model_device(self) -> str:
+        """The device of this worker's model (its first parameter's)."""
+        return str(next(self.model_runner.get_model().parameters()).device)
+
     def weights_checksum(self) -> float:
         """Sum of every parameter value of this worker's model shard (tests compare it).
 
@@ -76,7 +98,8 @@ class WeightSyncExtension:
         # each linear weight is an empty Parameter without a `weight_loader`.
         watcher = Fingerprinter()
         self.model_runner.reload_weights(weights_iterator=watcher.watch(weights))
-        _repack_cpu_lm_heads(self.model_runner.get_model())
+        if inject("rollout", "repack") != "stale":  # test hook: a head left at old weights
+            _repack_cpu_lm_heads(self.model_runner.get_model())
         return watcher.seen
 
 

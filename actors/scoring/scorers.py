@@ -1,11 +1,16 @@
 """The two frozen scorers of a PPO step: RewardActor (one score per sequence) and ReferenceActor
-(per-token log-probs of the SFT policy). Plain classes; the driver wraps them with `ray.remote`."""
+(per-token log-probs of the SFT policy). Plain classes; the driver wraps them with `ray.remote`.
+
+Each computes on its device (the GPU Ray gave it, else the CPU): the model lives there, every
+batch moves there, and results come back to the CPU as float32."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,11 +32,53 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 SCORE_STATS_FILE = "score_stats.json"  # {"mean", "std"} saved beside a trained reward model
 
 
+def scorer_device(device: str | None = None) -> torch.device:
+    """The device a scorer computes on: `device` if given, else the GPU Ray gave the actor (it
+    sees only that one, as cuda:0), else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(0)
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def check_attention(attn_implementation: str, device: torch.device) -> None:
+    """flash_attention_2 runs on a GPU with the flash-attn package only: one clear line at
+    start instead of transformers' error at load or at the first forward."""
+    if attn_implementation != "flash_attention_2":
+        return
+    if device.type != "cuda":
+        raise ValueError(
+            f"model.attn_implementation = flash_attention_2 needs a GPU, this actor computes on "
+            f"{device}; use sdpa"
+        )
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ValueError(
+            "model.attn_implementation = flash_attention_2 needs the flash-attn package on "
+            "every GPU node (pip install flash-attn), which this one lacks; or use sdpa"
+        )
+
+
+def load_frozen(
+    cls: Any, model_path: str, what: str, dtype: str, attn: str, device: torch.device, **kwargs: Any
+) -> torch.nn.Module:
+    """A scorer's model from its folder (safetensors only), on its device, in eval mode."""
+    if not Path(model_path).exists():
+        raise ValueError(f"{what} folder {model_path} does not exist")
+    check_attention(attn, device)
+    model = cls.from_pretrained(
+        model_path, dtype=DTYPES[dtype], attn_implementation=attn, use_safetensors=True, **kwargs
+    )
+    return model.to(device).eval()
+
+
 class RewardActor:
     """Scores (prompt, response) pairs with a reward model, a Python reward function, or the
     weighted sum of several: `function` is reward.function as configured (empty: the reward
     model alone; else comma-separated entries, `model` naming the reward model at model_path),
-    `weights` reward.weights (empty: 1 each). The reward model loads only when it is named."""
+    `weights` reward.weights (empty: 1 each). The reward model loads only when it is named,
+    onto `device` (default: scorer_device's choice)."""
 
     def __init__(
         self,
@@ -43,6 +90,7 @@ class RewardActor:
         normalize: bool = False,
         attn_implementation: str = "sdpa",
         weights: list[float] | None = None,
+        device: str | None = None,
     ):
         quiet_libraries()
         self.batch_size = batch_size
@@ -59,7 +107,9 @@ class RewardActor:
         }
         self.model = self.tokenizer = None
         self.mean, self.std = 0.0, 1.0
+        self.device = torch.device("cpu")  # reward functions run in Python
         if REWARD_MODEL in self.sources:
+            self.device = scorer_device(device)
             self._load_model(model_path, policy_tokenizer, dtype, normalize, attn_implementation)
 
     def _load_model(
@@ -67,15 +117,15 @@ class RewardActor:
     ) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        if not Path(model_path).exists():
-            raise ValueError(f"reward model folder {model_path} does not exist")
-        self.model = AutoModelForSequenceClassification.from_pretrained(
+        self.model = load_frozen(
+            AutoModelForSequenceClassification,
             model_path,
-            dtype=DTYPES[dtype],
-            attn_implementation=attn,
+            "reward model",
+            dtype,
+            attn,
+            self.device,
             num_labels=1,
-            use_safetensors=True,
-        ).eval()
+        )
         self.tokenizer = load_tokenizer(model_path)
         policy_tok = load_tokenizer(policy_tokenizer) if policy_tokenizer else None
         # Same vocabulary: score the policy's token ids directly; else re-tokenize the text.
@@ -90,7 +140,10 @@ class RewardActor:
             self.mean, self.std = float(stats["mean"]), max(float(stats["std"]), 1e-6)
 
     @torch.no_grad()
-    def _model_scores(self, batch: SequenceBatch, prompts: list[str], responses: list[str]):
+    def model_scores(
+        self, batch: SequenceBatch, prompts: list[str], responses: list[str]
+    ) -> torch.Tensor:
+        """The reward model's raw scores, left on self.device. -> (B,) float32."""
         if not self.same_vocab:
             enc = self.tokenizer
             p_ids = [enc(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -98,10 +151,10 @@ class RewardActor:
             batch = make_sequence_batch(p_ids, r_ids, enc.pad_token_id)
         n = batch.input_ids.shape[0]
         chunks = [
-            sequence_scores(self.model, batch.select(slice(i, i + self.batch_size)))
+            sequence_scores(self.model, batch.select(slice(i, i + self.batch_size)).to(self.device))
             for i in range(0, n, self.batch_size)
         ]
-        return torch.cat(chunks)
+        return torch.cat(chunks).float()
 
     def _source_scores(
         self, source: str, batch: SequenceBatch, prompts: list[str], responses: list[str]
@@ -116,7 +169,7 @@ class RewardActor:
                 raise ValueError(f"reward function{which} raised {type(e).__name__}: {e}") from e
             return torch.tensor(check_scores(raw, n, prompts, f"reward.function{which}"))
         start = time.perf_counter()
-        raw = self._model_scores(batch, prompts, responses).float()
+        raw = self.model_scores(batch, prompts, responses).cpu()
         scores = torch.tensor(check_scores(raw, n, prompts, "reward model"))
         report_throughput("reward", int(batch.attention_mask.sum()), time.perf_counter() - start)
         return (scores - self.mean) / self.std
@@ -132,13 +185,18 @@ class RewardActor:
         )
         return combine_rewards(parts, self.weights), parts
 
+    def device_name(self) -> str:
+        """Where the reward model computes (the CPU for reward functions alone)."""
+        return str(self.device)
+
     def score(self, batch: SequenceBatch, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """One score per sequence: the weighted sum of score_sources. -> (B,)."""
         return self.score_sources(batch, prompts, responses)[0]
 
 
 class ReferenceActor:
-    """The frozen SFT policy: per-token log-probs of responses (chunked over the vocabulary)."""
+    """The frozen SFT policy: per-token log-probs of responses (chunked over the vocabulary), on
+    `device` (default: scorer_device's choice)."""
 
     def __init__(
         self,
@@ -148,37 +206,49 @@ class ReferenceActor:
         chunk_size: int = 1024,
         temperature: float = 1.0,
         attn_implementation: str = "sdpa",
+        device: str | None = None,
     ):
         quiet_libraries()
         from transformers import AutoModelForCausalLM
 
-        if not Path(model_path).exists():
-            raise ValueError(f"reference model folder {model_path} does not exist")
-        self.model = AutoModelForCausalLM.from_pretrained(
+        self.device = scorer_device(device)
+        self.model = load_frozen(
+            AutoModelForCausalLM,
             model_path,
-            dtype=DTYPES[dtype],
-            attn_implementation=attn_implementation,
-            use_safetensors=True,
-        ).eval()
+            "reference model",
+            dtype,
+            attn_implementation,
+            self.device,
+        )
         self.batch_size, self.chunk_size, self.temperature = batch_size, chunk_size, temperature
 
     @torch.no_grad()
-    def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
-        """ref_logprobs of the response tokens. -> (B, R) float32."""
-        poison = inject("reference", "score")  # test hook: a non-finite first row
-        n, start = batch.input_ids.shape[0], time.perf_counter()
+    def device_logprobs(self, batch: SequenceBatch) -> torch.Tensor:
+        """Log-probs of the response tokens, left on self.device; padding not masked.
+        -> (B, R) float32."""
+        n = batch.input_ids.shape[0]
         chunks = [
             response_logprobs(
                 self.model,
-                batch.select(slice(i, i + self.batch_size)),
+                batch.select(slice(i, i + self.batch_size)).to(self.device),
                 self.chunk_size,
                 self.temperature,
             )
             for i in range(0, n, self.batch_size)
         ]
+        return torch.cat(chunks).float()
+
+    def device_name(self) -> str:
+        """Where the reference model computes."""
+        return str(self.device)
+
+    def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
+        """ref_logprobs of the response tokens. -> (B, R) float32, on the CPU."""
+        poison = inject("reference", "score")  # test hook: a non-finite first row
+        start = time.perf_counter()
+        out = self.device_logprobs(batch).cpu() * batch.response_mask
         tokens = int(batch.attention_mask.sum())
         report_throughput("reference", tokens, time.perf_counter() - start)
-        out = torch.cat(chunks).float() * batch.response_mask
         if poison:
             out[0] = float("nan")
         return out

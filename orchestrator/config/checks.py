@@ -12,7 +12,7 @@ from instructray.orchestrator.config.lora import check_lora
 from instructray.orchestrator.config.renames import check_function_spec
 from instructray.orchestrator.config.schema import Config, ConfigError
 
-STAGES = ("sft", "rm", "ppo", "pipeline", "eval", "demo", "bench")
+STAGES = ("sft", "rm", "ppo", "pipeline", "eval", "demo", "bench", "doctor")
 REWARD_MODEL = "model"  # the entry of reward.function that names the reward model
 _FUNCTION_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
@@ -218,8 +218,14 @@ def _check_gpus(cfg: Config, errors: list[str]) -> None:
         # group on one device. run.colocate shares GPUs among roles by itself.
         errors.append(
             f"learner.gpus_per_rank = {gpus} is not a whole number of GPUs: ranks could share a "
-            f"device, which NCCL refuses; use 0 (CPU) or 1, 2, ... (run.colocate shares GPUs "
-            f"among the roles itself)"
+            f"device, which NCCL refuses; use 0 (CPU) or 1 (run.colocate shares GPUs among the "
+            f"roles itself)"
+        )
+    elif gpus > 1:
+        # A rank computes on cuda:0 of the GPUs Ray gives it (LOCAL_RANK 0): the rest sit idle.
+        errors.append(
+            f"learner.gpus_per_rank = {gpus:g}: a rank computes on one GPU, the others would sit "
+            f"idle; use 1 and more learner.num_ranks"
         )
     tp = r.tensor_parallel_size
     if tp > 1 and gpus <= 0:
@@ -234,8 +240,29 @@ def _check_gpus(cfg: Config, errors: list[str]) -> None:
         )
 
 
+def _check_attention(cfg: Config, errors: list[str]) -> None:
+    """flash_attention_2 needs GPUs and the flash-attn package. The package is checked here
+    only where the driver is a GPU node (of the image the actors run): a driver without GPUs
+    (a KubeRay head) may lack it while the GPU nodes have it, and the scorers check at start."""
+    if cfg.model.attn_implementation != "flash_attention_2":
+        return
+    if cfg.learner.gpus_per_rank <= 0:
+        errors.append(
+            "model.attn_implementation = flash_attention_2 needs GPUs but learner.gpus_per_rank "
+            "= 0; use sdpa or auto on CPU"
+        )
+        return
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is None:
+        errors.append(
+            "model.attn_implementation = flash_attention_2 needs the flash-attn package, which "
+            "this GPU node lacks (pip install flash-attn); or use sdpa"
+        )
+
+
 def _check_colocated_gpus(cfg: Config, errors: list[str]) -> None:
-    """run.colocate on GPUs: actor i of every role shares bundle i's one GPU, a quarter each."""
+    """run.colocate on GPUs: actor i of every role shares bundle i's one GPU, a fraction each."""
     r, gpus = cfg.rollout, cfg.learner.gpus_per_rank
     if not (cfg.run.colocate and gpus > 0):
         return
@@ -269,6 +296,7 @@ def validate_config(cfg: Config, stage: str) -> Config:
             f"pip install 'instructray[wandb]', or leave run.wandb_project empty"
         )
     _check_gpus(cfg, errors)
+    _check_attention(cfg, errors)
     check_lora(cfg, errors)
     if stage in ("ppo", "pipeline", "demo", "bench"):
         _check_ppo(cfg, errors)

@@ -14,7 +14,12 @@ class RolloutConfig:
     """vLLM rollout engines."""
 
     num_engines: int = param(1, "Number of vLLM engines; prompts are shared among them.", gt=0)
-    tensor_parallel_size: int = param(1, "GPUs per engine (tensor parallel); 1 on CPU.", ge=1)
+    tensor_parallel_size: int = param(
+        1,
+        "GPUs per engine (tensor parallel, on one node; vLLM's workers are Ray actors of one GPU "
+        "each); 1 on CPU.",
+        ge=1,
+    )
     prompts_per_step: int = param(8, "Prompts per PPO step.", gt=0)
     samples_per_prompt: int = param(4, "Responses sampled per prompt (n).", gt=0)
     max_new_tokens: int = param(32, "Longest response in tokens.", gt=0)
@@ -31,7 +36,11 @@ class RolloutConfig:
     gpu_memory_utilization: float = param(
         0.5, "Share of GPU memory an engine may take.", gt=0, le=1
     )
-    enforce_eager: bool = param(True, "Skip CUDA graph capture (faster start, slower decode).")
+    enforce_eager: bool | Literal["auto"] = param(
+        "auto",
+        "Skip CUDA graph capture: true (faster start, slower decode) or false; auto = eager on "
+        "CPU, CUDA graphs on GPU.",
+    )
     weight_sync: Literal["object_store", "gloo", "nccl"] = param(
         "object_store",
         "Transport for learner -> engine weights: object_store (Ray's object store; works "
@@ -47,18 +56,30 @@ class RolloutConfig:
     )
     sync_bucket_mib: float = param(
         256.0,
-        "Bucket size of the broadcast transports in MiB (a larger tensor goes alone).",
+        "Bucket size of every weight transport in MiB: no message of a sync carries more "
+        "(a larger tensor goes alone). The object store's buckets cross vLLM's engine process "
+        "one call each, which cannot carry 4 GiB.",
+        gt=0,
+        lt=4096,
+    )
+    sync_mean_logprob_diff: float | None = param(
+        None,
+        "Stop the run when the mean |engine - learner| log-prob over the probe batch's tokens "
+        "is larger after a sync; null = the model dtype's rounding spread: 1e-4 in float32, "
+        "0.05 in bfloat16, 0.01 in float16 (the weights' bits are checked exactly besides).",
         gt=0,
     )
-    sync_max_logprob_diff: float | None = param(
+    sync_p99_logprob_diff: float | None = param(
         None,
-        "Stop the run when engine and learner log-probs of the probe batch differ by more; "
-        "null = the model dtype's rounding spread: 1e-3 in float32, 1.0 in bfloat16, 0.25 in "
-        "float16 (the weights' bits are checked exactly besides).",
+        "Stop the run when the 99th percentile of |engine - learner| log-prob over the probe "
+        "batch's tokens is larger after a sync; null = 1e-3 in float32, 1.0 in bfloat16, 0.25 "
+        "in float16 (the max is logged as weight_sync/max_logprob_diff, not checked).",
         gt=0,
     )
     placement_strategy: Literal["PACK", "SPREAD"] = param(
-        "PACK", "Placement-group strategy for the engines across nodes."
+        "PACK",
+        "Placement-group strategy for the engines across nodes. With tensor_parallel_size > 1 "
+        "each engine has a group of its own instead, its GPUs on one node.",
     )
     cpus_per_engine: float = param(1.0, "CPUs reserved per engine (its torch threads).", ge=0)
     autoscale: bool = param(

@@ -13,7 +13,7 @@ from instructray.actors.remote import wait_all
 from instructray.actors.rollout.actor import RolloutActor
 from instructray.actors.scoring.scorers import ReferenceActor, RewardActor
 from instructray.actors.sequences import load_tokenizer
-from instructray.orchestrator.cluster import Placement, connect
+from instructray.orchestrator.cluster import Placement, connect, on_gpu
 from instructray.orchestrator.config import Config
 from instructray.orchestrator.config.lora import adapter_sync, engine_lora_rank
 from instructray.orchestrator.data import PromptSampler, PromptSet, load_pretrain, load_prompt_set
@@ -56,18 +56,19 @@ class Roles:
         placement = Placement(cfg)
         slots = placement.slots
         engines = [start_engine(cfg, s.options()) for s in slots["rollout"]]
+        engine_names = [f"rollout engine {i}" for i in range(len(engines))]
+        if engines_first(cfg):
+            wait_ready(cfg, engines, engine_names)
         rewards = [start_reward(cfg, s.options()) for s in slots["reward"]]
         references = [start_reference(cfg, s.options()) for s in slots.get("reference", [])]
         learner = LearnerGroup(cfg, [s.options() for s in slots["learner"]], pretrain)
         # Constructors run in the actors; `ready` surfaces their errors with the role named.
-        actors = engines + rewards + references
-        names = (
-            [f"rollout engine {i}" for i in range(len(engines))]
+        wait_ready(
+            cfg,
+            engines + rewards + references,
+            engine_names
             + [f"reward {i}" for i in range(len(rewards))]
-            + [f"reference {i}" for i in range(len(references))]
-        )
-        wait_all(
-            [a.__ray_ready__.remote() for a in actors], "start", names, cfg.run.start_timeout_s
+            + [f"reference {i}" for i in range(len(references))],
         )
         return cls(
             cfg,
@@ -88,6 +89,20 @@ class Roles:
         for actor in self.engines + self.rewards + self.references:
             ray.kill(actor)
         self.placement.remove()
+
+
+def engines_first(cfg: Config) -> bool:
+    """Whether the engines must be built before any other role starts: colocated on GPUs. vLLM
+    sizes its KV cache from the GPU's free memory while it profiles, so memory another role
+    takes or frees on the same GPU in that window shrinks the cache or fails its start."""
+    return cfg.run.colocate and on_gpu(cfg)
+
+
+def wait_ready(cfg: Config, actors: list[Any], names: list[str]) -> None:
+    """Wait for the actors' constructors (within run.start_timeout_s); the first error raises,
+    naming its actor."""
+    refs = [a.__ray_ready__.remote() for a in actors]
+    wait_all(refs, "start", names, cfg.run.start_timeout_s)
 
 
 def start_engine(cfg: Config, options: dict[str, Any]) -> Any:

@@ -1,7 +1,8 @@
 """The weight sync of a PPO run: the learner's policy weights to every rollout engine under a
 rising version, then checked on each engine (version, weight fingerprints bit for bit, the
-probe batch's log-probs within the dtype's rounding). Through the object store (one copy, each
-engine loads it) or a broadcast group (learner rank 0 and every engine worker: gloo or NCCL).
+probe batch's log-probs within the dtype's rounding). Through the object store (one copy, in
+buckets of rollout.sync_bucket_mib, that each engine loads) or a broadcast group (learner rank 0
+and every engine worker: gloo or NCCL).
 A LoRA policy sends its adapter alone (rollout.lora_sync: adapter, through the object store;
 the engines serve it through vLLM's LoRA path), or its merged weights like any policy.
 """
@@ -19,8 +20,9 @@ from instructray.orchestrator.ppo.calls import RoleCalls, learner_deaths, names
 from instructray.orchestrator.ppo.roles import Roles
 from instructray.orchestrator.ppo.sync_check import (
     WeightSyncError,
-    max_logprob_diff,
-    sync_logprob_limit,
+    logprob_diff_stats,
+    logprob_problem,
+    sync_logprob_limits,
     sync_problem,
 )
 
@@ -40,6 +42,9 @@ class WeightSync:
         self.adapter = adapter_sync(cfg)  # the LoRA adapter alone, through the object store
         self.broadcast = cfg.rollout.weight_sync != "object_store" and not self.adapter
         self.bytes = 0  # sent to each engine by the last sync (the tensors' bytes)
+        self.buckets = 0  # the object store's buckets of the last full-weight sync
+        # The last check's probe log-prob differences: mean, p99, max (the worst engine's each)
+        self.diffs = {"mean": 0.0, "p99": 0.0, "max": 0.0}
 
     def set_probe(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> float:
         """Fix the probe batch (the first sequences of the run) and check the engines against
@@ -54,10 +59,12 @@ class WeightSync:
         engines = self.roles.engines
         world = 1 + len(engines) * r.tensor_parallel_size
         host, port, refs = self.roles.learner.open_weight_group(world, r.weight_sync)
-        timeout = self.cfg.run.start_timeout_s
+        # Both sides' group timeout: run.timeout_s (the learner's too), which bounds how long
+        # the others wait in a collective on a member that died.
+        group_timeout, timeout = self.cfg.run.timeout_s, self.cfg.run.start_timeout_s
         refs += [
             e.join_weight_group.remote(
-                host, port, 1 + i * r.tensor_parallel_size, world, r.weight_sync, timeout
+                host, port, 1 + i * r.tensor_parallel_size, world, r.weight_sync, group_timeout
             )
             for i, e in enumerate(engines)
         ]
@@ -71,7 +78,7 @@ class WeightSync:
         self.version += 1
         engines = list(self.roles.engines)
         if not self.broadcast:
-            weights = self._export()  # ObjectRef: one copy in the store
+            weights = self._export()  # ObjectRefs: one copy in the store
             refs = [self._update(e, weights) for e in engines]
             # A restarted engine gets this version while it recovers; then only confirm it.
             retry = self.calls.retry(
@@ -113,9 +120,14 @@ class WeightSync:
             wait_all([ref], phase, [name], timeout)
 
     def _export(self) -> Any:
-        """ObjectRef of what the object-store transport sends: the adapter, or the weights."""
+        """What the object-store transport sends: the adapter's ObjectRef, or the ObjectRefs
+        of the weights' buckets (rollout.sync_bucket_mib each at most)."""
         learner = self.roles.learner
-        return learner.export_adapter() if self.adapter else learner.export_weights()
+        if self.adapter:
+            return learner.export_adapter()
+        parts = learner.export_weight_buckets()
+        self.buckets = len(parts)
+        return parts
 
     def _update(self, engine: Any, payload: Any) -> Any:
         """Start an engine's load of the exported payload under the current version."""
@@ -143,7 +155,7 @@ class WeightSync:
             [f"rollout engine {i}"],
             self.cfg.run.timeout_s,
         )
-        return self._check(i, state, learner)
+        return self._check(i, state, learner)["max"]
 
     def _broadcast(self, version: int, again: bool = False) -> None:
         """Learner rank 0 broadcasts the weights to every engine as version (again: engines
@@ -169,8 +181,9 @@ class WeightSync:
 
         Each engine must hold the current version, its loader must have taken in exactly the
         learner's weights (their fingerprints, bit for bit, every tensor), and its log-probs of
-        the probe batch must agree within the dtype's rounding (sync_logprob_limit). Anything
-        else stops the run (WeightSyncError) with what differs.
+        the probe batch must agree within the dtype's rounding (the mean and 99th percentile of
+        the differences: sync_logprob_limits). Anything else stops the run (WeightSyncError) with
+        what differs. `diffs` keeps the worst engine's mean, p99 and max.
         """
         assert self.probe is not None
         n = len(self.roles.engines)
@@ -182,23 +195,23 @@ class WeightSync:
         self.bytes = sum(
             _nbytes(dtype, shape) for dtype, shape, _ in learner["fingerprints"].values()
         )
-        return max((self._check(i, e, learner) for i, e in enumerate(engines)), default=0.0)
+        stats = [self._check(i, e, learner) for i, e in enumerate(engines)]
+        self.diffs = {k: max((s[k] for s in stats), default=0.0) for k in ("mean", "p99", "max")}
+        return self.diffs["max"]
 
-    def _check(self, i: int, engine: dict[str, Any], learner: dict[str, Any]) -> float:
-        """One engine's weights state against the learner's; -> its max log-prob difference."""
-        limit = sync_logprob_limit(self.cfg)
+    def _check(self, i: int, engine: dict[str, Any], learner: dict[str, Any]) -> dict[str, float]:
+        """One engine's weights state against the learner's; -> its probe log-prob differences
+        (mean, p99, max)."""
         where = f"weight sync: rollout engine {i} (version {self.version})"
         problem = sync_problem(engine, learner["fingerprints"], self.version)
         if problem:
             raise WeightSyncError(f"{where}: {problem}")
-        engine_diff = max_logprob_diff(engine["logprobs"], learner["logprobs"])
-        if not engine_diff <= limit:
-            raise WeightSyncError(
-                f"{where} differs from the learner by {engine_diff:.3g} in log-prob on the "
-                f"probe batch (limit rollout.sync_max_logprob_diff = {limit:g} for "
-                f"{self.cfg.model.dtype})"
-            )
-        return engine_diff
+        stats = logprob_diff_stats(engine["logprobs"], learner["logprobs"])
+        dtype = self.cfg.model.dtype
+        problem = logprob_problem(stats, sync_logprob_limits(self.cfg), dtype)
+        if problem:
+            raise WeightSyncError(f"{where} {problem}")
+        return stats
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version, "probe": self.probe}

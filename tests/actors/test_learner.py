@@ -15,7 +15,7 @@ import torch
 from testdata import learner_config
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from instructray.actors.learner.engine import deepspeed_config, warmup_factor
+from instructray.actors.learner.engine import _optimizer_config, deepspeed_config, warmup_factor
 from instructray.actors.learner.group import LearnerGroup
 from instructray.actors.remote import RemoteError
 from instructray.actors.sequences import (
@@ -173,6 +173,24 @@ def test_deepspeed_config_stages_offload_and_precision():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="float16 trains only on GPU"):
             deepspeed_config(learner, 1, 1, "float16")
+
+
+@pytest.mark.parametrize("on_gpu", [False, True])
+def test_without_offload_deepspeed_builds_torchs_adamw_fused_on_gpu(on_gpu):
+    # Nothing to compile at a run's start (DeepSpeed's FusedAdam is built against the node's
+    # CUDA toolkit on first use): DeepSpeed's own choice, given the config, is torch's AdamW.
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    learner = load_config(None, []).learner
+    params = dict(_optimizer_config(learner, lr=1e-3, on_gpu=on_gpu)["params"])
+    # The torch_adam branch reads nothing of the engine: an unbound call shows DeepSpeed's pick.
+    cls, extra = DeepSpeedEngine.get_optimizer_configuration(None, params, True)
+    assert cls is torch.optim.AdamW
+    opt = cls([torch.nn.Parameter(torch.ones(3))], **params, **extra)
+    assert opt.defaults["fused"] is (True if on_gpu else None)
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["eps"] == learner.adam_eps
+    offload = load_config(None, ["--learner.zero_stage=2", "--learner.offload=true"]).learner
+    assert "torch_adam" not in _optimizer_config(offload, lr=1e-3, on_gpu=on_gpu)["params"]
 
 
 def test_warmup_factor_reaches_full_lr_after_warmup_steps():

@@ -11,7 +11,15 @@ import safetensors.torch
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from instructray.actors.faults import ENV as FAULT_ENV
 from instructray.actors.rollout.actor import RolloutActor
+from instructray.actors.weight_sync import buckets
+from instructray.orchestrator.config import load_config
+from instructray.orchestrator.ppo.sync_check import (
+    logprob_diff_stats,
+    logprob_problem,
+    sync_logprob_limits,
+)
 
 START_TIMEOUT = 300  # engine start: a Ray worker, importing vLLM, loading the model
 CALL_TIMEOUT = 120
@@ -162,8 +170,15 @@ def test_update_weights_loads_the_new_policy(ray_local, tiny_policy):
         assert ray_local.get(engine.version.remote(), timeout=CALL_TIMEOUT) == 0
         before = ray_local.get(engine.weights_checksum.remote(), timeout=CALL_TIMEOUT)
 
-        ref = ray_local.put(data)
-        assert ray_local.get(engine.update_weights.remote(1, ref), timeout=CALL_TIMEOUT) == 1
+        # In buckets far smaller than the model (as the object-store sync sends it): several
+        # cross, each its own object, and the engine loads them all as one update.
+        state = safetensors.torch.load(data)
+        parts = [
+            ray_local.put(safetensors.torch.save(dict(bucket)))
+            for bucket in buckets(state.items(), bucket_bytes=64 * 1024)
+        ]
+        assert len(parts) >= 4
+        assert ray_local.get(engine.update_weights.remote(1, parts), timeout=CALL_TIMEOUT) == 1
         assert ray_local.get(engine.version.remote(), timeout=CALL_TIMEOUT) == 1
         after = ray_local.get(engine.weights_checksum.remote(), timeout=CALL_TIMEOUT)
         assert after != pytest.approx(before)
@@ -173,7 +188,7 @@ def test_update_weights_loads_the_new_policy(ray_local, tiny_policy):
 
         for stale in (1, 0):
             with pytest.raises(ValueError, match=f"weight version {stale} is not newer than"):
-                ray_local.get(engine.update_weights.remote(stale, ref), timeout=CALL_TIMEOUT)
+                ray_local.get(engine.update_weights.remote(stale, parts), timeout=CALL_TIMEOUT)
         assert ray_local.get(engine.version.remote(), timeout=CALL_TIMEOUT) == 1
 
         # Loading the original weights back is a full replacement, not a partial or additive one.
@@ -184,5 +199,41 @@ def test_update_weights_loads_the_new_policy(ray_local, tiny_policy):
         assert max_diff(scored, hf_logprobs(original, sequences)) < TOL
         restored = ray_local.get(engine.weights_checksum.remote(), timeout=CALL_TIMEOUT)
         assert restored == pytest.approx(before, rel=1e-12)
+    finally:
+        ray_local.kill(engine)
+
+
+def test_in_bf16_the_sync_check_passes_a_real_update_and_catches_a_stale_lm_head(
+    ray_local, tiny_policy, tmp_path
+):
+    # The fp32 update test's case in bf16: the engine loads a noisy policy, then another one
+    # with its tied LM head's packed copy left at the weights before (the fault hook drops the
+    # CPU build's repack step). The loader took in every tensor, so fingerprints agree; the
+    # check's log-prob statistics against a transformers forward in bf16 must tell them apart.
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    actor = ray_local.remote(RolloutActor).options(
+        num_cpus=1, runtime_env={"env_vars": {FAULT_ENV: f"stale:rollout:repack:2@{markers}"}}
+    )
+    engine = actor.remote(
+        tiny_policy, dtype="bfloat16", max_model_len=MAX_MODEL_LEN, seed=0, kv_cache_gib=0.25
+    )
+    limits = sync_logprob_limits(load_config(None, ["--model.dtype=bfloat16"]))
+    try:
+        fixed = sampling(n=1, ignore_eos=True, max_tokens=40, seed=5)
+        verdicts = []
+        for version, seed in ((1, 0), (2, 1)):
+            model, data = perturbed_policy(tiny_policy, seed=seed)
+            ray_local.get(engine.update_weights.remote(version, data), timeout=CALL_TIMEOUT)
+            out = ray_local.get(engine.generate.remote(PROMPTS, fixed), timeout=CALL_TIMEOUT)
+            sequences = [p + r for p, r in zip(PROMPTS, out["response_ids"], strict=True)]
+            scored = ray_local.get(engine.prompt_logprobs.remote(sequences), timeout=CALL_TIMEOUT)
+            learner = [lp.tolist() for lp in hf_logprobs(model.to(torch.bfloat16), sequences)]
+            stats = logprob_diff_stats(scored, learner)
+            verdicts.append((stats, logprob_problem(stats, limits, "bfloat16")))
+        (good, good_problem), (stale, stale_problem) = verdicts
+        assert good_problem == "" and good["mean"] < limits[0] / 5, good
+        assert stale_problem.startswith("differs from the learner by"), stale
+        assert " in mean |log-prob|" in stale_problem and stale["mean"] > 2 * limits[0]
     finally:
         ray_local.kill(engine)

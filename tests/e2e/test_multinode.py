@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from testdata import every_sync_close, metrics_of
+from testdata import every_sync_close, metrics_of, run_child
 
 SUPPORT = Path(__file__).parents[1] / "support"
 pytestmark = pytest.mark.e2e
@@ -27,24 +24,11 @@ def cluster_runs(tiny_dir, tiny_policy, tiny_reward, tmp_path_factory):
     """Both runs on one simulated cluster (support/cluster_ppo.py): SPREAD on three nodes, then
     autoscale on the head alone."""
     out = tmp_path_factory.mktemp("cluster")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), env.get("PYTHONPATH")]))
     env[LOOPBACK] = "0"
-    proc = subprocess.Popen(
-        [sys.executable, str(SUPPORT / "cluster_ppo.py"), str(tiny_dir), str(out)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # on a timeout its whole cluster goes with it
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"cluster_ppo.py took over 900 s:\n{stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:]
+    argv = [str(SUPPORT / "cluster_ppo.py"), str(tiny_dir), str(out)]
+    stdout, stderr = run_child(argv, 900, "cluster_ppo.py", env)
     printed = {
         tag: json.loads(rest)
         for tag, _, rest in (x.partition(" ") for x in stdout.splitlines())

@@ -141,8 +141,10 @@ def test_zero3_two_engines_colocated_broadcast_sync_and_a_broken_sync_is_caught(
             trainer.weights.verify()
         # A sync mends both; log-probs beyond the limit (here set below fp32's ~1e-6) stop it.
         assert trainer.weights.sync() < 1e-4
-        cfg.rollout.sync_max_logprob_diff = 1e-12
-        with pytest.raises(RemoteError, match=r"differs from the learner by .* \(limit rollout"):
+        cfg.rollout.sync_mean_logprob_diff = 1e-12
+        with pytest.raises(
+            RemoteError, match=r"differs from the learner by .* in mean .*\(limit rollout"
+        ):
             trainer.weights.verify()
     finally:
         roles.shutdown()

@@ -13,7 +13,7 @@ from testdata import ppo_tiny_config
 
 from instructray.actors.faults import ENV
 from instructray.orchestrator.ppo.roles import Roles
-from instructray.orchestrator.ppo.sync_check import WeightSyncError, sync_logprob_limit
+from instructray.orchestrator.ppo.sync_check import WeightSyncError, sync_logprob_limits
 from instructray.orchestrator.ppo.trainer import PPOTrainer
 
 pytestmark = pytest.mark.e2e
@@ -38,15 +38,18 @@ def test_broken_syncs_are_caught_and_real_ones_pass(
         "--learner.zero_stage=0",
         "--ppo.minibatch_size=32",
         "--learner.lr=3e-4",
+        "--rollout.sync_bucket_mib=0.0625",  # 64 KiB: the object store carries many buckets
     )
-    limit = sync_logprob_limit(cfg)
+    mean_limit, limit = sync_logprob_limits(cfg)  # a tiny model's max stays within the p99's
     roles = Roles.start(cfg)
     try:
         trainer = PPOTrainer(cfg, roles)
         row = trainer.step(0)  # the initial check and the first sync: both verified
         assert row["weight_sync/version"] == 1
+        assert row["weight_sync/buckets"] >= 4
         assert row["weight_sync/initial_max_logprob_diff"] <= limit
         assert row["weight_sync/max_logprob_diff"] <= limit
+        assert row["weight_sync/mean_logprob_diff"] <= mean_limit
         # fp32: the engine's log-probs serve as old_logprobs; bf16: the learner's, with TIS.
         assert trainer.engine_logprobs is (dtype == "float32")
         assert ("rollout/tis/clipfrac" in row) is (dtype == "bfloat16")

@@ -74,3 +74,33 @@ def every_sync_close(folder: Path) -> bool:
     dtype = yaml.safe_load((Path(folder) / "config.yaml").read_text())["model"]["dtype"]
     rows = metrics_of(folder)
     return bool(rows) and all(r["weight_sync/max_logprob_diff"] < SYNCED[dtype] for r in rows)
+
+
+def run_child(argv: list[str], timeout_s: float, what: str, env: dict | None = None) -> tuple:
+    """Run a Python script that starts a Ray of its own in a child process (its own session, so
+    that on a timeout its whole Ray goes with it), without the caller's RAY_ADDRESS; fail the
+    test naming `what` on a timeout or a non-zero exit. -> (stdout, stderr)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pytest
+
+    env = {k: v for k, v in (env or os.environ).items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{what} took over {timeout_s:.0f} s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout, stderr
