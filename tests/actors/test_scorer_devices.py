@@ -1,5 +1,6 @@
 """The scorers compute on their device: the model lives there, every batch moves there, and
-results come back to the CPU as float32.
+results come back to the CPU as float32; the learner's log-prob and value modules keep every
+tensor on the device of their batch.
 
 Tested without a GPU on a second device type, `meta` (shapes without data): a forward there runs
 through every module, and each module sees the tensors it computes with. Attention is eager:
@@ -94,3 +95,26 @@ def test_flash_attention_without_a_gpu_or_flash_attn_is_one_clear_error(tiny_pol
     with pytest.raises(ValueError, match=r"needs the flash-attn package on every GPU node"):
         check_attention("flash_attention_2", torch.device("cuda", 0))
     check_attention("sdpa", torch.device("cpu"))  # anything else passes
+
+
+def test_the_learners_logprob_and_value_modules_compute_on_their_device(tiny_policy, tiny_reward):
+    # The modules the learner's DeepSpeed engines wrap (the policy's log-probs with entropy, the
+    # critic's token values), called as the engines call them: every tensor stays on the device
+    # the batch and the model were moved to (the learner moves its batches to its own device).
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from instructray.actors.learner.engine import PolicyLogprobs, TokenValues, engine_inputs
+
+    def on_meta(cls, path, **kwargs):
+        model = cls.from_pretrained(path, attn_implementation="eager", **kwargs)
+        return model.to("meta")
+
+    policy = PolicyLogprobs(on_meta(AutoModelForCausalLM, tiny_policy), chunk_size=2)
+    critic = TokenValues(on_meta(AutoModelForSequenceClassification, tiny_reward, num_labels=1))
+    inputs = engine_inputs(batch().to("meta"))
+    seen_policy, seen_critic = devices_seen(policy), devices_seen(critic)  # filled as they run
+    logprobs, entropy = policy(*inputs, with_entropy=True)
+    values = critic(*inputs)
+    assert seen_policy == seen_critic == {"meta"}
+    for out in (logprobs, entropy, values):
+        assert (out.device.type, out.shape) == ("meta", (2, 3))
