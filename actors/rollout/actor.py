@@ -117,15 +117,21 @@ class RolloutActor:
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.5,
         max_lora_rank: int = 0,
+        prefix_caching: bool | None = None,
+        block_size: int | None = None,
     ):
         """max_lora_rank > 0: the engine serves LoRA adapters of the policy (update_adapter)
         through vLLM's LoRA path, one at a time; 0: full weights only. enforce_eager: True,
-        False or auto (eager on CPU, CUDA graphs on GPU)."""
+        False or auto (eager on CPU, CUDA graphs on GPU). prefix_caching: the n samples of a
+        prompt share its prefill and KV, the cache reset at every weight update (None: on GPU
+        only). block_size: vLLM's KV block (None: its default, 128 on CPU)."""
         quiet_libraries()
         engine_args = _ray_workers()  # first: it may unhide the node's GPUs
         on_gpu = _on_gpu()
         if max_lora_rank:
             engine_args.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        if block_size:
+            engine_args["block_size"] = block_size
         if on_gpu:
             engine_args["gpu_memory_utilization"] = gpu_memory_utilization
         else:
@@ -150,9 +156,9 @@ class RolloutActor:
             worker_extension_cls=EXTENSION,
             load_format="safetensors",  # never unpickle a .bin checkpoint
             # On GPU the n samples of a prompt share its prefill and prompt KV (vLLM runs them
-            # as n requests); every weight update resets the cache, whose KV would be stale.
-            # Off on CPU, where resetting it is not verified.
-            enable_prefix_caching=on_gpu,
+            # as n requests); every weight update resets the cache, whose KV would be stale
+            # (tested on CPU, where the default leaves it off: prompts there are short).
+            enable_prefix_caching=on_gpu if prefix_caching is None else prefix_caching,
             # Log-probs of the raw model (log-softmax of logits, temperature 1, before top-k/p):
             # what the learner and the reference compute, so old_logprobs, the KL penalty and the
             # weight-sync check compare like with like. vLLM 0.32's default, pinned on purpose.

@@ -43,9 +43,11 @@ def sampling(**overrides) -> dict:
     return params | overrides
 
 
-def start_engine(ray, model_path: str):
+def start_engine(ray, model_path: str, **options):
     actor = ray.remote(RolloutActor).options(num_cpus=1)
-    engine = actor.remote(model_path, max_model_len=MAX_MODEL_LEN, seed=0, kv_cache_gib=0.25)
+    engine = actor.remote(
+        model_path, max_model_len=MAX_MODEL_LEN, seed=0, kv_cache_gib=0.25, **options
+    )
     assert ray.get(engine.ready.remote(), timeout=START_TIMEOUT)
     return engine
 
@@ -162,13 +164,18 @@ def perturbed_policy(model_path: str, seed: int = 0, std: float = 0.05):
 
 
 def test_update_weights_loads_the_new_policy(ray_local, tiny_policy):
-    engine = start_engine(ray_local, tiny_policy)
+    # Prefix caching on, in blocks of 32 tokens: a long prompt's first block is cached by the
+    # first generate call, and must not serve its stale KV after the update.
+    engine = start_engine(ray_local, tiny_policy, prefix_caching=True, block_size=32)
+    long_prompt = [[(7 * i) % 400 + 10 for i in range(40)]]
+    fixed = sampling(n=2, ignore_eos=True, max_tokens=6, seed=11)
     try:
         original = AutoModelForCausalLM.from_pretrained(tiny_policy, dtype=torch.float32).eval()
         perturbed, data = perturbed_policy(tiny_policy)
         sequences = [p + [50, 60, 70, 80] for p in PROMPTS]
         assert ray_local.get(engine.version.remote(), timeout=CALL_TIMEOUT) == 0
         before = ray_local.get(engine.weights_checksum.remote(), timeout=CALL_TIMEOUT)
+        ray_local.get(engine.generate.remote(long_prompt, fixed), timeout=CALL_TIMEOUT)  # cached
 
         # In buckets far smaller than the model (as the object-store sync sends it): several
         # cross, each its own object, and the engine loads them all as one update.
@@ -185,6 +192,12 @@ def test_update_weights_loads_the_new_policy(ray_local, tiny_policy):
         scored = ray_local.get(engine.prompt_logprobs.remote(sequences), timeout=CALL_TIMEOUT)
         assert max_diff(scored, hf_logprobs(perturbed, sequences)) < TOL
         assert max_diff(scored, hf_logprobs(original, sequences)) > 100 * TOL
+        # The sampled tokens' log-probs after the update are the new policy's: the cache of the
+        # long prompt's first block was reset with the update (prompt_logprobs bypass it).
+        out = ray_local.get(engine.generate.remote(long_prompt, fixed), timeout=CALL_TIMEOUT)
+        drawn = [long_prompt[0] + ids for ids in out["response_ids"]]
+        new = [lp[len(long_prompt[0]) - 1 :] for lp in hf_logprobs(perturbed, drawn)]
+        assert max_diff(out["logprobs"], new) < TOL
 
         for stale in (1, 0):
             with pytest.raises(ValueError, match=f"weight version {stale} is not newer than"):
