@@ -82,15 +82,20 @@ def role_devices(roles: Any) -> dict[str, list[str]]:
 
 
 def ppo_steps(cfg: Config, steps: int) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    """Start the run's roles, take `steps` PPO steps, stop them; -> (rows, role devices)."""
+    """Start the run's roles, take `steps` PPO steps (each row appended to metrics.jsonl in
+    run.output_dir: the phases' seconds among them), stop them; -> (rows, role devices)."""
+    from instructray.orchestrator.output.metrics import append_metrics
     from instructray.orchestrator.ppo.roles import Roles
     from instructray.orchestrator.ppo.trainer import PPOTrainer
 
     roles = Roles.start(cfg)
+    rows = []
     try:
         devices = role_devices(roles)
         trainer = PPOTrainer(cfg, roles)
-        rows = [trainer.step(step) for step in range(steps)]
+        for step in range(steps):
+            rows.append(trainer.step(step))
+            append_metrics(Path(cfg.run.output_dir) / "metrics.jsonl", rows[-1])
     finally:
         roles.shutdown()
     return rows, devices

@@ -40,6 +40,8 @@ def test_on_cpu_the_cpu_step_passes_and_each_gpu_check_says_what_it_needs(
         assert role in cpu["detail"]
     assert "1 step(s), weight version 1 verified" in cpu["detail"]
     assert (tmp_path / "cpu-step/doctor-base.yaml").is_file()  # each check in a folder of its own
+    [row] = [json.loads(x) for x in (tmp_path / "cpu-step/metrics.jsonl").read_text().splitlines()]
+    assert row["step"] == 0 and row["timing/generate"] > 0 and row["weight_sync/version"] == 1
     needs = {"gpu-step": 1, "nccl-sync": 4, "tp2": 5, "sync-4gib": 1}
     assert {r["name"]: r["status"] for r in gpu} == dict.fromkeys(needs, "skipped")
     for r in gpu:
