@@ -21,7 +21,6 @@ from instructray.orchestrator.config import (
 )
 from instructray.orchestrator.config.precision import resolve_precision
 from instructray.orchestrator.data import DataError
-from instructray.orchestrator.doctor import DoctorFailed
 from instructray.orchestrator.ppo.numerics import NonFiniteError
 from instructray.orchestrator.preflight import preflight
 
@@ -78,7 +77,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DataError,
     RemoteError,
     NonFiniteError,
-    DoctorFailed,
     FileNotFoundError,
     FileExistsError,
     PermissionError,

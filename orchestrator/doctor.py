@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from instructray.actors.remote import RemoteError
 from instructray.orchestrator.config import Config, load_config, validate_config
 from instructray.orchestrator.config.precision import resolve_precision
 
@@ -30,8 +31,8 @@ logger = logging.getLogger(__name__)
 ON_GPU = ["--learner.gpus_per_rank=1", "--model.dtype=auto", "--model.attn_implementation=auto"]
 
 
-class DoctorFailed(RuntimeError):
-    """A check failed (its line in the table says how)."""
+class DoctorFailed(RemoteError):
+    """A check failed (its line in the table says how); the CLI prints it in one line."""
 
 
 @dataclass

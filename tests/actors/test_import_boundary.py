@@ -1,7 +1,7 @@
 """The driver's layers import one way: config/ -> data/, output/ -> actors/ -> cluster,
-model_specs, model_check -> sampler, ppo/, supervised, preflight, jobs -> pipeline, cli ->
-demo/. Inside actors/, a role's folder (learner/, rollout/, scoring/) imports no other role's:
-what two roles share lies in actors/ itself. Every import counts, also one inside a function
+model_specs, model_check -> sampler, ppo/, supervised, preflight, jobs -> pipeline, cli,
+doctor -> demo/. Inside actors/, a role's folder (learner/, rollout/, scoring/) imports no other
+role's: what two roles share lies in actors/ itself. Every import counts, also one inside a function
 (a lazy import is still an edge a reader must follow)."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ LAYERS = {
     f"{ORCH}.pipeline": 5,
     f"{ORCH}.jobs": 4,
     f"{ORCH}.cli": 5,
+    f"{ORCH}.doctor": 5,
     f"{ORCH}.demo": 6,
 }
 ROLES = ("learner", "rollout", "scoring")
