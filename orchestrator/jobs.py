@@ -1,7 +1,9 @@
 """`instructray submit / status / logs / stop`: Ray job submission for InstructRay stages.
 
-`instructray submit STAGE --config FILE [--section.key=value ...]` checks the config here first
-(a typo fails in a second, not after the cluster started the job), then submits
+`instructray submit STAGE --config FILE [--section.key=value ...]` checks the config and runs
+the stage's pre-flight (orchestrator/preflight.py) here first (a typo or a bad data row fails in
+seconds, before the cluster is contacted; `--no-preflight` skips the pre-flight, for inputs that
+exist only on the cluster), then submits
 `instructray STAGE --config FILE ...` as a Ray job with the runtime_env of
 `deploy/runtime_env.yaml` (this folder uploaded as the job's working directory). The same can be
 done by hand with `ray job submit`; these commands only save typing and print where to look.
@@ -18,13 +20,16 @@ import asyncio
 import os
 import re
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from instructray.orchestrator.config.functions import SHIPPED_PACKAGE
 from instructray.orchestrator.output.scale_requests import (
     KV_NAMESPACE,
     kv_key,
@@ -103,6 +108,89 @@ def entrypoint(stage: str, config: str | None, overrides: list[str]) -> str:
     return shlex.join(parts + overrides)
 
 
+# The settings that name a file, folder or Hub name the stage reads (or, run.output_dir, writes).
+PATH_KEYS = (
+    "model.policy",
+    "model.reward",
+    "model.reference",
+    "model.tokenizer",
+    "data.demonstrations",
+    "data.rankings",
+    "data.prompts",
+    "data.pretrain",
+    "run.output_dir",
+)
+
+
+def run_preflight(cfg: Any, stage: str) -> None:
+    """The pre-flight `instructray STAGE` runs before it starts, here before submitting. When
+    what it refuses is a path that does not exist on this machine (it may on the cluster), the
+    one-line refusal says how to skip it: a JobError ending in `--no-preflight`."""
+    from instructray.orchestrator.preflight import preflight
+
+    try:
+        preflight(cfg, stage)
+    except Exception as e:
+        text = " ".join(str(e).split()) or type(e).__name__
+        missing = _missing_here(cfg, text)
+        if missing is None:
+            raise
+        raise JobError(
+            f"{text} ({missing} is not on this machine: if it is on the cluster, submit with "
+            "--no-preflight)"
+        ) from None
+
+
+def _missing_here(cfg: Any, text: str) -> str | None:
+    """The first input of cfg that the error `text` names (by key or value) and that does not
+    exist on this machine; None if there is none."""
+    named = []
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        named.append((key, getattr(getattr(cfg, section), name)))
+    named += [("pipeline.ranking_models", spec) for spec in cfg.pipeline.ranking_models]
+    for key, spec in named:
+        if not spec or spec.startswith("tiny://") or Path(spec).exists():
+            continue
+        if spec in text or f"{key}:" in text:
+            return spec
+    return None
+
+
+def function_files(cfg: Any) -> list[str]:
+    """The files of the functions a config names as `path/to/file.py:function`."""
+    from instructray.orchestrator.config import reward_sources
+    from instructray.orchestrator.config.functions import is_file_spec
+
+    specs = [*reward_sources(cfg), cfg.pipeline.labeler, cfg.data.prompt_map]
+    return list(dict.fromkeys(s.rpartition(":")[0] for s in specs if s and is_file_spec(s)))
+
+
+def ship_function_files(cfg: Any, runtime_env: dict[str, Any], folder: Path) -> None:
+    """Copy each function file the config names into `folder`/SHIPPED_PACKAGE and add that to
+    the job's runtime_env `py_modules`, unless the file lies inside the uploaded working
+    directory: on the cluster the job finds it there by its file name
+    (orchestrator/config/functions.py). Two files of one name are refused."""
+    working_dir = Path(runtime_env.get("working_dir", ".")).resolve()
+    package = folder / SHIPPED_PACKAGE
+    shipped: dict[str, Path] = {}
+    for path in map(Path, function_files(cfg)):
+        if not path.is_file():
+            continue  # on the cluster only (submitted with --no-preflight): found there
+        if not path.is_absolute() and working_dir in path.resolve().parents:
+            continue  # uploaded with the working directory, at the same relative path
+        if path.name in shipped and shipped[path.name] != path.resolve():
+            raise JobError(
+                f"{path} and {shipped[path.name]}: two function files named {path.name}; rename "
+                f"one to ship both with the job"
+            )
+        shipped[path.name] = path.resolve()
+        package.mkdir(exist_ok=True)
+        shutil.copyfile(path, package / path.name)
+    if shipped:
+        runtime_env["py_modules"] = [*runtime_env.get("py_modules", []), str(package)]
+
+
 def submit(
     stage: str,
     config: str | None,
@@ -110,8 +198,11 @@ def submit(
     address: str,
     runtime_env_path: Path = RUNTIME_ENV,
     submission_id: str | None = None,
+    preflight: bool = True,
 ) -> str:
-    """Check the config locally, submit the stage as a Ray job; returns the job id."""
+    """Check the config locally (and, with preflight, every input the stage reads, as
+    `instructray STAGE` does before it starts), submit the stage as a Ray job; returns the job
+    id. Nothing reaches the cluster before these checks pass."""
     from instructray.orchestrator.config import load_config, validate_config
 
     check_no_secrets(overrides)
@@ -126,12 +217,16 @@ def submit(
                 f"config {config} is not inside the job's working directory {working_dir}; "
                 f"give a path under it"
             )
-    return client(address).submit_job(
-        entrypoint=entrypoint(stage, config, overrides),
-        runtime_env=runtime_env,
-        submission_id=submission_id,
-        metadata={"instructray_stage": stage},
-    )
+    if preflight:
+        run_preflight(cfg, stage)
+    with tempfile.TemporaryDirectory(prefix="instructray-submit-") as folder:
+        ship_function_files(cfg, runtime_env, Path(folder))  # uploaded by submit_job
+        return client(address).submit_job(
+            entrypoint=entrypoint(stage, config, overrides),
+            runtime_env=runtime_env,
+            submission_id=submission_id,
+            metadata={"instructray_stage": stage},
+        )
 
 
 # The scale request's writer: a job of one line on the cluster (the job API is all --address
@@ -233,7 +328,8 @@ def _parser(stages: list[str]) -> argparse.ArgumentParser:
         "submit",
         help="submit a stage as a Ray job",
         description="instructray submit STAGE --config FILE [--section.key=value ...]: check the "
-        "config here, then run `instructray STAGE ...` as a Ray job on the cluster.",
+        "config and the stage's inputs here, then run `instructray STAGE ...` as a Ray job on "
+        "the cluster.",
     )
     s.add_argument("stage", choices=stages)
     s.add_argument("--config", metavar="FILE", help="YAML config, relative to this folder")
@@ -241,6 +337,13 @@ def _parser(stages: list[str]) -> argparse.ArgumentParser:
     s.add_argument("--runtime-env", default=str(RUNTIME_ENV), help="runtime_env YAML")
     s.add_argument("--submission-id", help="job id to use (default: Ray picks one)")
     s.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    s.add_argument(
+        "--no-preflight",
+        dest="preflight",
+        action="store_false",
+        help="skip the pre-flight of the stage's inputs here (models, data, reward functions), "
+        "for inputs that exist only on the cluster",
+    )
     for name, doc in (
         ("status", "print a job's state"),
         ("logs", "print a job's logs"),
@@ -278,6 +381,7 @@ def main(argv: list[str], stages: list[str], normalize: Any) -> int:
             address,
             Path(args.runtime_env),
             args.submission_id,
+            args.preflight,
         )
         print(f"submitted job {job_id} to {address}")
         print(f"  dashboard: {address}/#/jobs/{job_id}")

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from instructray.actors.lora import model_folder
-from instructray.actors.scoring.rule_rewards import check_ranking, load_function
+from instructray.actors.scoring.rule_rewards import check_ranking
 from instructray.actors.sequences import load_tokenizer
 from instructray.orchestrator.config import Config
+from instructray.orchestrator.config.functions import load_function
 from instructray.orchestrator.data import (
     DataError,
     convert_rankings,

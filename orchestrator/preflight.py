@@ -15,13 +15,27 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from instructray.actors.scoring.rule_rewards import check_ranking, check_scores, load_function
-from instructray.orchestrator.config import REWARD_MODEL, Config, reward_sources, uses_reward_model
+from instructray.actors.scoring.reward_functions import (
+    RewardFunction,
+    columns_as_lists,
+    remote_reward,
+)
+from instructray.actors.scoring.rule_rewards import check_ranking
+from instructray.orchestrator.config import (
+    REWARD_MODEL,
+    URL_SOURCE,
+    Config,
+    reward_call_policy,
+    reward_sources,
+    uses_reward_model,
+)
+from instructray.orchestrator.config.functions import load_function
 from instructray.orchestrator.data import (
     load_demonstrations,
     load_pretrain,
@@ -39,7 +53,8 @@ from instructray.orchestrator.output import check_run_folder
 logger = logging.getLogger(__name__)
 
 SIGNATURES = {
-    "reward.function": "fn(prompts: list[str], responses: list[str]) -> list[float]",
+    "reward.function": "fn(prompts: list[str], responses: list[str], **columns) -> list[float]",
+    "reward.url": "a JSON list of one score per response, or {'scores': [...]}",
     "pipeline.labeler": "fn(prompt: str, responses: list[str]) -> list[int], best first",
 }
 
@@ -83,17 +98,17 @@ def preflight(cfg: Config, stage: str) -> None:
             logger.warning(line)
     for spec in cfg.pipeline.ranking_models if stage == "pipeline" else []:
         _check_model(cfg, spec, "pipeline.ranking_models", "ranking")
-    tokenizer = _tokenizer(cfg)
+    tokenizer = _tokenizer(cfg, stage)
     rows = {what: _check_data(cfg, stage, what, tokenizer) for what in DATA_STAGES[stage]}
     if stage in ("ppo", "pipeline") and cfg.ppo.ptx_coef > 0:  # PPO-ptx's texts
         d = cfg.data
         load_pretrain(d.pretrain, tokenizer, cfg.model.max_seq_len, d.split, d.on_bad_row)
-    prompt = _one_prompt(rows)
+    samples = _two_samples(rows)
     for spec in reward_sources(cfg) if scores else []:  # each function entry, called once
         if spec != REWARD_MODEL:
-            check_reward_function(spec, prompt, cfg.run.timeout_s)
+            check_reward_function(spec, samples, cfg)
     if stage == "pipeline" and (cfg.pipeline.iterations > 1 or not cfg.data.rankings):
-        check_labeler(cfg.pipeline.labeler, prompt, cfg.run.timeout_s)
+        check_labeler(cfg.pipeline.labeler, samples[0][0], cfg.run.timeout_s)
 
 
 def _check_model(cfg: Config, path: str, key: str, role: str) -> None:
@@ -103,7 +118,7 @@ def _check_model(cfg: Config, path: str, key: str, role: str) -> None:
         logger.warning(line)
 
 
-def _tokenizer(cfg: Config) -> Any:
+def _tokenizer(cfg: Config, stage: str) -> Any:
     from instructray.actors.sequences import load_tokenizer
 
     path = cfg.model.tokenizer
@@ -111,44 +126,76 @@ def _tokenizer(cfg: Config) -> Any:
     if Path(path).is_dir():
         for line in check_tokenizer(path, key, trust_remote_code=cfg.model.trust_remote_code):
             logger.warning(line)
-    return load_tokenizer(path, cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
+    # Demonstrations and rankings end each response with EOS (orchestrator/data/examples.py):
+    # where the model learns an answer stops. Without one the ids hold None, which the
+    # learners fail on inside Ray Train.
+    if {"demonstrations", "rankings"} & set(DATA_STAGES[stage]) and tokenizer.eos_token_id is None:
+        raise PreflightError(
+            f"{key}: {path}'s tokenizer has no EOS token, which {stage} appends to every "
+            "response it trains on to end the answer: set eos_token in its tokenizer_config.json "
+            "(or special_tokens_map.json)"
+        )
+    return tokenizer
 
 
-def _check_data(cfg: Config, stage: str, what: str, tokenizer: Any) -> list[str]:
-    """Load data.<what> as the stage will (every row checked); -> a few prompt texts."""
+Sample = tuple[str, dict[str, Any]]  # a prompt's text and the columns its row gives rewards
+
+
+def _check_data(cfg: Config, stage: str, what: str, tokenizer: Any) -> list[Sample]:
+    """Load data.<what> as the stage will (every row checked); -> two prompts, with columns."""
     if what == "rankings" and stage == "pipeline" and not cfg.data.rankings:
         return []  # the pipeline ranks the SFT model's samples instead (its labeler is checked)
     if what == "prompts":
         prompts = load_prompt_set(cfg, tokenizer)
-        return prompts.texts[:1]
+        return list(zip(prompts.texts[:2], prompts.columns[:2], strict=True))
     loader = load_demonstrations if what == "demonstrations" else load_rankings
     examples = loader(cfg, tokenizer)
-    first = (examples.train or examples.eval)[:1]
-    return [tokenizer.decode(example.prompt_ids, skip_special_tokens=True) for example in first]
+    first = (examples.train or examples.eval)[:2]
+    return [(tokenizer.decode(e.prompt_ids, skip_special_tokens=True), {}) for e in first]
 
 
-def _one_prompt(rows: dict[str, list[str]]) -> str:
-    for texts in rows.values():
-        if texts:
-            return texts[0]
-    return "Tell me about the cat."
+def _two_samples(rows: dict[str, list[Sample]]) -> list[Sample]:
+    """Two prompts (of two rows where the data has two) for the one call of each reward."""
+    for samples in rows.values():
+        if samples:
+            return (samples * 2)[:2]
+    return [("Tell me about the cat.", {}), ("Name a dog.", {})]
 
 
-def check_reward_function(spec: str, prompt: str, timeout_s: float) -> None:
-    """reward.function imported and called once as fn([prompt], [response]), its return
-    checked as the reward actor checks it."""
-    fn = load_function(spec, "reward.function")
-    scores = _call_once(fn, spec, "reward.function", timeout_s, [prompt], ["The cat sat."])
-    check_scores(scores, 1, [prompt], f"reward.function = {spec!r}")
+RESPONSES = ["The cat sat.", "A dog ran."]  # what the pre-flight asks rewards and labelers about
+
+
+def check_reward_function(spec: str, samples: list[Sample], cfg: Config) -> None:
+    """A reward (a reward.function entry, or `url` for reward.url) loaded as the reward actor
+    loads it and called once on two samples of two rows, with their columns; a column it needs
+    that the rows lack, a failure or a wrong return is one line."""
+    key = "reward.url" if spec == URL_SOURCE else "reward.function"
+    if spec == URL_SOURCE:
+        token = os.environ.get(cfg.reward.url_token_env, "")
+        fn, spec = remote_reward(cfg.reward.url, token), cfg.reward.url
+    else:
+        fn = load_function(spec, key)
+    try:
+        reward = RewardFunction(spec, fn, key=key, **reward_call_policy(cfg))
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
+    prompts = [text for text, _ in samples]
+    columns = columns_as_lists([c for _, c in samples], len(samples))
+    try:
+        reward.check_columns(columns)
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
+    timeout_s = cfg.run.timeout_s
+    _call_once(reward, spec, key, timeout_s, prompts, RESPONSES, columns)
 
 
 def check_labeler(spec: str, prompt: str, timeout_s: float) -> None:
     """pipeline.labeler imported and called once as fn(prompt, [two responses]), its return
     checked as the pipeline checks it."""
     fn = load_function(spec, "pipeline.labeler")
-    responses = ["The cat sat.", "A dog ran."]
-    ranking = _call_once(fn, spec, "pipeline.labeler", timeout_s, prompt, responses)
-    check_ranking(ranking, len(responses), f"pipeline.labeler = {spec!r}")
+    ranking = _call_once(fn, spec, "pipeline.labeler", timeout_s, prompt, RESPONSES)
+    check_ranking(ranking, len(RESPONSES), f"pipeline.labeler = {spec!r}")
 
 
 def _call_once(fn: Callable[..., Any], spec: str, key: str, timeout_s: float, *args: Any) -> Any:
@@ -168,13 +215,14 @@ def _call_once(fn: Callable[..., Any], spec: str, key: str, timeout_s: float, *a
     if thread.is_alive():
         raise PreflightError(
             f"{key} = {spec!r} did not return within {timeout_s:g} s (run.timeout_s) when "
-            f"called once on one sample before the run"
+            f"called once on two samples before the run"
         )
     if "error" in out:
         e = out["error"]
+        e = e.__cause__ if isinstance(e.__cause__, Exception) else e  # the function's own error
         first = str(e).splitlines()[0] if str(e) else ""
         raise PreflightError(
-            f"{key} = {spec!r} failed when called once on one sample: {type(e).__name__}: "
+            f"{key} = {spec!r} failed when called once on two samples: {type(e).__name__}: "
             f"{first[:200]} (expected {SIGNATURES[key]})"
         )
     return out["value"]

@@ -37,7 +37,7 @@ def test_every_shipped_config_loads_and_validates_for_its_stage(path):
     from instructray.orchestrator.config import load_config, validate_config
 
     stage = path.name.split("-")[0]  # ppo-..., pipeline-..., demo-..., bench-...
-    stage = {"grpo": "demo"}.get(stage, stage)  # grpo-tiny-cpu.yaml: the demo's verifiable task
+    stage = {"grpo-tiny-cpu.yaml": "demo"}.get(path.name, "ppo" if stage == "grpo" else stage)
     validate_config(load_config(path), stage)
 
 
@@ -46,6 +46,8 @@ def test_gpu_configs_reserve_the_gpus_they_promise():
 
     one = load_config(ROOT / "deploy/configs/ppo-0.5b-1gpu.yaml")
     assert one.run.colocate and _gpus(one) == pytest.approx(1.0)  # 4 roles x a quarter
+    grpo = load_config(ROOT / "deploy/configs/grpo-gsm8k-1gpu.yaml")
+    assert grpo.run.colocate and _gpus(grpo) == pytest.approx(1.0)
     eight = load_config(ROOT / "deploy/configs/pipeline-7b-8gpu.yaml")
     assert _gpus(eight) == pytest.approx(8.0)
     assert eight.learner.backend == "nccl" and eight.learner.zero_stage == 3

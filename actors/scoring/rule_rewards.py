@@ -1,39 +1,18 @@
-"""Rule-based rewards for `reward.function: instructray.actors.scoring.rule_rewards:NAME`.
+"""Rule-based rewards for `reward.function: instructray.actors.scoring.rule_rewards:NAME`, and
+the checks of what a reward function and a labeler return.
 
-Signature: fn(prompts: list[str], responses: list[str]) -> list[float], one finite score per
-response. Write your own in any importable module.
+Signature: fn(prompts: list[str], responses: list[str], **columns) -> list[float], one finite
+score per response (reward_functions.py says what arrives). Write your own in a file
+(`path/to/file.py:function`) or any importable module.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
-from collections.abc import Callable
 from typing import Any
 
 TARGET_WORD = "cat"
-
-
-def load_function(spec: str, key: str) -> Callable[..., Any]:
-    """Import `module:function` (the reward function, the pipeline's labeler); raise ValueError
-    naming the config key and what is missing."""
-    module_name, _, fn_name = spec.partition(":")
-    if not module_name or not fn_name:
-        raise ValueError(f"{key} must look like module:function, got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"{key} = {spec!r}: cannot import module '{module_name}': {e}") from None
-    fn = getattr(module, fn_name, None)
-    if fn is None:
-        raise ValueError(f"{key} = {spec!r}: module '{module_name}' has no function '{fn_name}'")
-    if not callable(fn):
-        raise ValueError(
-            f"{key} = {spec!r}: '{fn_name}' in module '{module_name}' is not a function but "
-            f"{type(fn).__name__} {fn!r:.40}"
-        )
-    return fn
 
 
 def check_scores(scores: Any, n: int, prompts: list[str], key: str = "reward") -> list[float]:

@@ -16,7 +16,12 @@ import torch
 
 from instructray.actors.faults import inject
 from instructray.actors.logs import quiet_libraries
-from instructray.actors.scoring.rule_rewards import check_scores, load_function
+from instructray.actors.scoring.reward_functions import (
+    RewardFunction,
+    columns_as_lists,
+    remote_reward,
+)
+from instructray.actors.scoring.rule_rewards import check_scores
 from instructray.actors.sequences import (
     SequenceBatch,
     load_tokenizer,
@@ -25,7 +30,8 @@ from instructray.actors.sequences import (
     sequence_scores,
 )
 from instructray.kernels import combine_rewards
-from instructray.orchestrator.config import REWARD_MODEL, parse_reward_sources
+from instructray.orchestrator.config import REWARD_MODEL, URL_SOURCE, parse_reward_sources
+from instructray.orchestrator.config.functions import load_function
 from instructray.orchestrator.output import report_throughput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,11 +80,14 @@ def load_frozen(
 
 
 class RewardActor:
-    """Scores (prompt, response) pairs with a reward model, a Python reward function, or the
-    weighted sum of several: `function` is reward.function as configured (empty: the reward
-    model alone; else comma-separated entries, `model` naming the reward model at model_path),
-    `weights` reward.weights (empty: 1 each). The reward model loads only when it is named,
-    onto `device` (default: scorer_device's choice)."""
+    """Scores (prompt, response) pairs with a reward model, a Python reward function, a remote
+    endpoint, or the weighted sum of several: `function` is reward.function as configured
+    (empty: the reward model alone; else comma-separated entries, `model` naming the reward
+    model at model_path), `url` reward.url (its bearer token `url_token`), `weights`
+    reward.weights (empty: 1 each). `files` holds the text of reward files (path -> text, read
+    where the run started); `calls` the async call policy (RewardFunction's max_concurrency,
+    timeout_s, retries, call_batch_size). The reward model loads only when it is named, onto
+    `device` (default: scorer_device's choice)."""
 
     def __init__(
         self,
@@ -91,10 +100,14 @@ class RewardActor:
         attn_implementation: str = "sdpa",
         weights: list[float] | None = None,
         device: str | None = None,
+        url: str = "",
+        url_token: str = "",
+        files: dict[str, str] | None = None,
+        calls: dict[str, Any] | None = None,
     ):
         quiet_libraries()
         self.batch_size = batch_size
-        self.sources = parse_reward_sources(function)  # `model` or module:function, in order
+        self.sources = parse_reward_sources(function, url)  # `model`, a function, `url`
         weights = list(weights or [1.0] * len(self.sources))
         if len(weights) != len(self.sources):
             raise ValueError(
@@ -103,8 +116,13 @@ class RewardActor:
             )
         self.weights = torch.tensor(weights, dtype=torch.float32)  # (C,)
         self.fns = {
-            s: load_function(s, "reward.function") for s in self.sources if s != REWARD_MODEL
+            s: RewardFunction(s, load_function(s, "reward.function", files), **(calls or {}))
+            for s in self.sources
+            if s not in (REWARD_MODEL, URL_SOURCE)
         }
+        if url:
+            fn = remote_reward(url, url_token)
+            self.fns[URL_SOURCE] = RewardFunction(url, fn, key="reward.url", **(calls or {}))
         self.model = self.tokenizer = None
         self.mean, self.std = 0.0, 1.0
         self.device = torch.device("cpu")  # reward functions run in Python
@@ -157,17 +175,17 @@ class RewardActor:
         return torch.cat(chunks).float()
 
     def _source_scores(
-        self, source: str, batch: SequenceBatch, prompts: list[str], responses: list[str]
+        self,
+        source: str,
+        batch: SequenceBatch,
+        prompts: list[str],
+        responses: list[str],
+        columns: dict[str, list[Any]],
     ) -> torch.Tensor:
         """One source's scores, the reward model's normalized with its saved stats. -> (B,)."""
         n = batch.input_ids.shape[0]
         if source != REWARD_MODEL:
-            which = "" if len(self.sources) == 1 else f" {source!r}"
-            try:
-                raw = self.fns[source](prompts, responses)
-            except Exception as e:
-                raise ValueError(f"reward function{which} raised {type(e).__name__}: {e}") from e
-            return torch.tensor(check_scores(raw, n, prompts, f"reward.function{which}"))
+            return torch.tensor(self.fns[source](prompts, responses, columns))
         start = time.perf_counter()
         raw = self.model_scores(batch, prompts, responses).cpu()
         scores = torch.tensor(check_scores(raw, n, prompts, "reward model"))
@@ -175,13 +193,20 @@ class RewardActor:
         return (scores - self.mean) / self.std
 
     def score_sources(
-        self, batch: SequenceBatch, prompts: list[str], responses: list[str]
+        self,
+        batch: SequenceBatch,
+        prompts: list[str],
+        responses: list[str],
+        columns: list[dict[str, Any]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The score, sum_c weights[c] x source c's score, and each source's own score (the
-        reward model's normalized), columns in reward.function's order. -> (B,), (B, C)."""
+        reward model's normalized), columns in reward.function's order. `columns`: each
+        sample's prompt columns (name -> value), which reward functions get. -> (B,), (B, C)."""
         inject("reward", "score")
+        by_name = columns_as_lists(columns, len(responses))
         parts = torch.stack(
-            [self._source_scores(s, batch, prompts, responses) for s in self.sources], dim=1
+            [self._source_scores(s, batch, prompts, responses, by_name) for s in self.sources],
+            dim=1,
         )
         return combine_rewards(parts, self.weights), parts
 
@@ -189,9 +214,15 @@ class RewardActor:
         """Where the reward model computes (the CPU for reward functions alone)."""
         return str(self.device)
 
-    def score(self, batch: SequenceBatch, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    def score(
+        self,
+        batch: SequenceBatch,
+        prompts: list[str],
+        responses: list[str],
+        columns: list[dict[str, Any]] | None = None,
+    ) -> torch.Tensor:
         """One score per sequence: the weighted sum of score_sources. -> (B,)."""
-        return self.score_sources(batch, prompts, responses)[0]
+        return self.score_sources(batch, prompts, responses, columns)[0]
 
 
 class ReferenceActor:

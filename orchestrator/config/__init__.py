@@ -7,8 +7,10 @@
 from instructray.orchestrator.config.checks import (
     REWARD_MODEL,
     STAGES,
+    URL_SOURCE,
     needs_critic,
     parse_reward_sources,
+    reward_call_policy,
     reward_sources,
     uses_reward_model,
     validate_config,
@@ -24,6 +26,7 @@ from instructray.orchestrator.config.schema import Config, ConfigError
 
 __all__ = [
     "REWARD_MODEL",
+    "URL_SOURCE",
     "STAGES",
     "Config",
     "ConfigError",
@@ -32,6 +35,7 @@ __all__ = [
     "load_config",
     "needs_critic",
     "parse_reward_sources",
+    "reward_call_policy",
     "reward_sources",
     "sections",
     "set_key",

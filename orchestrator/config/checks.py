@@ -14,7 +14,8 @@ from instructray.orchestrator.config.schema import Config, ConfigError
 
 STAGES = ("sft", "rm", "ppo", "pipeline", "eval", "demo", "bench", "doctor")
 REWARD_MODEL = "model"  # the entry of reward.function that names the reward model
-_FUNCTION_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_FUNCTION_SPEC = re.compile(r"([A-Za-z_][\w.]*|[^,]+\.py):[A-Za-z_]\w*")
+URL_SOURCE = "url"  # reward.url among the rewards (reward/url/mean)
 
 
 def _check_ranges(cfg: Config, errors: list[str]) -> None:
@@ -51,17 +52,29 @@ def needs_critic(cfg: Config) -> bool:
     return cfg.ppo.estimator == "gae"
 
 
-def parse_reward_sources(function: str) -> list[str]:
-    """reward.function's entries in order: `model` (the reward model) or `module:function`;
-    empty means the reward model alone."""
-    if not function.strip():
-        return [REWARD_MODEL]
-    return [entry.strip() for entry in function.split(",")]
+def parse_reward_sources(function: str, url: str = "") -> list[str]:
+    """The rewards in order: reward.function's entries, `model` (the reward model) or a
+    function spec, then `url` when reward.url is set; both empty means the reward model alone."""
+    entries = [entry.strip() for entry in function.split(",")] if function.strip() else []
+    if url:
+        return entries + [URL_SOURCE]
+    return entries or [REWARD_MODEL]
 
 
 def reward_sources(cfg: Config) -> list[str]:
-    """The rewards a PPO run's score is the weighted sum of (reward.function, parsed)."""
-    return parse_reward_sources(cfg.reward.function)
+    """The rewards a PPO run's score is the weighted sum of (reward.function and reward.url)."""
+    return parse_reward_sources(cfg.reward.function, cfg.reward.url)
+
+
+def reward_call_policy(cfg: Config) -> dict[str, float]:
+    """How an async reward function (or reward.url) is called: RewardFunction's arguments."""
+    r = cfg.reward
+    return {
+        "max_concurrency": r.max_concurrency,
+        "timeout_s": r.timeout_s,
+        "retries": r.retries,
+        "call_batch_size": r.call_batch_size,
+    }
 
 
 def uses_reward_model(cfg: Config) -> bool:
@@ -72,19 +85,21 @@ def uses_reward_model(cfg: Config) -> bool:
 
 def _check_rewards(cfg: Config, errors: list[str]) -> None:
     """reward.function's entries and reward.weights, one weight per entry."""
-    sources, weights = reward_sources(cfg), cfg.reward.weights
-    for entry in sources:
+    sources, weights, url = reward_sources(cfg), cfg.reward.weights, cfg.reward.url
+    if url and not re.fullmatch(r"https?://\S+", url):
+        errors.append(f"reward.url must be an http:// or https:// address, got {url!r}")
+    for entry in sources[:-1] if url else sources:
         if entry != REWARD_MODEL and not _FUNCTION_SPEC.fullmatch(entry):
             errors.append(
                 f"reward.function entry '{entry}' must be {REWARD_MODEL} (the reward model) or "
-                f"look like module:function"
+                f"look like module:function or path/to/file.py:function"
             )
         elif entry != REWARD_MODEL and (moved := check_function_spec("reward.function", entry)):
             errors.append(moved)
     repeated = sorted({e for e in sources if sources.count(e) > 1})
     if repeated:
         errors.append(f"reward.function names {', '.join(map(repr, repeated))} more than once")
-    names = [e.partition(":")[2] or e for e in sources]
+    names = [e.rpartition(":")[2] or e for e in sources]
     clashes = sorted({n for n in names if names.count(n) > 1} - set(repeated))
     if clashes:
         errors.append(
@@ -94,11 +109,19 @@ def _check_rewards(cfg: Config, errors: list[str]) -> None:
     if weights and len(weights) != len(sources):
         errors.append(
             f"reward.weights has {len(weights)} weights for the {len(sources)} entries of "
-            f"reward.function ('{cfg.reward.function}'); give one per entry, or none (1 each)"
+            f"reward.function ('{cfg.reward.function}'){' and reward.url' if url else ''}; give "
+            f"one per entry, or none (1 each)"
         )
     for i, w in enumerate(weights):
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             errors.append(f"reward.weights[{i}] must be a finite number, got {w}")
+    if cfg.data.prompt_map and not _FUNCTION_SPEC.fullmatch(cfg.data.prompt_map):
+        errors.append(
+            f"data.prompt_map must look like module:function or path/to/file.py:function, got "
+            f"{cfg.data.prompt_map!r}"
+        )
+    if not cfg.data.prompt_field.strip():
+        errors.append("data.prompt_field must name a column (default: prompt)")
 
 
 def gae_in_learner(cfg: Config) -> bool:

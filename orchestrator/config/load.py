@@ -122,6 +122,8 @@ def _apply_mapping(cfg: Config, data: Any, origin: str) -> None:
 
 def parse_override(arg: str) -> tuple[str, Any]:
     """`--section.key=value` -> (key, value parsed as a YAML scalar or list)."""
+    if not arg.startswith("-") and (arg.endswith((".yaml", ".yml")) or Path(arg).is_file()):
+        raise ConfigError(f"unexpected argument '{arg}': did you mean --config {arg}?")
     if not arg.startswith("--") or "=" not in arg:
         raise ConfigError(f"override '{arg}' must look like --section.key=value")
     key, _, raw = arg[2:].partition("=")
@@ -132,13 +134,53 @@ def parse_override(arg: str) -> tuple[str, Any]:
     return key, value
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(problem=f"duplicate key {key!r}")
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping, at any depth (PyYAML
+    keeps the last silently: a second `run:` section would replace the first whole). Keys a
+    merge (`<<: *anchor`) brings in may be overridden, as YAML means them to be."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        # Where each mapping lies ('run.'), for the message: a parent is constructed first.
+        self._where: dict[yaml.Node, str] = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        where = self._where
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in lines:
+                    raise _DuplicateKey(f"{where.get(node, '')}{key}", lines[key], line)
+                lines[key] = line
+            except TypeError:  # an unhashable key: the SafeLoader's own error says so
+                break
+            if isinstance(value_node, yaml.MappingNode):
+                where[value_node] = f"{where.get(node, '')}{key}."
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise ConfigError(f"config file {path} {what}")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{path}: key '{e.key}' is given twice, on line {e.first} and line {e.second} "
+            "(YAML would keep only the second): keep one"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
 

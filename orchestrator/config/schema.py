@@ -109,6 +109,22 @@ class DataConfig:
         "Format of data.rankings: auto (the README's schemas), hh-rlhf (Anthropic HH-RLHF "
         "chosen/rejected dialogues) or oasst1 (OpenAssistant OASST1 message trees).",
     )
+    prompt_field: str = param(
+        "prompt",
+        "Column of data.prompts that holds the prompt: text, or a list of {role, content} "
+        "messages (e.g. question for GSM8K's {question, answer} rows).",
+    )
+    prompts_format: Literal["auto", "hh-rlhf", "oasst1"] = param(
+        "auto",
+        "Format of data.prompts: auto ({prompt} or {messages} rows, or data.prompt_field), "
+        "hh-rlhf (HH-RLHF chosen/rejected dialogues: the dialogue before the final reply, as "
+        "messages) or oasst1 (OASST1 message trees: each ranked prompter message's thread).",
+    )
+    prompt_map: str = param(
+        "",
+        "A function `module:fn` or `path/to/file.py:fn` that maps each data.prompts row to a "
+        "row of the prompt schema (fn(row) -> row), applied first; empty = none.",
+    )
     user_field: str = param("user_id", "Row field naming the user who wrote the prompt.")
     max_prompts_per_user: int = param(
         200,
@@ -138,10 +154,43 @@ class RewardConfig:
 
     function: str = param(
         "",
-        "Rule-based reward `module:function`, called as fn(prompts, responses) -> list of floats; "
-        "when set, no reward model is loaded. Several rewards: a comma-separated list, where "
-        "`model` names the reward model (model.reward), e.g. "
+        "Python reward `module:function` or `path/to/file.py:function` (the file travels with "
+        "the run to every node), called as fn(prompts, responses, **columns) -> list of floats: "
+        "prompts are the formatted prompts (after the chat template), each other column of the "
+        "prompt's row arrives as a list with one value per response, raw_prompts the rows' own "
+        "prompts; an `async def` is called concurrently (reward.max_concurrency). When set, no "
+        "reward model is loaded. Several rewards: a comma-separated list, where `model` names "
+        "the reward model (model.reward), e.g. "
         "`model, instructray.actors.scoring.rule_rewards:brevity`.",
+    )
+    url: str = param(
+        "",
+        "A remote reward endpoint (http or https): POSTed JSON {prompts, responses, <columns>}, "
+        "it answers a JSON list of scores (or {scores: [...]}); one more reward beside "
+        "reward.function (logged as reward/url/mean), called like an async function.",
+    )
+    url_token_env: str = param(
+        "INSTRUCTRAY_REWARD_TOKEN",
+        "Environment variable (read where the run starts) holding a bearer token for reward.url; "
+        "unset = no Authorization header.",
+    )
+    max_concurrency: int = param(
+        8, "Calls of an async reward function (or reward.url) in flight at once, per actor.", gt=0
+    )
+    timeout_s: float = param(
+        60.0, "Seconds one call of an async reward function (or reward.url) may take.", gt=0
+    )
+    retries: int = param(
+        2,
+        "Tries after the first of a failed or timed-out async reward call; then the run stops "
+        "with one line naming the reward and its last error.",
+        ge=0,
+    )
+    call_batch_size: int = param(
+        1,
+        "Responses per call of an async reward function or reward.url; 0 = all of an actor's "
+        "share in one call.",
+        ge=0,
     )
     weights: list[float] = param(
         [],

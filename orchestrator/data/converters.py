@@ -8,7 +8,8 @@ A normalized ranking row is
      "user_id": str | None}                                              # who wrote the prompt
 
 Supported formats: Anthropic HH-RLHF (`{"chosen", "rejected"}` dialogues) and the OpenAssistant
-OASST1 flat message table. A malformed row raises `DataError` with a one-line message naming the
+OASST1 flat message table. Both serve as PPO prompts too (`convert_prompts`): the dialogue up to
+the reply, as messages. A malformed row raises `DataError` with a one-line message naming the
 source, the row (its line in a JSONL file) and the field. The converted rows keep the places of
 the rows they came from, so later errors point into the source file too.
 """
@@ -243,10 +244,48 @@ def convert_rankings(
     rows: Iterable[Mapping[str, Any]], fmt: str, source: str
 ) -> list[dict[str, Any]]:
     """Normalized ranking rows of `rows` in the public format `fmt` (a key of RANKING_FORMATS)."""
-    convert = RANKING_FORMATS.get(fmt)
+    return _convert(rows, fmt, source, RANKING_FORMATS, "ranking")
+
+
+def _convert(
+    rows: Iterable[Mapping[str, Any]], fmt: str, source: str, formats: dict, what: str
+) -> list[dict[str, Any]]:
+    convert = formats.get(fmt)
     if convert is None:
         raise DataError(
-            f"{source}: unknown ranking format '{fmt}', expected one of "
-            f"{', '.join(sorted(RANKING_FORMATS))}"
+            f"{source}: unknown {what} format '{fmt}', expected one of {', '.join(sorted(formats))}"
         )
     return convert(rows, source)
+
+
+# ------------------------------------------------------------------------------- as PPO prompts
+
+
+def hh_rlhf_prompts(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str, Any]]:
+    """Prompt rows of HH-RLHF rows: the dialogue before the final reply as `messages`; the two
+    replies stay as the columns `chosen` and `rejected` (a reward function may read them)."""
+    ranked = hh_rlhf_rows(rows, source)
+    out = [
+        {"messages": r["messages"], "chosen": r["responses"][0], "rejected": r["responses"][1]}
+        for r in ranked
+    ]
+    return Rows(out, ranked.places)
+
+
+def oasst1_prompts(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str, Any]]:
+    """Prompt rows of the OASST1 table: each prompter message with ranked replies, its thread
+    from the root as `messages`, with its `user_id`."""
+    ranked = oasst1_rows(rows, source)
+    return Rows(
+        [{"messages": r["messages"], "user_id": r["user_id"]} for r in ranked], ranked.places
+    )
+
+
+PROMPT_FORMATS = {"hh-rlhf": hh_rlhf_prompts, "oasst1": oasst1_prompts}
+
+
+def convert_prompts(
+    rows: Iterable[Mapping[str, Any]], fmt: str, source: str
+) -> list[dict[str, Any]]:
+    """Prompt rows of `rows` in the public format `fmt` (a key of PROMPT_FORMATS)."""
+    return _convert(rows, fmt, source, PROMPT_FORMATS, "prompt")

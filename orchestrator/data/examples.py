@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instructray.orchestrator.config import Config
+from instructray.orchestrator.config.functions import load_function
 from instructray.orchestrator.data.converters import convert_rankings
 from instructray.orchestrator.data.curation import split_by_user
 from instructray.orchestrator.data.prompts import PromptSet, checked_prompt, load_prompts
@@ -169,4 +170,7 @@ def load_prompt_set(cfg: Config, tokenizer: Any) -> PromptSet:
         split=d.split,
         on_bad_row=d.on_bad_row,
         curation=curation_settings(cfg),
+        prompt_field=d.prompt_field,
+        fmt=d.prompts_format,
+        mapper=load_function(d.prompt_map, "data.prompt_map") if d.prompt_map else None,
     )

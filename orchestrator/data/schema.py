@@ -193,28 +193,43 @@ def check_rows(
     what: str,
     on_bad_row: str = "error",
     curation: dict[str, Any] | None = None,
+    prepare: Callable[[Any], dict[str, Any]] | None = None,
 ) -> tuple[list[tuple[dict[str, Any], Any]], dict[str, int], dict[str, int]]:
-    """Curate `rows` (`curation`: keyword arguments of `curate`; None = not curated), then
-    `parse` each kept row. -> ([(row, parsed)], bad rows skipped by field, rows curated away by
-    filter). A bad row (parse raised BadRow) is a DataError naming where it is in the source
-    (before curation dropped any), unless on_bad_row is 'skip'; no usable row is one too."""
+    """`prepare` each row (a schema mapping; None = as it is), curate them (`curation`: keyword
+    arguments of `curate`; None = not curated), then `parse` each kept row. -> ([(row,
+    parsed)], bad rows skipped by field, rows curated away by filter). A bad row (prepare or
+    parse raised BadRow) is a DataError naming where it is in the source (before curation
+    dropped any), unless on_bad_row is 'skip'; no usable row is one too."""
     at = where_of(rows)
     numbered = list(enumerate(rows))
     curated: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+
+    def bad(i: int, e: BadRow) -> None:
+        if on_bad_row == "error":
+            raise row_error(source, at(i), e.field, e.problem) from None
+        skipped[e.field] = skipped.get(e.field, 0) + 1
+
+    if prepare is not None:
+        prepared = []
+        for i, row in numbered:
+            try:
+                prepared.append((i, prepare(row)))
+            except BadRow as e:
+                bad(i, e)
+        numbered = prepared
     if curation is not None:
         kept, report = curate([dict(row, _row=i) for i, row in numbered], prompt_text, **curation)
         numbered = [(row.pop("_row"), row) for row in kept]
         curated = dict(report.counts)
         if report.kept < report.total:
             logger.info("%s: %s", source, report.summary())
-    parsed, skipped = [], {}
+    parsed = []
     for i, row in numbered:
         try:
             parsed.append((row, parse(row)))
         except BadRow as e:
-            if on_bad_row == "error":
-                raise row_error(source, at(i), e.field, e.problem) from None
-            skipped[e.field] = skipped.get(e.field, 0) + 1
+            bad(i, e)
     if not parsed:
         raise DataError(f"{source}: no usable {what} ({len(rows)} rows, skipped {skipped})")
     if skipped:

@@ -77,11 +77,29 @@ def tiny_pretrain(n: int = 256, seed: int = 0) -> list[dict[str, str]]:
     ]
 
 
+def tiny_gsm8k(n: int = 256, seed: int = 0) -> list[dict[str, str]]:
+    """Math word problems in GSM8K's public format, {question, answer, id}: the answer a worked
+    solution that ends in `#### N` (the reference), small sums and products (to check by hand).
+    PPO reads them with data.prompt_field=question; the reward reads `answer`."""
+    rng, rows = random.Random(seed + 4), []
+    for i in range(n):
+        a, b = rng.randint(2, 30), rng.randint(2, 9)
+        if i % 2:
+            question, total = f"Tom has {a} apples and buys {b} more. How many now?", a + b
+            work = f"Tom has {a} + {b} = <<{a}+{b}={total}>>{total} apples."
+        else:
+            question, total = f"A box holds {b} cats. How many cats in {a} boxes?", a * b
+            work = f"{a} boxes hold {a} * {b} = <<{a}*{b}={total}>>{total} cats."
+        rows.append({"question": question, "answer": f"{work}\n#### {total}", "id": f"q{i}"})
+    return rows
+
+
 TINY_DATA = {
     TINY_PROMPTS: tiny_prompts,
     "tiny://demonstrations": tiny_demonstrations,
     "tiny://rankings": tiny_rankings,
     "tiny://pretrain": tiny_pretrain,
+    "tiny://gsm8k": tiny_gsm8k,
 }
 
 

@@ -28,6 +28,7 @@ class Rollout:
     versions: torch.Tensor | None = None  # (B,) long: the weight version that drew each sample
     engine_seconds: dict[int, float] = field(default_factory=dict)  # engine id -> generating s
     engine_tokens: dict[int, int] = field(default_factory=dict)  # engine id -> tokens sampled
+    columns: list[dict] = field(default_factory=list)  # B: each sample's prompt columns
 
 
 def make_experience(

@@ -76,7 +76,7 @@ def collect(roles: Roles, calls: RoleCalls, gen: Generating) -> Rollout:
     outs = calls.wait(gen.pending, "generate")
     prompts, tok = roles.prompts, roles.tokenizer
     keys = ("prompt", "prompt_ids", "response_ids", "logprobs", "finish_reasons", "version")
-    merged: dict[str, list[Any]] = {k: [] for k in keys}
+    merged: dict[str, list[Any]] = {k: [] for k in (*keys, "columns")}
     groups = []  # each sample's prompt by its place in this step: ids, never texts
     for out, part in zip(outs, gen.parts, strict=True):
         for i, local in enumerate(out["prompt_index"]):
@@ -84,6 +84,7 @@ def collect(roles: Roles, calls: RoleCalls, gen: Generating) -> Rollout:
             groups.append(part[local])
             merged["prompt"].append(prompts.texts[global_idx])
             merged["prompt_ids"].append(prompts.token_ids[global_idx])
+            merged["columns"].append(prompts.columns[global_idx] if prompts.columns else {})
             for k in keys[2:5]:
                 merged[k].append(out[k][i])
             merged["version"].append(out["version"])
@@ -100,4 +101,5 @@ def collect(roles: Roles, calls: RoleCalls, gen: Generating) -> Rollout:
         torch.tensor(merged["version"], dtype=torch.long),
         {i: out["seconds"] for i, out in zip(gen.engine_ids, outs, strict=True)},
         {i: out["tokens"] for i, out in zip(gen.engine_ids, outs, strict=True)},
+        merged["columns"],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,8 @@ from instructray.actors.rollout.actor import RolloutActor
 from instructray.actors.scoring.scorers import ReferenceActor, RewardActor
 from instructray.actors.sequences import load_tokenizer
 from instructray.orchestrator.cluster import Placement, connect, on_gpu
-from instructray.orchestrator.config import Config
+from instructray.orchestrator.config import Config, reward_call_policy, reward_sources
+from instructray.orchestrator.config.functions import read_files
 from instructray.orchestrator.config.lora import adapter_sync, engine_lora_rank
 from instructray.orchestrator.data import PromptSampler, PromptSet, load_pretrain, load_prompt_set
 from instructray.orchestrator.model_specs import resolve_models
@@ -128,19 +130,23 @@ def start_engine(cfg: Config, options: dict[str, Any]) -> Any:
 def start_reward(cfg: Config, options: dict[str, Any]) -> Any:
     """One reward scorer (the reward model, reward functions, or their weighted sum); returns
     at once."""
-    m = cfg.model
+    m, r = cfg.model, cfg.reward
     return (
         ray.remote(RewardActor)
         .options(**options)
         .remote(
             m.reward,
-            cfg.reward.function,
+            r.function,
             m.tokenizer,
             m.dtype,
-            batch_size=cfg.reward.batch_size,
-            normalize=cfg.reward.normalize,
+            batch_size=r.batch_size,
+            normalize=r.normalize,
             attn_implementation=m.attn_implementation,
-            weights=list(cfg.reward.weights),
+            weights=list(r.weights),
+            url=r.url,
+            url_token=os.environ.get(r.url_token_env, "") if r.url else "",
+            files=read_files(reward_sources(cfg)),  # reward files travel as text to any node
+            calls=reward_call_policy(cfg),
         )
     )
 

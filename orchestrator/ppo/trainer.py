@@ -212,11 +212,13 @@ class PPOTrainer:
         each reward's mean (several rewards), the truncated importance (ppo.tis_cap)."""
         batch, from_rollout = rollout.batch, self.engine_logprobs
         n = batch.input_ids.shape[0]
+        columns = getattr(rollout, "columns", None)  # none in samples saved by older versions
         reward_args = [
             (
                 batch.select(slice(part.start, part.stop)),
                 rollout.prompts[part.start : part.stop],
                 rollout.responses[part.start : part.stop],
+                columns[part.start : part.stop] if columns else None,
             )
             for part in split_evenly(n, len(self.roles.rewards))
         ]

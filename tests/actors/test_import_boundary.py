@@ -1,5 +1,5 @@
 """The driver's layers import one way: config/ -> data/, output/ -> actors/ -> cluster,
-model_specs, model_check -> sampler, ppo/, supervised, preflight, jobs -> pipeline, cli,
+model_specs, model_check -> sampler, ppo/, supervised, preflight -> pipeline, jobs -> cli,
 doctor -> demo/. Inside actors/, a role's folder (learner/, rollout/, scoring/) imports no other
 role's: what two roles share lies in actors/ itself. Every import counts, also one inside a function
 (a lazy import is still an edge a reader must follow)."""
@@ -23,10 +23,10 @@ LAYERS = {
     f"{ORCH}.ppo": 4,
     f"{ORCH}.supervised": 4,
     f"{ORCH}.pipeline": 5,
-    f"{ORCH}.jobs": 4,
-    f"{ORCH}.cli": 5,
-    f"{ORCH}.doctor": 5,
-    f"{ORCH}.demo": 6,
+    f"{ORCH}.jobs": 5,  # submit runs the pre-flight
+    f"{ORCH}.cli": 6,
+    f"{ORCH}.doctor": 6,
+    f"{ORCH}.demo": 7,
 }
 ROLES = ("learner", "rollout", "scoring")
 # Named exceptions, each with its reason.

@@ -48,7 +48,7 @@ def test_reward_function_scores_and_errors(reward_module):
         "short": "returned 1 scores for 3 samples",
         "nan": "returned non-finite nan for sample 1 (prompt 'b')",
         "not_a_list": "returned a float, expected a list of 3 numbers",
-        "boom": "reward function raised KeyError",
+        "boom": "reward.function 'fake_rewards_for_test:boom' raised KeyError",
     }
     for name, message in cases.items():
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

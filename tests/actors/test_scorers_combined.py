@@ -80,3 +80,22 @@ def test_functions_alone_load_no_model_and_errors_name_the_entry(length_reward):
         RewardActor(function=spec, weights=[1.0])
     with pytest.raises(ValueError, match="reward model folder /nope does not exist"):
         RewardActor("/nope", f"model, {length_reward}:length")
+
+
+def test_normalized_rm_score_is_raw_minus_saved_mean_over_saved_std(tiny_reward, tmp_path):
+    """reward.normalize against (raw - mean) / std computed here from the numbers this test wrote
+    into score_stats.json, not against another normalizing RewardActor; std 0 is floored at 1e-6."""
+    batch = make_sequence_batch(PROMPTS, RESPONSES, pad_id=1)
+    args = (batch, TEXTS, RESPONSE_TEXTS)
+    raw = RewardActor(tiny_reward, "", tiny_reward, normalize=False, batch_size=2).score(*args)
+    folder = tmp_path / "rm"
+    shutil.copytree(tiny_reward, folder)
+    stats = folder / SCORE_STATS_FILE
+    stats.write_text(json.dumps({"mean": 0.37, "std": 2.5}))
+    got = RewardActor(str(folder), "", tiny_reward, normalize=True, batch_size=2).score(*args)
+    want = (raw - 0.37) / 2.5
+    assert not torch.allclose(want, raw)  # the stats move every score: an ignored file fails
+    torch.testing.assert_close(got, want)
+    stats.write_text(json.dumps({"mean": 0.37, "std": 0.0}))
+    got = RewardActor(str(folder), "", tiny_reward, normalize=True, batch_size=2).score(*args)
+    torch.testing.assert_close(got, (raw - 0.37) / 1e-6)

@@ -67,6 +67,18 @@ def test_ppo_steps_complete_across_nodes(multinode_run):
     assert (out / "final" / "model.safetensors").exists()
 
 
+def test_a_reward_file_sees_each_samples_own_row_on_the_cluster(multinode_run):
+    from instructray.orchestrator.data.sources import tiny_gsm8k
+
+    out, nodes = multinode_run
+    by_id = {row["id"]: row for row in tiny_gsm8k()}
+    records = [json.loads(x) for x in (out.parent / "seen.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * 32  # two steps of 8 prompts x 4 samples
+    for node, raw, answer, id_ in records:
+        assert node in nodes["alive"]
+        assert (raw, answer) == (by_id[id_]["question"], by_id[id_]["answer"])
+
+
 def test_autoscale_grows_onto_a_joining_node_and_shrinks_when_it_leaves(autoscale_run):
     out, seen = autoscale_run
     assert "error" not in seen, seen["error"]

@@ -3,10 +3,13 @@ tiny models. No component is mocked."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+from reward_server import reward_server
 from safetensors.torch import load_file, save
 from testdata import PPO_TINY, metrics_of, ppo_tiny_config
 
@@ -18,6 +21,7 @@ from instructray.orchestrator.ppo.run import run_ppo
 from instructray.orchestrator.ppo.trainer import PPOTrainer
 
 CONFIG = PPO_TINY
+TOKEN_ENV = "INSTRUCTRAY_REWARD_TOKEN"  # reward.url_token_env's default
 pytestmark = pytest.mark.e2e
 
 
@@ -25,21 +29,38 @@ config = ppo_tiny_config
 
 
 @pytest.fixture(scope="module")
-def zero2_run(ray_local, tiny_dir, tiny_policy, tmp_path_factory):
+def zero2_run_and_calls(ray_local, tiny_dir, tiny_policy, tmp_path_factory):
     """The tiny PPO config in bf16 (every role): 2 ranks under ZeRO-2, 1 engine, a reward and a
-    reference actor; a rule reward. (fp32 runs: the checkpoint, numerics and fault tests.)"""
+    reference actor; a rule reward served by a remote endpoint (reward.url, on loopback, with a
+    bearer token from the environment). (fp32 runs: the checkpoint, numerics and fault tests.)"""
     out = tmp_path_factory.mktemp("ppo-zero2")
-    cfg = config(
-        tiny_dir,
-        out,
-        "--model.dtype=bfloat16",
-        "--reward.function=instructray.actors.scoring.rule_rewards:count_target_word",
-        "--run.steps=40",
-        "--learner.lr=3.0e-4",
-        "--ppo.kl_coef=0.01",
-    )
-    run_ppo(cfg)
-    return out
+    token = "token-" + out.name
+    with reward_server(token) as server, mock.patch.dict(os.environ, {TOKEN_ENV: token}):
+        cfg = config(
+            tiny_dir,
+            out,
+            "--model.dtype=bfloat16",
+            f"--reward.url={server.url}",  # the count of "cat": rule_rewards.count_target_word
+            "--reward.call_batch_size=8",
+            "--run.steps=40",
+            "--learner.lr=3.0e-4",
+            "--ppo.kl_coef=0.01",
+        )
+        run_ppo(cfg)
+    return out, server.seen
+
+
+@pytest.fixture(scope="module")
+def zero2_run(zero2_run_and_calls):
+    return zero2_run_and_calls[0]
+
+
+def test_a_remote_reward_gets_each_call_with_the_token(zero2_run_and_calls):
+    out, seen = zero2_run_and_calls
+    # 40 steps of 32 samples, 8 a call (run_ppo runs no pre-flight)
+    assert len(seen) == 40 * 32 // 8
+    assert all(auth == f"Bearer token-{out.name}" for auth, _ in seen)
+    assert all(set(body) >= {"prompts", "responses", "raw_prompts"} for _, body in seen)
 
 
 def test_bf16_step0_kl_is_zero_and_every_sync_is_verified(zero2_run):
@@ -174,7 +195,8 @@ def run_cli(capsys, tiny_dir, out, *overrides):
     [
         (
             "rewards_for_tests:boom",
-            "score: reward 0 failed: ValueError: reward function raised KeyError",
+            "score: reward 0 failed: ValueError: reward.function 'rewards_for_tests:boom' raised "
+            "KeyError",
         ),
         ("rewards_for_tests:wrong_shape", "returned 33 scores for 32 samples"),
         ("rewards_for_tests:hang", "score: reward 0 did not answer within 10 s"),

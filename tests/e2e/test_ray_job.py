@@ -359,19 +359,55 @@ def test_job_api_refuses_a_client_without_the_token(head):
     assert "instructray status: error:" in denied.stderr
 
 
+# A user's reward in a file outside the project, read by the job on the cluster: it records what
+# it was given (the prompt, and the columns of the sample's row) and rewards the reference answer.
+OWN_REWARD = """
+import json, re
+
+def recorder(prompts, responses, raw_prompts, answer, id, **columns):
+    with open({seen!r}, "a") as f:
+        for p, r, q, a, i in zip(prompts, responses, raw_prompts, answer, id):
+            f.write(json.dumps({{"prompt": p, "raw": q, "answer": a, "id": i}}) + "\\n")
+    return [float(a.split("####")[-1].strip() in r) for r, a in zip(responses, answer)]
+"""
+
+
+def _instructray_submit(head: Head, job_id: str, *args: str) -> None:
+    done = head.run(
+        str(BIN / "instructray"),
+        "submit",
+        "ppo",
+        f"--address={head.address}",
+        f"--submission-id={job_id}",
+        *args,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_ray_job_scales_then_stop_leaves_a_checkpoint_the_run_resumes_from(head, tiny_dir):
+    """GRPO on GSM8K-format rows (data.prompt_field=question) with a reward file outside the
+    project, which `instructray submit` ships with the job: the run scales, stops, resumes, and
+    the reward saw each response's own row all along (engine join, samples of a checkpoint)."""
+    from instructray.orchestrator.data.sources import tiny_gsm8k
     from instructray.orchestrator.ppo.checkpoints import Checkpoints, read_driver_state
 
     out, client = head.run_dir / "sigterm", _client(head)
+    seen = head.temp_dir.parent / "seen.jsonl"
+    reward = head.temp_dir.parent / "own_reward.py"
+    reward.write_text(OWN_REWARD.format(seen=str(seen)))
+    relative = os.path.relpath(reward, ROOT)  # as the user typed it; not a path on the cluster
     ppo = [
-        "instructray",
-        "ppo",
-        "--config=deploy/configs/ppo-tiny-cpu.yaml",
+        "--config=deploy/configs/grpo-gsm8k-tiny-cpu.yaml",
         f"--model.tiny_dir={tiny_dir}",
         f"--run.output_dir={out}",
+        "--rollout.max_staleness=1",  # samples drawn a step ahead: in each checkpoint too
+        # the config's math reward, and the user's file beside it
+        f"--reward.function=instructray.actors.scoring.math_reward:accuracy_with_format, "
+        f"{relative}:recorder",
     ]
     job_id = f"sigterm-{secrets.token_hex(4)}"
-    _submit(head, job_id, *ppo, "--run.steps=1000")
+    _instructray_submit(head, job_id, *ppo, "--run.steps=1000")
     deadline = time.monotonic() + 300
     while not (out / "metrics.jsonl").exists() or len(metrics_of(out)) < 2:
         assert str(client.get_job_status(job_id).value) in ("PENDING", "RUNNING")
@@ -394,7 +430,17 @@ def test_ray_job_scales_then_stop_leaves_a_checkpoint_the_run_resumes_from(head,
     assert step >= 2 and [r["step"] for r in metrics_of(out)] == list(range(step))
 
     again = f"resume-{secrets.token_hex(4)}"
-    _submit(head, again, *ppo, f"--run.steps={step + 2}", "--run.resume=auto")
+    _instructray_submit(head, again, *ppo, f"--run.steps={step + 2}", "--run.resume=auto")
     assert _wait_for(client, again) == "SUCCEEDED", client.get_job_logs(again)[-3000:]
-    assert [r["step"] for r in metrics_of(out)] == list(range(step + 2))
+    rows = metrics_of(out)
+    assert [r["step"] for r in rows] == list(range(step + 2))
     assert (out / "final" / "model.safetensors").exists()
+    assert rows[0]["learner/critic_parameters"] == 0  # GRPO: no critic
+    assert all(0 <= r["reward/accuracy_with_format/mean"] <= 1.1 for r in rows)
+    by_id = {row["id"]: row for row in tiny_gsm8k()}
+    records = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert len(records) >= (step + 2) * 32  # every sample of every step, and the pre-flight's
+    for r in records:
+        row = by_id[r["id"]]
+        assert (r["raw"], r["answer"]) == (row["question"], row["answer"])
+        assert row["question"] in r["prompt"] and r["prompt"] != row["question"]  # templated

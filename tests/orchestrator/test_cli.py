@@ -41,6 +41,21 @@ def test_misspelled_key_is_a_one_line_error(capsys):
     )
 
 
+def test_a_config_file_without_config_asks_did_you_mean(tmp_path, capsys):
+    existing = tmp_path / "my.cfg"  # a file that is here, whatever its name
+    existing.write_text("run:\n  steps: 2\n")
+    for stage, arg in (("ppo", "my.yaml"), ("sft", "configs/a.yml"), ("ppo", str(existing))):
+        assert main([stage, "--print-config", arg]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"instructray {stage}: error: unexpected argument '{arg}': did you mean --config {arg}?"
+        )
+    assert main(["submit", "ppo", "my.yaml"]) == 2  # before anything reaches a cluster
+    assert capsys.readouterr().err.strip().endswith("did you mean --config my.yaml?")
+    assert main(["ppo", "--print-config", "steps=2"]) == 2  # not a file: the usual form
+    assert "must look like --section.key=value" in capsys.readouterr().err
+
+
 def test_invalid_arithmetic_fails_before_anything_starts(capsys):
     assert main(["ppo", "--print-config", "--ppo.minibatch_size=5"]) == 2
     assert "not divisible" in capsys.readouterr().err

@@ -40,11 +40,34 @@ def test_submit_checks_the_config_before_reaching_the_cluster(capsys):
     assert err.startswith("instructray submit: error:") and "run.steps" in err
 
 
-def test_submit_to_a_cluster_that_is_not_there_is_one_line(capsys):
-    code = main(["submit", "ppo", "--config", CONFIG, "--address", "http://127.0.0.1:9"])
+def test_submit_to_a_cluster_that_is_not_there_is_one_line(capsys, tiny_dir, tmp_path):
+    here = [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={tmp_path}"]  # the pre-flight's
+    code = main(["submit", "ppo", "--config", CONFIG, "--address", "http://127.0.0.1:9", *here])
     assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert "cannot reach the Ray job API at http://127.0.0.1:9" in err and "\n" not in err
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the pre-flight's log lines
+    assert last.startswith("instructray submit: error: cannot reach the Ray job API at "), last
+    assert "http://127.0.0.1:9" in last
+
+
+def test_submit_runs_the_preflight_before_reaching_the_cluster(tiny_dir, tmp_path):
+    from instructray.orchestrator.data import DataError
+
+    nowhere = "http://127.0.0.1:9"  # nothing listens: reaching it would be "cannot reach"
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "Tell me."}\n{"prompt": 42}\n')
+    here = [f"--model.tiny_dir={tiny_dir}", f"--run.output_dir={tmp_path / 'run'}"]
+    with pytest.raises(DataError) as e:  # the pre-flight's own error, as `instructray ppo` has it
+        jobs.submit("ppo", CONFIG, [*here, f"--data.prompts={bad}"], nowhere)
+    assert str(bad) in str(e.value) and "line 2" in str(e.value) and "\n" not in str(e.value)
+    # A model folder not on this machine (it may be on the cluster): the line names the flag.
+    with pytest.raises(jobs.JobError) as e:
+        jobs.submit("ppo", CONFIG, [*here, "--model.policy=/cluster/sft"], nowhere)
+    assert str(e.value) == (
+        "model.policy: /cluster/sft does not exist (/cluster/sft is not on this machine: if it "
+        "is on the cluster, submit with --no-preflight)"
+    )
+    with pytest.raises(jobs.JobError, match="cannot reach the Ray job API"):  # skipped: sent
+        jobs.submit("ppo", CONFIG, [*here, "--model.policy=/cluster/sft"], nowhere, preflight=False)
 
 
 def test_the_runtime_env_is_found_from_any_working_directory(tmp_path, monkeypatch):

@@ -46,6 +46,13 @@ def bad(tmp_path_factory, tiny_policy, tiny_reward) -> dict[str, str]:
         (folder / "config.json").write_text(json.dumps(config))
 
     model("two_labels", tiny_reward, two_labels)
+
+    def no_eos(folder: Path) -> None:  # pads with <|pad|>, but nothing ends an answer
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config["eos_token"] = None
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+    model("no_eos", tiny_policy, no_eos)
     rows = {
         "prompt_int": [{"prompt": "Tell me."}, {"prompt": 42}],
         "prompt_list": [{"prompt": ["tell", "me"]}],
@@ -125,6 +132,19 @@ CASES = [
     ("RM as policy", "ppo", ["--model.policy={reward}"], ["model.policy", "expected a causal LM"]),
     ("RM as ref", "ppo", ["--model.reference={reward}"], ["model.reference", "a causal LM"]),
     ("no tokenizer", "ppo", ["--model.tokenizer={no_tokenizer}"], ["model.tokenizer", "tokenizer"]),
+    (
+        "no EOS: sft",
+        "sft",
+        ["--model.tokenizer={no_eos}"],
+        ["model.tokenizer: {no_eos}'s tokenizer has no EOS token", "set eos_token in its"],
+    ),
+    ("no EOS: rm", "rm", ["--model.tokenizer={no_eos}"], ["{no_eos}'s", "no EOS token"]),
+    (
+        "no EOS: pipeline",
+        "pipeline",
+        ["--config", str(PIPELINE), "--model.tokenizer={no_eos}"],
+        ["{no_eos}'s tokenizer has no EOS token", "tokenizer_config.json"],
+    ),
     # data files
     ("prompt int", "ppo", ["--data.prompts={prompt_int}"], ["prompt_int.jsonl", "2", "42"]),
     ("prompt list", "ppo", ["--data.prompts={prompt_list}"], ["prompt_list.jsonl", "1", "list"]),
@@ -170,7 +190,7 @@ CASES = [
         ["--reward.function=model, instructray.actors.scoring.rule_rewards:brevity, nosuch_xyz:f"],
         ["reward.function = 'nosuch_xyz:f'", "cannot import module 'nosuch_xyz'"],
     ),
-    ("wrong signature", "ppo", ["--reward.function=os:getcwd"], ["TypeError", "fn(prompts"]),
+    ("wrong signature", "ppo", ["--reward.function=os:getcwd"], ["0 positional", "fn(prompts"]),
     ("raises", "ppo", ["--reward.function=rewards_for_tests:broken"], ["KeyError", "lunch"]),
     (
         "returns strings",
@@ -183,6 +203,36 @@ CASES = [
         "ppo",
         ["--reward.function=rewards_for_tests:sleeps", "--run.timeout_s=0.5"],
         ["did not return within 0.5 s"],
+    ),
+    (
+        "one score per batch",
+        "ppo",
+        ["--reward.function=rewards_for_tests:one_score"],
+        ["'rewards_for_tests:one_score'", "returned 1 scores for 2 samples"],
+    ),
+    (
+        "reward needs a missing column",
+        "ppo",
+        ["--reward.function=rewards_for_tests:needs_answer"],
+        ["needs the column 'answer'", "they give: raw_prompts"],
+    ),
+    (
+        "reward file missing",
+        "ppo",
+        ["--reward.function=/nonexistent/my_reward.py:f"],
+        ["the file /nonexistent/my_reward.py does not exist"],
+    ),
+    (
+        "GSM8K rows without data.prompt_field",
+        "ppo",
+        ["--data.prompts=tiny://gsm8k"],
+        ["tiny://gsm8k: row 1: field 'prompt': missing"],
+    ),
+    (
+        "reward.url not http",
+        "ppo",
+        ["--reward.url=ftp://judge"],
+        ["reward.url must be an http:// or https:// address"],
     ),
     (
         "labeler repeats",
@@ -269,6 +319,31 @@ def test_eval_reads_a_finished_run_folder(bad, tiny_dir, capsys, stage_started):
     # The folder a finished run left is what `instructray eval` judges: not refused as output.
     assert run(capsys, "eval", cli_args(PPO_TINY, tiny_dir, bad["finished"]))[0] == 0
     assert stage_started == ["eval"]
+
+
+NOWHERE = "http://127.0.0.1:9"  # nothing listens: a submission that got there would say so
+
+
+def test_submit_runs_the_preflight_and_names_no_preflight_for_a_path_not_here(
+    bad, tiny_dir, tmp_path, capsys
+):
+    # A data file this machine lacks may be on the cluster: the line says how to skip the check.
+    args = cli_args(PPO_TINY, tiny_dir, tmp_path / "run", "--data.prompts=/cluster/p.jsonl")
+    code, last = run(capsys, "submit", ["ppo", *args, "--address", NOWHERE])
+    assert code == 2
+    assert last == (
+        "instructray submit: error: /cluster/p.jsonl: no such file or folder (/cluster/p.jsonl "
+        "is not on this machine: if it is on the cluster, submit with --no-preflight)"
+    )
+    # A bad file that is here: the pre-flight's own line, no hint; the cluster never contacted.
+    args = cli_args(PPO_TINY, tiny_dir, tmp_path / "run", f"--data.prompts={bad['prompt_int']}")
+    code, last = run(capsys, "submit", ["ppo", *args, "--address", NOWHERE])
+    assert code == 2 and "prompt_int.jsonl" in last and "42" in last, last
+    assert "--no-preflight" not in last and "cannot reach" not in last
+    # Skipped: the submission goes on to the cluster, which is not there.
+    args = cli_args(PPO_TINY, tiny_dir, tmp_path / "run", "--data.prompts=/cluster/p.jsonl")
+    code, last = run(capsys, "submit", ["ppo", *args, "--address", NOWHERE, "--no-preflight"])
+    assert code == 2 and f"cannot reach the Ray job API at {NOWHERE}" in last, last
 
 
 def test_an_empty_config_file_is_one_warning(bad, tiny_dir, tmp_path, caplog, stage_started):

@@ -46,16 +46,38 @@ def ppo_config(tiny_dir: str, out: Path, *overrides: str):
     return validate_config(load_config(CONFIG, given + timeouts), "ppo")
 
 
+# A user's reward file beside the reward model: it records the node it ran on and the columns of
+# each sample's row (GSM8K-format prompts), and adds nothing to the score.
+OWN_REWARD = """
+import json, ray
+
+def recorder(prompts, responses, raw_prompts, answer, id, **columns):
+    node = ray.get_runtime_context().get_node_id()
+    with open({seen!r}, "a") as f:
+        for row in zip(raw_prompts, answer, id):
+            f.write(json.dumps([node, *row]) + "\\n")
+    return [0.0] * len(responses)
+"""
+
+
 def spread(cluster: Cluster, tiny_dir: str, out: Path) -> dict:
-    """Two engines spread over three nodes, two steps; the workers are removed afterwards."""
+    """Two engines spread over three nodes, two steps, on GSM8K-format prompts with a reward
+    file (out.parent/own_reward.py, records in out.parent/seen.jsonl) beside the reward model; the
+    workers are removed afterwards."""
     workers = [cluster.add_node(**COMMON, num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
+    reward = out.parent / "own_reward.py"
+    reward.write_text(OWN_REWARD.format(seen=str(out.parent / "seen.jsonl")))
     cfg = ppo_config(
         tiny_dir,
         out,
         "--rollout.num_engines=2",
         "--rollout.placement_strategy=SPREAD",
         "--run.steps=2",
+        "--data.prompts=tiny://gsm8k",
+        "--data.prompt_field=question",
+        "--data.max_prompt_tokens=64",
+        f"--reward.function=model, {reward}:recorder",
     )
     run_ppo(cfg)
     nodes = {

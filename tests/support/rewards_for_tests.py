@@ -1,8 +1,8 @@
 """Reward functions and labelers that misbehave on purpose, importable by Ray workers in tests
 (the session's Ray puts this folder on PYTHONPATH).
 
-`boom`, `wrong_shape` and `hang` misbehave only on batches of more than one sample: the
-pre-flight check calls a reward function once on one sample, so their faults are the run's.
+`boom`, `wrong_shape` and `hang` misbehave only on batches of more than two samples: the
+pre-flight check calls a reward function once on two samples, so their faults are the run's.
 The others misbehave at once, for the pre-flight's own tests."""
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import time
 
 
 def boom(prompts, responses):
-    if len(responses) > 1:
+    if len(responses) > 2:
         raise KeyError("the labeler is out to lunch")
-    return [0.0]
+    return [0.0] * len(responses)
 
 
 def wrong_shape(prompts, responses):
-    return [0.0] * (len(responses) + (len(responses) > 1))
+    return [0.0] * (len(responses) + (len(responses) > 2))
 
 
 def hang(prompts, responses):
-    if len(responses) > 1:
+    if len(responses) > 2:
         time.sleep(3600)
     return [0.0] * len(responses)
 
@@ -36,6 +36,14 @@ def words(prompts, responses):
 
 def sleeps(prompts, responses):
     time.sleep(3600)
+
+
+def one_score(prompts, responses):
+    return [0.0]  # one score for the batch, not one per response
+
+
+def needs_answer(prompts, responses, answer):
+    return [float(a in r) for r, a in zip(responses, answer, strict=True)]
 
 
 NOT_A_FUNCTION = 3

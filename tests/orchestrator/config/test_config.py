@@ -74,7 +74,32 @@ def test_bad_yaml_and_missing_file_are_one_line(tmp_path):
     assert "not valid YAML" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_dump_round_trips(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        # a second section would replace the first whole: the run writes to runs/default
+        ("run:\n  output_dir: runs/a\nppo:\n  kl_coef: 0.1\nrun:\n  steps: 3\n", "run", (1, 5)),
+        ("run:\n  steps: 3\n  name: a\n  steps: 4\n", "run.steps", (2, 4)),
+        ("reward:\n  weights:\n    model: 1\n    model: 2\n", "reward.weights.model", (3, 4)),
+    ],
+    ids=["section", "key", "nested"],
+)
+def test_a_key_given_twice_is_one_line_naming_both_lines(tmp_path, text, key, lines):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (
+        f"{path}: key '{key}' is given twice, on line {lines[0]} and line {lines[1]} (YAML would "
+        "keep only the second): keep one"
+    )
+
+
+def test_a_merged_key_may_be_overridden_and_loading_stays_safe(tmp_path):
+    cfg = load_config(write(tmp_path, "run:\n  <<: {steps: 3, name: a}\n  steps: 4\n"))
+    assert cfg.run.steps == 4 and cfg.run.name == "a"  # YAML's merge: the mapping's own wins
+    with pytest.raises(ConfigError, match="not valid YAML.*python/object"):
+        load_config(write(tmp_path, "run:\n  name: !!python/object/apply:os.getcwd []\n"))
+
     cfg = load_config(None, ["--rollout.num_engines=3", "--reward.clip=5"])
     dump_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg

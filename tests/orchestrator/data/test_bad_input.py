@@ -223,7 +223,7 @@ def test_an_unknown_tiny_name_lists_the_built_in_sets(tok, stage):
         _load(stage, "tiny://nosuch", tok)
     assert str(e.value) == (
         f"data.{stage}: unknown built-in data set 'tiny://nosuch', expected one of "
-        "tiny://prompts, tiny://demonstrations, tiny://rankings, tiny://pretrain"
+        "tiny://prompts, tiny://demonstrations, tiny://rankings, tiny://pretrain, tiny://gsm8k"
     )
 
 
