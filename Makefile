@@ -59,3 +59,10 @@ clean:
 .PHONY: constraints-gpu
 constraints-gpu: $(STAMP)
 	$(PY) deploy/lock_gpu.py
+
+# docs/reference/config.md, the config reference, generated from the config's dataclasses (the
+# same text as `instructray STAGE --help`). Rerun after changing a field; a test fails while the
+# committed page differs.
+.PHONY: config-reference
+config-reference: $(STAMP)
+	$(PY) -c 'from pathlib import Path; from instructray.orchestrator.config.load import REFERENCE_PAGE, config_reference; Path(REFERENCE_PAGE).write_text(config_reference())'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import re
 import types
@@ -210,18 +211,61 @@ def dump_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def describe_fields() -> str:
-    """Every field with its type, default and docstring, by section (for --help)."""
-    lines = []
+def field_descriptions() -> list[tuple[str, str, list[tuple[str, str, str, str]]]]:
+    """Every field of every section: (section, its doc, [(field, default as YAML, type and
+    range, doc)]), in the schema's order; what --help and the config reference print."""
+    out = []
     for section, cls in sections().items():
-        lines.append(f"{section}: {cls.__doc__}")
-        hints = field_types(cls)
-        defaults = cls()
+        hints, defaults, rows = field_types(cls), cls(), []
         for f in dataclasses.fields(cls):
             default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True).strip()
             default = default.removesuffix("\n...").removesuffix("...").strip()
+            if "\n" in default:  # a string with a newline: JSON's quoting (YAML reads it too)
+                default = json.dumps(getattr(defaults, f.name))
             where = describe_range(f.metadata.get("range", {}))
             kind = _type_name(hints[f.name]) + (f", {where}" if where else "")
-            lines.append(f"  --{section}.{f.name}={default}  [{kind}]")
-            lines.append(f"      {f.metadata['doc']}")
+            rows.append((f.name, default, kind, f.metadata["doc"]))
+        out.append((section, cls.__doc__ or "", rows))
+    return out
+
+
+def describe_fields() -> str:
+    """Every field with its type, default and docstring, by section (for --help)."""
+    lines = []
+    for section, doc, rows in field_descriptions():
+        lines.append(f"{section}: {doc}")
+        for name, default, kind, text in rows:
+            lines.append(f"  --{section}.{name}={default}  [{kind}]")
+            lines.append(f"      {text}")
     return "\n".join(lines)
+
+
+REFERENCE_PAGE = "docs/reference/config.md"  # written by config_reference (make config-reference)
+
+
+def config_reference() -> str:
+    """The config reference page (Markdown): every field of every section with its default,
+    type and range, and docstring, made from the schema as --help is. REFERENCE_PAGE holds it;
+    a test fails when the two differ."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        "# Config reference",
+        "",
+        "Every setting, by section: set it in a `--config` YAML file (`section: {key: value}`) or "
+        "as `--section.key=value` on the command line; `instructray STAGE --help` prints the same. "
+        "This page is generated from the config's dataclasses "
+        "(`orchestrator/config/schema.py`, `stages.py`, `rollout.py`): after changing a field, run "
+        "`make config-reference`.",
+    ]
+    for section, doc, rows in field_descriptions():
+        lines += ["", f"## {section}", "", " ".join(doc.split()), ""]
+        lines.append("| key | default | type | what it does |")
+        lines.append("|---|---|---|---|")
+        for name, default, kind, text in rows:
+            lines.append(
+                f"| `{section}.{name}` | `{cell(default)}` | {cell(kind)} | {cell(text)} |"
+            )
+    return "\n".join(lines) + "\n"
