@@ -335,6 +335,7 @@ def test_instructray_status_logs_submit_and_stop(pipeline_job, head, tiny_dir):
         f"--model.tiny_dir={tiny_dir}",
         f"--run.output_dir={head.run_dir / 'stopped'}",
         "--run.steps=1000",
+        "--no-preflight",  # stopped at once: its inputs need no check (the next test's has one)
     )
     assert submitted.returncode == 0, submitted.stderr
     new_id = re.search(r"submitted job (\S+)", submitted.stdout)[1]
@@ -430,7 +431,9 @@ def test_ray_job_scales_then_stop_leaves_a_checkpoint_the_run_resumes_from(head,
     assert step >= 2 and [r["step"] for r in metrics_of(out)] == list(range(step))
 
     again = f"resume-{secrets.token_hex(4)}"
-    _instructray_submit(head, again, *ppo, f"--run.steps={step + 2}", "--run.resume=auto")
+    # The inputs were checked by the first submit: this one skips the pre-flight (~10 s here).
+    resume = [f"--run.steps={step + 2}", "--run.resume=auto", "--no-preflight"]
+    _instructray_submit(head, again, *ppo, *resume)
     assert _wait_for(client, again) == "SUCCEEDED", client.get_job_logs(again)[-3000:]
     rows = metrics_of(out)
     assert [r["step"] for r in rows] == list(range(step + 2))
