@@ -246,7 +246,10 @@ class Placement:
                     ]
                     waits[role] = [s.pg for s in self.slots[role]]
                     continue
-                strategy = cfg.rollout.placement_strategy if role == "rollout" else "PACK"
+                strategy = {
+                    "rollout": cfg.rollout.placement_strategy,
+                    "reward": cfg.reward.placement_strategy,
+                }.get(role, "PACK")
                 pg = placement_group(list(reqs), strategy=strategy, name=f"instructray-{role}")
                 self.groups.append(pg)
                 self.slots[role] = [

@@ -198,6 +198,11 @@ class RewardConfig:
         "sum, each logged as reward/<name>/mean); empty = 1 each.",
     )
     num_actors: int = param(1, "Number of reward scorer actors.", gt=0)
+    placement_strategy: Literal["PACK", "SPREAD"] = param(
+        "PACK",
+        "Placement-group strategy for the reward actors: PACK on as few nodes as possible, "
+        "SPREAD one per node where there is room (a reward that calls a service on each node).",
+    )
     batch_size: int = param(16, "Sequences per reward-model forward.", gt=0)
     normalize: bool = param(False, "Normalize scores with the RM's saved mean/std.")
     cpus_per_actor: float = param(1.0, "CPUs reserved per reward actor (its torch threads).", ge=0)

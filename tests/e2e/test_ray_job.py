@@ -38,6 +38,9 @@ ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# The head's node address: loopback, but not one Ray rewrites to the machine's own IP (as it does
+# 127.0.0.1 and localhost) when a node joins by it.
+HEAD_IP = "127.0.0.2"
 
 
 def _free_ports(n: int) -> list[int]:
@@ -57,6 +60,17 @@ class Head:
     env: dict[str, str]  # what a client on this machine needs: the token's path, PATH
     temp_dir: Path
     run_dir: Path
+    gcs: str  # the GCS address a node joins by
+
+    def alive_nodes(self) -> list[str]:
+        """The ids of the cluster's live nodes (Ray's state API through the dashboard)."""
+        listed = self.run(
+            str(BIN / "ray"), "list", "nodes", f"--address={self.address}", "--format=json"
+        )
+        assert listed.returncode == 0, listed.stderr
+        if listed.stdout.startswith("No resource"):  # none registered yet
+            return []
+        return [n["node_id"] for n in json.loads(listed.stdout) if n["state"] == "ALIVE"]
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -98,7 +112,7 @@ def head(tiny_dir):
             "--head",
             "--block",
             f"--port={gcs}",
-            "--node-ip-address=127.0.0.1",
+            f"--node-ip-address={HEAD_IP}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
             f"--dashboard-agent-listen-port={agent}",
@@ -130,15 +144,64 @@ def head(tiny_dir):
                         f"ray start --head did not come up: {e}\n{(tmp / 'head.log').read_text()}"
                     ) from None
                 time.sleep(1)
-        yield Head(address, env, tmp / "ray", tmp / "run")
+        yield Head(address, env, tmp / "ray", tmp / "run", f"{HEAD_IP}:{gcs}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)  # Ray stops its processes; past that, SIGKILL below
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of this group is left
-        log.close()
+        _stop(proc, log)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen, log) -> None:
+    """Stop a `ray start --block` node and exactly the processes of its group."""
+    proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=15)  # Ray stops its processes; past that, SIGKILL below
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of this group is left
+    log.close()
+
+
+@pytest.fixture
+def worker(head):
+    """A second node joined to the head's cluster as a user adds one (`ray start --address`, its
+    own ports, 2 CPUs); yields its node id and stops it after the test."""
+    deadline = time.monotonic() + 180
+    while not (before := set(head.alive_nodes())):  # the head's own node, once it is listed
+        assert time.monotonic() < deadline, "the head lists no node after 180 s"
+        time.sleep(1)
+    node_manager, object_manager, metrics, agent, agent_grpc, rt_agent = _free_ports(6)
+    log = (head.temp_dir.parent / "worker.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            f"--address={head.gcs}",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--node-manager-port={node_manager}",
+            f"--object-manager-port={object_manager}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={rt_agent}",
+            f"--metrics-export-port={metrics}",
+            "--num-cpus=2",
+        ],
+        # A node joins only where multi-node clusters are enabled; the head stays on loopback.
+        env={**head.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        while not (joined := set(head.alive_nodes()) - before):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "ray start --address did not join the head: "
+                    + (head.temp_dir.parent / "worker.log").read_text()
+                )
+            time.sleep(1)
+        yield joined.pop()
+    finally:
+        _stop(proc, log)
 
 
 def _client(head: Head):
@@ -363,12 +426,15 @@ def test_job_api_refuses_a_client_without_the_token(head):
 # A user's reward in a file outside the project, read by the job on the cluster: it records what
 # it was given (the prompt, and the columns of the sample's row) and rewards the reference answer.
 OWN_REWARD = """
-import json, re
+import json, ray
 
 def recorder(prompts, responses, raw_prompts, answer, id, **columns):
+    # the node it ran on: a reward actor's; the pre-flight runs outside Ray
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     with open({seen!r}, "a") as f:
         for p, r, q, a, i in zip(prompts, responses, raw_prompts, answer, id):
-            f.write(json.dumps({{"prompt": p, "raw": q, "answer": a, "id": i}}) + "\\n")
+            f.write(json.dumps({{"prompt": p, "raw": q, "answer": a, "id": i, "node": node}}))
+            f.write("\\n")
     return [float(a.split("####")[-1].strip() in r) for r, a in zip(responses, answer)]
 """
 
@@ -386,10 +452,11 @@ def _instructray_submit(head: Head, job_id: str, *args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_ray_job_scales_then_stop_leaves_a_checkpoint_the_run_resumes_from(head, tiny_dir):
+def test_ray_job_scales_then_stop_leaves_a_checkpoint_the_run_resumes_from(head, worker, tiny_dir):
     """GRPO on GSM8K-format rows (data.prompt_field=question) with a reward file outside the
-    project, which `instructray submit` ships with the job: the run scales, stops, resumes, and
-    the reward saw each response's own row all along (engine join, samples of a checkpoint)."""
+    project, which `instructray submit` ships with the job, on a cluster of two nodes with a
+    reward actor on each: the run scales, stops, resumes, and the reward saw each response's own
+    row all along (engine join, samples of a checkpoint) on both nodes."""
     from instructray.orchestrator.data.sources import tiny_gsm8k
     from instructray.orchestrator.ppo.checkpoints import Checkpoints, read_driver_state
 
@@ -406,6 +473,8 @@ def test_ray_job_scales_then_stop_leaves_a_checkpoint_the_run_resumes_from(head,
         # the config's math reward, and the user's file beside it
         f"--reward.function=instructray.actors.scoring.math_reward:accuracy_with_format, "
         f"{relative}:recorder",
+        "--reward.num_actors=2",
+        "--reward.placement_strategy=SPREAD",  # one on each node
     ]
     job_id = f"sigterm-{secrets.token_hex(4)}"
     _instructray_submit(head, job_id, *ppo, "--run.steps=1000")
@@ -442,6 +511,9 @@ def test_ray_job_scales_then_stop_leaves_a_checkpoint_the_run_resumes_from(head,
     assert all(0 <= r["reward/accuracy_with_format/mean"] <= 1.1 for r in rows)
     by_id = {row["id"]: row for row in tiny_gsm8k()}
     records = [json.loads(line) for line in seen.read_text().splitlines()]
+    nodes = set(head.alive_nodes())
+    assert worker in nodes and len(nodes) == 2
+    assert {r["node"] for r in records if r["node"]} == nodes  # the file ran on every node
     assert len(records) >= (step + 2) * 32  # every sample of every step, and the pre-flight's
     for r in records:
         row = by_id[r["id"]]
