@@ -10,7 +10,7 @@ HASH := $(shell cat pyproject.toml constraints-cpu.txt 2>/dev/null | sha256sum |
 STAMP := $(VENV)/.installed-$(HASH)
 PYTEST_ARGS ?=
 
-.PHONY: venv python-venv test demo lint clean
+.PHONY: venv python-venv test demo lint docs clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(PY) || $(MAKE) --no-print-directory python-venv
@@ -50,8 +50,13 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# The documentation site from docs/ (mkdocs.yml) into build/site; strict: a broken link, a page
+# outside the nav or a missing anchor fails it. The suite builds it too (tests/test_docs.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build/site
 
 # constraints-gpu.txt, the GPU image's lock, resolved from pyproject.toml with the pins of
 # constraints-cpu.txt (deploy/lock_gpu.py; package metadata only, a few seconds). Rerun after

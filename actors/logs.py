@@ -12,6 +12,7 @@ import os
 import warnings
 
 LEVEL_ENV = "INSTRUCTRAY_LOG_LEVEL"  # run.log_level, handed to every actor by its runtime_env
+ACTOR_NAME_ENV = "INSTRUCTRAY_ACTOR"  # the actor's role and number, e.g. rollout-0
 LIBRARIES = (
     "vllm",
     "DeepSpeed",
@@ -65,6 +66,9 @@ def quiet_libraries() -> None:
     """Libraries' loggers at the run's level, EXPECTED lines left out; below debug, no
     FutureWarning or DeprecationWarning (notes to the stack's developers, not its users)."""
     name = level()
+    # transformers' and the Hub's bars (loading, saving weights): a line per update in a
+    # worker's forwarded log; the stage's own bar says how far it is.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", name)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", name.lower())
     for library in LIBRARIES:
@@ -91,3 +95,12 @@ def _has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+class Named:
+    """An actor whose repr is its role and number (ACTOR_NAME_ENV, set by its placement slot):
+    Ray shows it in the dashboard's actor list (Repr) and in front of its console lines, in
+    place of the class name."""
+
+    def __repr__(self) -> str:
+        return os.environ.get(ACTOR_NAME_ENV) or type(self).__name__

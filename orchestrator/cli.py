@@ -8,6 +8,7 @@ import argparse
 import importlib
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from instructray.orchestrator.config import (
     validate_config,
 )
 from instructray.orchestrator.config.precision import resolve_precision
+from instructray.orchestrator.console import close_bars
 from instructray.orchestrator.data import DataError
 from instructray.orchestrator.ppo.numerics import NonFiniteError
 from instructray.orchestrator.preflight import preflight
@@ -124,7 +126,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
         "--plan-from",
         metavar="RUN",
         help="a CPU bench run folder (or its metrics.jsonl) to scale from; default: the "
-        "README's bench figures at 30M",
+        "bf16 bench figures at 30M in docs/results/index.md (2026-12-03)",
     )
     p.add_argument(
         "--plan-params",
@@ -209,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             print(plan_report(cfg, args.plan_from, args.plan_params))
             return 0
         preflight(cfg, args.stage)  # every input the stage reads, before Ray or any actor
+        start = time.monotonic()
         _run_stage(args.stage, cfg)
+        print(_done(args.stage, Path(cfg.run.output_dir), time.monotonic() - start))
     except Exception as e:
         if debug:
             raise
@@ -223,18 +227,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_stage(stage: str, cfg: Any) -> None:
-    """Run the stage; should it fail, stop the Ray it started (which flushes the actors' last
-    log lines, so that the error printed after them is the last line on screen). A Ray that was
-    running before (a test's, a notebook's) is left as it is."""
+    """Run the stage, then stop the Ray it started, which flushes the actors' last log lines:
+    the line printed after them (what the run wrote, or its error) is the last on screen. A
+    Ray that was running before (a test's, a notebook's) is left as it is."""
     import ray
 
     ours = not ray.is_initialized()
     try:
         resolve_runner(stage)(cfg)
-    except BaseException:
+    finally:
         if ours and ray.is_initialized():
             ray.shutdown()
-        raise
+        close_bars()
+
+
+# What a finished stage's folder holds that a person opens first, in this order.
+RESULTS = ("report.md", "plot.png", "eval.json", "doctor.json", "final", "metrics.jsonl")
+
+
+def _done(stage: str, folder: Path, seconds: float) -> str:
+    """The last line of a stage that succeeded: how long it took and what it wrote where."""
+    found = [name + ("/" if (folder / name).is_dir() else "") for name in RESULTS]
+    found = [name for name in found if (folder / name.rstrip("/")).exists()]
+    what = f" ({', '.join(found)})" if found else ""
+    return f"instructray {stage}: done in {seconds / 60:.1f} min; wrote {folder}{what}"
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from instructray.actors.faults import ENV as FAULT_ENV
+from instructray.actors.logs import ACTOR_NAME_ENV
 from instructray.actors.logs import LEVEL_ENV as LOG_LEVEL_ENV
 from instructray.actors.rollout import BUNDLES_ENV
 from instructray.orchestrator.config import Config, uses_reward_model
 from instructray.orchestrator.config.checks import max_engines
 from instructray.orchestrator.config.lora import reference_in_learner
+from instructray.orchestrator.console import filter_forwarded_lines, token_hint
 from instructray.orchestrator.output import RUN_ENV, run_label
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ def connect(cfg: Config) -> str:
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
         context = ray.init(address=address, log_to_driver=True)
+        _quiet_console(cfg)
         return f"{address}; {_dashboard(context)}"
     # address="local" never joins a stale cluster recorded by an earlier `ray start`. Logical CPUs
     # cover every actor even on a 2-core laptop: the roles take turns, they rarely compute at once.
@@ -59,7 +62,15 @@ def connect(cfg: Config) -> str:
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
     )
+    _quiet_console(cfg)
     return f"a new local Ray; {_dashboard(context)}"
+
+
+def _quiet_console(cfg: Config) -> None:
+    """The actors' lines that mean nothing for a working run stay in their log files
+    (orchestrator/console.py), unless run.log_level is debug."""
+    if cfg.run.log_level != "debug":
+        filter_forwarded_lines()
 
 
 def _dashboard(context: Any) -> str:
@@ -73,7 +84,7 @@ def _dashboard(context: Any) -> str:
             url = global_worker.node.webui_url if global_worker.node else None
         except Exception:
             url = None
-    return f"dashboard: http://{url}" if url else "dashboard: not running"
+    return f"dashboard: http://{url}{token_hint()}" if url else "dashboard: not running"
 
 
 def on_gpu(cfg: Config) -> bool:
@@ -173,6 +184,14 @@ class Slot:
     # A tensor-parallel engine: the bundles whose GPUs its vLLM workers take, one each. The
     # actor itself then asks for no GPU (a worker could never be scheduled beside it).
     worker_bundles: tuple[int, ...] = ()
+    index: int | None = None  # the actor's number in its role; None = its bundle's
+
+    @property
+    def name(self) -> str:
+        """What the dashboard and the console call the actor: its role and number
+        (`rollout-0`, `learner-rank-1`)."""
+        number = self.bundle if self.index is None else self.index
+        return f"{'learner-rank' if self.role == 'learner' else self.role}-{number}"
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for `ActorClass.options(...)`."""
@@ -185,13 +204,12 @@ class Slot:
             "scheduling_strategy": strategy,
             "max_restarts": self.max_restarts,
         }
-        env = dict(self.env)
+        env = {**self.env, ACTOR_NAME_ENV: self.name}  # the actor's repr (actors/logs.py)
         if self.worker_bundles:  # read by vLLM's Ray executor in the engine
             env[BUNDLES_ENV] = ",".join(map(str, self.worker_bundles))
         if not self.resources.get("GPU"):
             env.update(CPU_THREAD_ENV.get(self.role, CPU_THREAD_ENV[""]))
-        if env:
-            options["runtime_env"] = {"env_vars": env}
+        options["runtime_env"] = {"env_vars": env}
         return options
 
 
@@ -208,9 +226,12 @@ def _restarts(cfg: Config, role: str) -> int:
     return 0 if role == "learner" else max(cfg.run.max_actor_restarts, 0)
 
 
-def actor_env(cfg: Config) -> dict[str, str]:
-    """Environment variables of every actor and Ray Train worker of a run."""
+def actor_env(cfg: Config, name: str = "") -> dict[str, str]:
+    """Environment variables of every actor and Ray Train worker of a run; `name`, what the
+    dashboard and the console call the actor (actors/logs.py Named)."""
     env = {RUN_ENV: run_label(cfg), LOG_LEVEL_ENV: cfg.run.log_level}  # their metrics' label
+    if name:
+        env[ACTOR_NAME_ENV] = name
     if os.environ.get(FAULT_ENV):  # tests inject faults through it (actors/faults.py)
         env[FAULT_ENV] = os.environ[FAULT_ENV]
     return env
@@ -240,10 +261,7 @@ class Placement:
         else:
             for role, reqs in requests.items():
                 if role == "rollout" and tensor_parallel(cfg):
-                    self.slots[role] = [
-                        self._engine_group(cfg, f"instructray-rollout-{i}")
-                        for i in range(len(reqs))
-                    ]
+                    self.slots[role] = [self._engine_group(cfg, i) for i in range(len(reqs))]
                     waits[role] = [s.pg for s in self.slots[role]]
                     continue
                 strategy = {
@@ -258,16 +276,17 @@ class Placement:
                 waits[role] = [pg]
         self._wait(waits, fits, requests, cfg.run.timeout_s)
 
-    def _engine_group(self, cfg: Config, name: str) -> Slot:
+    def _engine_group(self, cfg: Config, engine_id: int) -> Slot:
         """A placement group of one engine's own. Tensor-parallel, its GPUs on one node
         (STRICT_PACK): the workers all-reduce at every layer."""
         bundles = engine_bundles(cfg)
         strategy = "STRICT_PACK" if len(bundles) > 1 else "PACK"
-        pg = placement_group(bundles, strategy=strategy, name=name)
+        pg = placement_group(bundles, strategy=strategy, name=f"instructray-rollout-{engine_id}")
         self.groups.append(pg)
         workers = tuple(range(len(bundles))) if tensor_parallel(cfg) else ()
         restarts = _restarts(cfg, "rollout")
-        return Slot(pg, 0, engine_request(cfg), actor_env(cfg), restarts, "rollout", workers)
+        request = engine_request(cfg)
+        return Slot(pg, 0, request, actor_env(cfg), restarts, "rollout", workers, engine_id)
 
     def _wait(
         self,
@@ -320,7 +339,7 @@ class Placement:
     def add_engine_group(self, cfg: Config, engine_id: int) -> Slot:
         """A placement group of its own for a rollout engine that joins the run (a group
         cannot gain bundles); not waited for (its `pg.ready()` says when it is placed)."""
-        return self._engine_group(cfg, f"instructray-rollout-{engine_id}")
+        return self._engine_group(cfg, engine_id)
 
     def release(self, slot: Slot) -> None:
         """An engine left the pool: remove its group once no other actor of the run is in it

@@ -39,8 +39,11 @@ from instructray.orchestrator.output.scale_requests import (
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV = Path("deploy/runtime_env.yaml")
-# Arguments that look like credentials: they would be readable by anyone who can list jobs.
-SECRET_WORDS = re.compile(r"api[_-]?key|token|secret|password|passwd|credential", re.IGNORECASE)
+# Keys that name a credential (their last word): their values would be readable by anyone who
+# can list jobs. `rollout.max_new_tokens` or `reward.url_token_env` (a variable's name) are not.
+SECRET_WORDS = re.compile(
+    r"(?:^|[._-])(?:api[_-]?key|token|secret|password|passwd|credentials?)$", re.IGNORECASE
+)
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -93,7 +96,7 @@ def load_runtime_env(path: Path) -> dict[str, Any]:
 def check_no_secrets(args: list[str]) -> None:
     """Refuse entrypoint arguments that look like credentials."""
     for arg in args:
-        if SECRET_WORDS.search(arg.split("=", 1)[0]):
+        if SECRET_WORDS.search(arg.split("=", 1)[0].lstrip("-")):
             raise JobError(
                 f"refusing to put '{arg.split('=', 1)[0]}' on the job's command line, which "
                 f"anyone who can list jobs can read; set it in the cluster's environment"

@@ -28,7 +28,7 @@ def engine_options(cfg: Config) -> dict[str, Any]:
     return {
         "num_cpus": r.cpus_per_engine,
         "num_gpus": gpus,
-        "runtime_env": {"env_vars": actor_env(cfg)},
+        "runtime_env": {"env_vars": actor_env(cfg, "sampler")},
     }
 
 

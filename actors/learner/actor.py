@@ -30,7 +30,7 @@ from instructray.actors.learner.ptx import Pretraining
 from instructray.actors.learner.ranks import free_port, mean_over_ranks, sum_over_ranks
 from instructray.actors.learner.step import MicroBatch, backward_and_step
 from instructray.actors.learner.sync import LearnerSync
-from instructray.actors.logs import quiet_libraries
+from instructray.actors.logs import Named, quiet_libraries
 from instructray.actors.sequences import Experience, SequenceBatch
 from instructray.kernels import (
     aggregate_loss,
@@ -57,7 +57,7 @@ MASTER_WEIGHTS = (
 CHECKPOINT_TAG = "state"  # DeepSpeed's sub-folder name inside each engine's checkpoint folder
 
 
-class LearnerActor(LearnerSync):
+class LearnerActor(Named, LearnerSync):
     """One data-parallel rank: the policy's DeepSpeed engine and the critic (or none)."""
 
     def __init__(self, cfg: Config, rank: int, world_size: int):

@@ -126,7 +126,7 @@ def save_hf_folder(
         shutil.rmtree(old)
     else:
         tmp.rename(final)
-    logger.info("saved %s", final)
+    logger.debug("saved %s", final)
 
 
 def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:

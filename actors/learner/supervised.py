@@ -291,10 +291,11 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             log.log(first)
     bar = None
-    if rank == 0:
-        from tqdm import tqdm
+    if rank == 0:  # drawn by the driver, one bar, not a forwarded line per update
+        from ray.experimental.tqdm_ray import tqdm
 
-        bar = tqdm(total=epochs * steps_per_epoch, initial=step, desc=stage, unit="step")
+        bar = tqdm(total=epochs * steps_per_epoch, desc=stage, unit="step")
+        bar.n = step
     for epoch in range(first_epoch, epochs):
         for i, batch in enumerate(shard(plan, rank, world, cfg.run.seed, epoch)):
             if i == 1:  # test hook (actors/faults.py): a crash once an epoch has logged a step
@@ -309,8 +310,8 @@ def train_loop(config: dict[str, Any]) -> None:
             step += 1
             if rank == 0:
                 log.log({"step": step, "epoch": epoch, **metrics})
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+                bar.n = step  # set_description sends the state
+                bar.set_description(f"{stage} loss {metrics['train/loss']:.3f}")
         report = {"step": step, "epoch": epoch + 1}
         if held_out:
             report.update(evaluate(task, held_out))

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from instructray.actors.faults import inject
-from instructray.actors.logs import quiet_libraries
+from instructray.actors.logs import Named, quiet_libraries
 from instructray.actors.remote import ActorRestarted
 from instructray.actors.rollout import BUNDLES_ENV
 from instructray.actors.rollout.adapter import EngineAdapter, read_metadata
@@ -102,7 +102,7 @@ def _every_other_tensor(
     return safetensors.torch.save({k: state[k] for k in names}, metadata=metadata), len(state)
 
 
-class RolloutActor:
+class RolloutActor(Named):
     """vLLM engine that samples n responses per prompt and reloads policy weights by version."""
 
     def __init__(
@@ -155,6 +155,7 @@ class RolloutActor:
             tensor_parallel_size=tensor_parallel_size,
             worker_extension_cls=EXTENSION,
             load_format="safetensors",  # never unpickle a .bin checkpoint
+            use_tqdm_on_load=False,  # a forwarded line per update; the driver says what starts
             # On GPU the n samples of a prompt share its prefill and prompt KV (vLLM runs them
             # as n requests); every weight update resets the cache, whose KV would be stale
             # (tested on CPU, where the default leaves it off: prompts there are short).

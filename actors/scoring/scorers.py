@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from instructray.actors.faults import inject
-from instructray.actors.logs import quiet_libraries
+from instructray.actors.logs import Named, quiet_libraries
 from instructray.actors.scoring.reward_functions import (
     RewardFunction,
     columns_as_lists,
@@ -79,7 +79,7 @@ def load_frozen(
     return model.to(device).eval()
 
 
-class RewardActor:
+class RewardActor(Named):
     """Scores (prompt, response) pairs with a reward model, a Python reward function, a remote
     endpoint, or the weighted sum of several: `function` is reward.function as configured
     (empty: the reward model alone; else comma-separated entries, `model` naming the reward
@@ -225,7 +225,7 @@ class RewardActor:
         return self.score_sources(batch, prompts, responses, columns)[0]
 
 
-class ReferenceActor:
+class ReferenceActor(Named):
     """The frozen SFT policy: per-token log-probs of responses (chunked over the vocabulary), on
     `device` (default: scorer_device's choice)."""
 

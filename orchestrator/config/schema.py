@@ -77,7 +77,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where prompts, demonstrations and rankings come from (the schemas: README, "Data")."""
+    """Where prompts, demonstrations and rankings come from (row formats: docs/guides/sft.md,
+    reward-model.md, your-own-task.md)."""
 
     prompts: str = param(
         "tiny://prompts",
@@ -106,8 +107,9 @@ class DataConfig:
     shuffle: bool = param(True, "Shuffle prompts each epoch (seeded by run.seed).")
     rankings_format: Literal["auto", "hh-rlhf", "oasst1"] = param(
         "auto",
-        "Format of data.rankings: auto (the README's schemas), hh-rlhf (Anthropic HH-RLHF "
-        "chosen/rejected dialogues) or oasst1 (OpenAssistant OASST1 message trees).",
+        "Format of data.rankings: auto (the row formats of docs/guides/reward-model.md), "
+        "hh-rlhf (Anthropic HH-RLHF chosen/rejected dialogues) or oasst1 (OpenAssistant OASST1 "
+        "message trees).",
     )
     prompt_field: str = param(
         "prompt",

@@ -1,5 +1,6 @@
 """Data: prompt sets, demonstrations and rankings, read through `datasets`, converted from public
-formats, curated, checked against the DESIGN.md schemas; a bad row is a DataError naming it."""
+formats, curated, checked against the row schemas (schema.py); a bad row is a DataError naming
+it."""
 
 from instructray.orchestrator.data.converters import RANKING_FORMATS, convert_rankings
 from instructray.orchestrator.data.curation import CurationReport, curate, split_by_user

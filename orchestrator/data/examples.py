@@ -1,7 +1,7 @@
 """Training examples of the supervised stages: demonstrations (SFT) and rankings (reward model).
 
 Rows come through `load_rows` (local files or the Hub), are converted from a public format when
-`data.rankings_format` says so, curated (curation.py), checked against the DESIGN.md schemas
+`data.rankings_format` says so, curated (curation.py), checked against the row schemas (schema.py)
 (schema.py) and tokenized, then split into train and held-out by user id. A bad row is a
 DataError that names the source, the row and the field, or is skipped and counted
 (`data.on_bad_row: skip`).

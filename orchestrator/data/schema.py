@@ -1,4 +1,4 @@
-"""The DESIGN.md row schemas, one rule per field, and the one-line errors every loader gives.
+"""The row schemas, one rule per field, and the one-line errors every loader gives.
 
 Prompts, demonstrations, rankings and the public-format converters all check their rows here, so
 each rule and its message live once. A message names the source, where the row is (`line 7` of a

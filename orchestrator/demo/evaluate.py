@@ -157,10 +157,9 @@ def alignment_tax(cfg: Config, models: dict[str, str], tokenizer: Any) -> dict[s
     replies = [world.base_response(p, rng) for p in prompts]
     prompt_ids = [tokenize_prompt({"prompt": p.text}, tokenizer, cfg.sft.template) for p in prompts]
     batch = make_sequence_batch(prompt_ids, _ended(tokenizer, replies), tokenizer.pad_token_id)
-    env = {"runtime_env": {"env_vars": actor_env(cfg)}}
     actors = {
         name: ray.remote(ReferenceActor)
-        .options(**env)
+        .options(runtime_env={"env_vars": actor_env(cfg, f"reference-{name}")})
         .remote(path, cfg.model.dtype, 64, cfg.reference.logprob_chunk_size, temperature=1.0)
         for name, path in models.items()
     }
@@ -193,15 +192,14 @@ def _model_scores(cfg, tokenizer, sft, reward_model, prompts, answers, kl_prompt
     pad = tokenizer.pad_token_id
     texts = [p.text for p in prompts]
     ids = [tokenize_prompt({"prompt": t}, tokenizer, cfg.sft.template) for t in texts]
-    env = {"runtime_env": {"env_vars": actor_env(cfg)}}
     reward = (
         ray.remote(RewardActor)
-        .options(**env)
+        .options(runtime_env={"env_vars": actor_env(cfg, "reward-eval")})
         .remote(reward_model, "", sft, cfg.model.dtype, batch_size=64, normalize=True)
     )
     reference = (
         ray.remote(ReferenceActor)
-        .options(**env)
+        .options(runtime_env={"env_vars": actor_env(cfg, "reference-eval")})
         .remote(sft, cfg.model.dtype, 64, cfg.reference.logprob_chunk_size, temperature=1.0)
     )
     try:
@@ -257,9 +255,8 @@ def run_eval(cfg: Config) -> None:
     and rm/ models. Rewrites eval.json, report.md, plot.png and samples.jsonl there."""
     from instructray.orchestrator.cluster import connect
     from instructray.orchestrator.config import load_config
-    from instructray.orchestrator.demo.report import table, write_report
+    from instructray.orchestrator.demo.report import ppo_stages, table, write_report
     from instructray.orchestrator.model_specs import resolve_models
-    from instructray.orchestrator.output import read_metrics
 
     root = Path(cfg.run.output_dir)
     models = {name: root / name / "final" for name in ("base", "sft", "ppo", "rm")}
@@ -278,6 +275,6 @@ def run_eval(cfg: Config) -> None:
     models = {name: model_folder(str(path)) for name, path in models.items()}  # LoRA: merged/
     reward_model = models.pop("rm")
     ev = evaluate_world(cfg, models, reward_model)
-    write_report(root, ev, read_metrics(root / "ppo" / "metrics.jsonl"))
+    write_report(root, ev, ppo_stages(root))
     print(table(ev))
     print(f"written: {root}/eval.json, report.md, plot.png, samples.jsonl")

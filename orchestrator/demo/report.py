@@ -74,40 +74,53 @@ def table(ev: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Reward and KL per PPO step, two panels, as a PNG."""
-    from PIL import Image, ImageDraw
+PPO_STAGES = ("ppo", "ppo-ptx")  # the demo's PPO stages, each a folder of the run
 
-    width, height, pad = 720, 520, 50
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
+
+def ppo_stages(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """The metrics rows of each PPO stage the demo run in `root` trained."""
+    from instructray.orchestrator.output import read_metrics
+
+    found = [(name, root / name / "metrics.jsonl") for name in PPO_STAGES]
+    return {name: read_metrics(path) for name, path in found if path.exists()}
+
+
+# The panels of plot.png: a metric each, one line per PPO stage that logged it.
+PANELS = (
+    ("reward/mean", "mean reward (RM score)"),
+    ("kl/mean", "KL to SFT (nats per response)"),
+    ("ptx/loss", "LM loss on the base model's text (PPO-ptx)"),
+)
+
+
+def plot(stages: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Reward, KL and (where a stage trained with PPO-ptx) its LM loss per step, one line per
+    PPO stage, on a step axis, as a PNG (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     panels = [
-        ("reward/mean", "mean reward (RM score)", (31, 119, 180)),
-        ("kl/mean", "KL to SFT", (214, 39, 40)),
+        (key, title)
+        for key, title in PANELS
+        if any(r.get(key) is not None for rows in stages.values() for r in rows)
     ]
-    panel_h = (height - pad) // 2
-    for i, (key, title, color) in enumerate(panels):
-        top = i * panel_h + pad // 2
-        box = (pad, top + 20, width - pad // 2, top + panel_h - 20)
-        draw.rectangle(box, outline="black")
-        draw.text((pad, top + 4), title, fill="black")
-        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if len(points) < 2:
-            continue
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        x0, x1 = min(xs), max(xs)
-        y0, y1 = min(ys), max(ys)
-        if y1 == y0:
-            y1 = y0 + 1.0
-
-        sx = (box[2] - box[0]) / max(x1 - x0, 1)
-        sy = (box[3] - box[1]) / (y1 - y0)
-        pixels = [(box[0] + (x - x0) * sx, box[3] - (y - y0) * sy) for x, y in points]
-        draw.line(pixels, fill=color, width=2)
-        draw.text((box[0] + 4, box[1] + 2), f"{y1:.3g}", fill="gray")
-        draw.text((box[0] + 4, box[3] - 12), f"{y0:.3g}", fill="gray")
-        draw.text((box[2] - 60, box[3] + 4), f"step {x1}", fill="gray")
-    image.save(path)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(7.2, 2.4 * len(panels) + 0.6), sharex=True, squeeze=False
+    )
+    for ax, (key, title) in zip(axes[:, 0], panels, strict=True):
+        for i, (name, rows) in enumerate(stages.items()):  # a stage keeps its colour
+            points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), label=name, color=f"C{i}", linewidth=1.5)
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    axes[-1, 0].set_xlabel("PPO step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def probe_table(probe: dict[str, dict[str, float]]) -> str:
@@ -121,13 +134,14 @@ def probe_table(probe: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(root: Path, ev: dict[str, Any], ppo_rows: list[dict[str, Any]]) -> None:
-    """eval.json, plot.png and report.md into the run folder."""
+def write_report(root: Path, ev: dict[str, Any], stages: dict[str, list[dict[str, Any]]]) -> None:
+    """eval.json, plot.png (each PPO stage's metrics rows by stage name) and report.md into the
+    run folder."""
     ev = dict(ev)
     samples = ev.pop("samples", [])
     (root / "eval.json").write_text(json.dumps(ev, indent=1) + "\n")
     (root / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    plot(ppo_rows, root / "plot.png")
+    plot(stages, root / "plot.png")
     text = [
         "# InstructRay demo: the InstructGPT story in miniature",
         "",
@@ -138,7 +152,9 @@ def write_report(root: Path, ev: dict[str, Any], ppo_rows: list[dict[str, Any]])
         "",
         table(ev),
         "",
-        "Win rates count a tie as half a win. ![reward and KL per PPO step](plot.png)",
+        "Win rates count a tie as half a win.",
+        "",
+        "![reward and KL per step of each PPO stage](plot.png)",
         "",
     ]
     if ev.get("lm_loss_base_text"):

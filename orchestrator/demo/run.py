@@ -20,7 +20,7 @@ from instructray.actors.lora import model_folder
 from instructray.orchestrator.cluster import connect
 from instructray.orchestrator.config import Config
 from instructray.orchestrator.demo.data import write_world_data
-from instructray.orchestrator.output import RunFolder, read_metrics, run_label
+from instructray.orchestrator.output import RunFolder, run_label
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _dashboard() -> str:
 def run_demo(cfg: Config) -> RunFolder:
     """Base LM -> SFT -> rankings -> RM -> PPO -> evaluation, in one run folder."""
     from instructray.orchestrator.demo.evaluate import evaluate_world
-    from instructray.orchestrator.demo.report import table, write_report
+    from instructray.orchestrator.demo.report import ppo_stages, table, write_report
     from instructray.orchestrator.model_specs import resolve_models
     from instructray.orchestrator.pipeline import ppo_stage, run_or_reuse, run_pipeline
     from instructray.orchestrator.ppo.run import run_ppo
@@ -87,7 +87,7 @@ def run_demo(cfg: Config) -> RunFolder:
 
     print(f"[6/6] evaluation on {cfg.eval.num_prompts} held-out prompts x 3 instructions")
     ev = evaluate_world(cfg, models, rm)
-    write_report(root, ev, read_metrics(root / "ppo" / "metrics.jsonl"))
+    write_report(root, ev, ppo_stages(root))
     print(table(ev))
     print(f"run folder: {root} (report.md, eval.json, plot.png; base/ sft/ rm/ ppo/ with final/)")
     return folder

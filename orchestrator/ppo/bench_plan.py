@@ -27,20 +27,22 @@ from instructray.orchestrator.ppo.plan import (
     scale,
 )
 
-# The default reference: README, Benchmark, the bf16 side-by-side table (2026-12-03), row
+# The default reference: docs/results/index.md, the bf16 side-by-side table (2026-12-03), row
 # "~30M | b": `instructray bench --config deploy/configs/bench-tiny-cpu.yaml` at tiny://policy-30m
 # (30.6M parameters) in bf16 on a 2-core AMD EPYC, 32 prompts of 16 tokens x 1 sample x 32 new
-# tokens, one engine, one rank. Advantages is not in the table: the README puts the estimators'
-# arithmetic at 1-3 ms.
-README_MEASURED = {
+# tokens, one engine, one rank. Advantages is not in the table: the results page puts the
+# estimators' arithmetic at 1-3 ms.
+MEASURED = {
     "generate": 0.76,
     "score": 1.19,
     "advantages": 0.002,
     "train": 2.92,
     "sync": 0.54,
 }
-README_SHAPE = StepShape(30.6e6, 32, 16, 32, 1, 1, 3)
-README_SOURCE = 'README Benchmark, bf16 table (2026-12-03), row "~30M | b"'
+MEASURED_SHAPE = StepShape(30.6e6, 32, 16, 32, 1, 1, 3)
+MEASURED_SOURCE = (
+    'docs/results/index.md, "bf16, side by side with TRL (2026-12-03)", row "~30M | b"'
+)
 PLAN_ENGINES = (2, 4, 8)
 
 
@@ -134,7 +136,7 @@ def _arithmetic(shape: StepShape, plan: StepPlan) -> list[str]:
 def plan_report(cfg: Config, plan_from: str | None = None, params: float | None = None) -> str:
     """The table: phase seconds scaled to the config's shapes and lockstep against pipelined
     step time for PLAN_ENGINES engines, each with its arithmetic."""
-    measured, ref, source = README_MEASURED, README_SHAPE, README_SOURCE
+    measured, ref, source = MEASURED, MEASURED_SHAPE, MEASURED_SOURCE
     if plan_from:
         measured, ref, source = reference_from_run(plan_from)
     n = params or params_from_name(cfg.model.policy)

@@ -35,15 +35,15 @@ H100_HBM3_BYTES_PER_S = 3.35e12
 # both ways); assumed ~350 GB/s of bus bandwidth for large buckets. Across nodes InfiniBand NDR
 # gives 400 Gb/s = 50 GB/s per NIC: pass that as link_bytes_per_s for a multi-node layout.
 NVLINK_BCAST_BYTES_PER_S = 350e9
-# The reference machine, 2-core AMD EPYC with AVX512-BF16: bf16 matmul ~370 GFLOP/s (README,
-# Benchmark, measured beside its 2026-12-03 bf16 table).
+# The reference machine, 2-core AMD EPYC with AVX512-BF16: bf16 matmul ~370 GFLOP/s
+# (docs/results/index.md, measured beside its 2026-12-03 bf16 table).
 CPU_MATMUL_FLOPS = 370e9
 # A bf16 copy of 61M elements (the 30M model's weights) at ~15 GB/s read + write, 2 threads, on a
 # machine of that kind (measured for this plan, 2026-12-06). On the CPU the weights reach the
 # engine through copies in Ray's shared memory, so this is also its sync link.
 CPU_MEMORY_BYTES_PER_S = 15e9
 # The driver's token rewards, GAE and whitening, a CPU process in both runs: ~1 us per response
-# token (1-3 ms for the bench's 1,024 tokens, README). It cancels in the ratio.
+# token (1-3 ms for the bench's 1,024 tokens, docs/results/index.md). It cancels in the ratio.
 DRIVER_TOKENS_PER_S = 1e6
 
 PHASES = ("generate", "score", "advantages", "train", "sync")

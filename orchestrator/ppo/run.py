@@ -4,6 +4,7 @@ learner rank rebuilt from the latest checkpoint; a progress bar with reward and 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import signal
@@ -87,7 +88,7 @@ def run_ppo(cfg: Config) -> RunFolder:
     """`instructray ppo`: start the actors, run run.steps PPO steps, save final/.
 
     Checkpoints every run.save_every steps and on SIGTERM; run.resume continues from one."""
-    from tqdm import tqdm
+    from ray.experimental.tqdm_ray import tqdm
 
     folder = RunFolder(cfg, stage="ppo")
     checkpoints = Checkpoints(folder.path, cfg.run.keep_last)
@@ -102,16 +103,12 @@ def run_ppo(cfg: Config) -> RunFolder:
             first = trainer.load(resume_from)
             logger.info("ppo: resumed from %s at step %d", resume_from, first)
         folder.truncate_metrics(first)  # rows of steps after the checkpoint (or a failed start)
-        bar = tqdm(
-            desc="ppo",
-            unit="step",
-            dynamic_ncols=True,
-            initial=first,
-            total=cfg.run.steps,
-        )
+        # Drawn by Ray's bar manager: kept whole while the actors' lines print above it.
+        bar = tqdm(desc="ppo", unit="step", total=cfg.run.steps)
+        bar.n = first
         rebuilds = 0
         # The bar closes before an error is printed, so the error stays the last line.
-        with bar, _StopOnSigterm() as stop:
+        with contextlib.closing(bar), _StopOnSigterm() as stop:
             step = first
             while step < cfg.run.steps:
                 try:
@@ -131,9 +128,9 @@ def run_ppo(cfg: Config) -> RunFolder:
                 folder.log(metrics)
                 if trainer.skipped is not None:
                     folder.write_json(f"diagnostics/step-{step}.json", trainer.skipped)
-                bar.update(1)
-                bar.set_postfix(
-                    reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}"
+                bar.n = step + 1  # set_description sends the state
+                bar.set_description(
+                    f"ppo reward {metrics['reward/mean']:.3f} kl {metrics['kl/mean']:.3f}"
                 )
                 done = step + 1
                 every = cfg.run.save_every

@@ -14,6 +14,7 @@ LAYERS = {
     f"{ORCH}.config": 0,
     f"{ORCH}.data": 1,
     f"{ORCH}.output": 1,
+    f"{ORCH}.console": 1,
     "instructray.actors": 2,
     f"{ORCH}.cluster": 3,
     f"{ORCH}.model_specs": 3,

@@ -121,8 +121,9 @@ def test_answer_score_is_what_a_teacher_says_and_agrees_with_math_verify(
 
 @pytest.mark.parametrize(("response", "reference"), KNOWN_MISSES)
 def test_known_misses_of_math_verify(response, reference):
-    """Right answers that math-verify 0.9.0 reads wrong, so they score 0 (README says so); a
-    newer math-verify that reads them right fails this test: move the case to the table."""
+    """Right answers that math-verify 0.9.0 reads wrong, so they score 0 (the guide
+    docs/guides/your-own-task.md says so); a newer math-verify that reads them right fails this
+    test: move the case to the table."""
     assert answer_score(response, reference) == 0.0
 
 

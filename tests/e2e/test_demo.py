@@ -1,6 +1,6 @@
 """A shrunken `make demo`: the whole InstructGPT story (base LM, SFT, labeler rankings, K-wise
 RM, PPO, evaluation) on real Ray, vLLM (CPU) and DeepSpeed, with the directions of its numbers
-asserted. The full-size figures are a benchmark in the README, not a test."""
+asserted. The full-size figures are a measurement in docs/results/index.md, not a test."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_the_numbers_move_the_way_the_story_says(demo_run):
     # bounded KL to SFT. Whether PPO is preferred over SFT needs the full demo's reward model:
     # trained on 192 rankings (768 in the demo) it scores a wrong answer as the right one (seen:
     # 0.521 against 0.531, fp32, seed 0), and PPO then has little to climb (PPO vs SFT 0.375
-    # there). The full demo's win rates are its benchmark in the README.
+    # there). The full demo's win rates are its measurement in docs/results/index.md.
     ev = json.loads((demo_run / "eval.json").read_text())
     assert load_config(demo_run / "config.yaml").model.dtype == "float32"  # the demo's own
     assert ev["win_rate_sft_vs_base"] > 0.5

@@ -33,6 +33,7 @@ from testdata import SYNCED, metrics_of
 
 from instructray.actors.lora import ADAPTER_WEIGHTS, MERGED
 from instructray.actors.scoring.rule_rewards import rank_by_target_word
+from instructray.orchestrator.console import DROPPED
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
@@ -295,8 +296,33 @@ def test_the_console_of_a_working_run_shows_no_failure(pipeline_job):
         *("FutureWarning", "torch_dtype is deprecated"),
         "Setting accelerator to CPU",  # DeepSpeed's accelerator guess
         "different tokenizers for different LoRAs",  # vLLM, at a first adapter request
+        *DROPPED,  # the forwarded lines the driver leaves out (orchestrator/console.py)
     ):
         assert line not in logs, line
+    # One bar per stage, drawn by the driver (Ray's tqdm_ray), not a line per update: SFT, then
+    # two rounds of RM and PPO. A bar's updates rewrite its line ("\r"); a few lines each at most.
+    bars = [line for line in logs.split("\n") if "%|" in line]
+    for stage, runs in (("sft", 1), ("rm", 2), ("ppo", 2)):
+        drawn = [line for line in bars if re.search(rf"(^|\r|\) ){stage}\b", line)]
+        assert 0 < len(drawn) <= 3 * runs, (stage, drawn)
+    assert logs.rstrip().split("\n")[-1].startswith("instructray pipeline: done in ")
+
+
+def test_the_dashboard_names_each_actor_by_its_role(pipeline_job, head):
+    """Ray's state API (the dashboard's Actors view) shows each actor's role and number."""
+    listed = head.run(
+        str(BIN / "ray"),
+        "list",
+        "actors",
+        f"--address={head.address}",
+        "--detail",
+        "--format=json",
+        "--limit=1000",
+    )
+    assert listed.returncode == 0, listed.stderr
+    names = {a.get("repr_name") for a in json.loads(listed.stdout)}
+    # LoRA: the reference is the learner's own adapter-free forward (no reference actor)
+    assert {"rollout-0", "learner-rank-0", "learner-rank-1", "reward-0", "sampler"} <= names
 
 
 def test_prometheus_shows_the_runs_metrics_with_sanevalues_of(pipeline_job, head):

@@ -17,10 +17,23 @@ def test_entrypoint_is_the_stage_command_quoted_for_a_shell():
     assert cmd == "instructray ppo --config deploy/configs/ppo-tiny-cpu.yaml '--run.name=a b'"
 
 
-@pytest.mark.parametrize("arg", ["--wandb.api_key=x", "--hub_token=y", "--db.password=z"])
+@pytest.mark.parametrize(
+    "arg", ["--wandb.api_key=x", "--hub_token=y", "--db.password=z", "--x.token=t", "--secret"]
+)
 def test_secrets_never_go_on_the_command_line(arg):
     with pytest.raises(jobs.JobError, match="refusing to put"):
         jobs.check_no_secrets(["--run.steps=2", arg])
+
+
+def test_keys_that_only_mention_tokens_pass():
+    jobs.check_no_secrets(
+        [
+            "--rollout.max_new_tokens=64",
+            "--data.max_prompt_tokens=32",
+            "--sft.max_tokens_per_batch=512",
+            "--reward.url_token_env=MY_TOKEN",  # the name of a variable, not its value
+        ]
+    )
 
 
 def test_address_comes_from_the_flag_then_ray_address(monkeypatch):

@@ -1,4 +1,4 @@
-"""Bad input refused before anything runs (the README's "Faults and bad input" table).
+"""Bad input refused before anything runs (the table in docs/guides/checkpoints-and-faults.md).
 
 Each case runs `instructray STAGE ...` in this process, as a user would, and asserts: exit code 2;
 the error is the last line on stderr and names the key, file, line or field, the value seen and

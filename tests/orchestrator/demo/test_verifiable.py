@@ -1,5 +1,5 @@
 """The demo's verifiable task: right answers, the exact-match reward, quiz prompts, and the RL
-stage's config (no Ray: the whole run is measured in the README, not tested)."""
+stage's config (no Ray: the whole run is measured in docs/results/index.md, not tested)."""
 
 from __future__ import annotations
 

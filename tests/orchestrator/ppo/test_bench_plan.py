@@ -11,8 +11,8 @@ import yaml
 
 from instructray.orchestrator.config import load_config
 from instructray.orchestrator.ppo.bench_plan import (
-    README_MEASURED,
-    README_SHAPE,
+    MEASURED,
+    MEASURED_SHAPE,
     params_from_name,
     plan_report,
     reference_from_run,
@@ -85,9 +85,7 @@ def test_report_shows_the_models_numbers_for_2_4_8_engines():
     cfg = load_config(CONFIG_7B)
     text = plan_report(cfg)
     for engines in (2, 4, 8):
-        target = scale(
-            README_MEASURED, README_SHAPE, CPU_2CORE, target_shape(cfg, 7e9, engines), H100
-        )
+        target = scale(MEASURED, MEASURED_SHAPE, CPU_2CORE, target_shape(cfg, 7e9, engines), H100)
         plan = plan_step(target)
         assert f"{engines} engines: generate floor" in text
         assert f"= {plan.lockstep:.1f} s" in text and f"= {plan.pipelined:.1f} s" in text
