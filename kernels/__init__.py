@@ -33,6 +33,9 @@ from instructray.kernels.ranking import (
     MIN_RESPONSES,
     kwise_ranking_loss,
     pairwise_loss,
+    ranking_value,
+    tie_groups,
+    tie_tensors,
 )
 from instructray.kernels.rewards import combine_rewards, compute_token_rewards, last_token_index
 from instructray.kernels.sft import sft_loss
@@ -65,6 +68,9 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "pairwise_loss",
+    "ranking_value",
+    "tie_groups",
+    "tie_tensors",
     "policy_loss",
     "returns_to_go",
     "sft_loss",

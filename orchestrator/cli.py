@@ -210,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plan_report(cfg, args.plan_from, args.plan_params))
             return 0
+        if not debug:  # transformers' bars (saving a tiny model): the stage's own bar is enough
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         preflight(cfg, args.stage)  # every input the stage reads, before Ray or any actor
         start = time.monotonic()
         _run_stage(args.stage, cfg)

@@ -20,7 +20,7 @@ from instructray.actors.rollout import BUNDLES_ENV
 from instructray.orchestrator.config import Config, uses_reward_model
 from instructray.orchestrator.config.checks import max_engines
 from instructray.orchestrator.config.lora import reference_in_learner
-from instructray.orchestrator.console import filter_forwarded_lines, token_hint
+from instructray.orchestrator.console import filter_forwarded_lines, quiet_bars, token_hint
 from instructray.orchestrator.output import RUN_ENV, run_label
 
 logger = logging.getLogger(__name__)
@@ -68,9 +68,11 @@ def connect(cfg: Config) -> str:
 
 def _quiet_console(cfg: Config) -> None:
     """The actors' lines that mean nothing for a working run stay in their log files
-    (orchestrator/console.py), unless run.log_level is debug."""
+    (orchestrator/console.py), unless run.log_level is debug; progress bars write a few lines
+    where the console is a file."""
     if cfg.run.log_level != "debug":
         filter_forwarded_lines()
+    quiet_bars()
 
 
 def _dashboard(context: Any) -> str:

@@ -6,8 +6,10 @@ shows them all). Also where the dashboard's token is when Ray asks for one."""
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 # A forwarded line holding one of these is left out of the console; why each means nothing.
 DROPPED: dict[str, str] = {
@@ -27,6 +29,7 @@ DROPPED: dict[str, str] = {
     "saved /tmp/": "a stage's intermediate checkpoint, before Ray Train copies it",
 }
 HANDLER = "ray_print_logs"  # the name Ray's driver gives its printer of forwarded lines
+BAR_LINE_EVERY_S = 60.0  # where the console is a file (a Ray job's log), a bar's line this often
 
 
 def dropped(line: str) -> bool:
@@ -84,3 +87,75 @@ def close_bars() -> None:
             for bar in group.bars_by_uuid.values():
                 bar.close()
             group.bars_by_uuid.clear()
+
+
+class _BarLines:
+    """What Ray's bar manager does with the progress bars' states in this driver, instead of
+    drawing them: where the console is a file (a Ray job's logs, `make demo > log`), a bar that
+    redraws on every update and every forwarded line (Ray's manager clears and redraws its bars
+    around each) writes a new line each time. Here each bar writes one line when it closes and one
+    every `every_s` seconds while it runs; a state that arrives after its bar closed (Ray
+    forwards some twice) is dropped."""
+
+    def __init__(self, stream: TextIO, every_s: float = BAR_LINE_EVERY_S):
+        self.stream, self.every_s = stream, every_s
+        self.started: dict[str, float] = {}
+        self.shown: dict[str, float] = {}
+        self.closed: set[str] = set()
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        uuid, now = state["uuid"], time.monotonic()
+        if uuid in self.closed:
+            return
+        started = self.started.setdefault(uuid, now)
+        if state.get("closed"):
+            self.closed.add(uuid)
+            self.started.pop(uuid, None)
+            self.shown.pop(uuid, None)
+        elif now - self.shown.get(uuid, started) < self.every_s:
+            return
+        else:
+            self.shown[uuid] = now
+        line = tqdm.format_meter(
+            state["x"],
+            state["total"],
+            now - started,
+            prefix=state["desc"],
+            unit=state["unit"],
+            ncols=100,
+        )
+        print(line, file=self.stream, flush=True)
+
+
+def quiet_bars(stream: TextIO | None = None) -> bool:
+    """Ray's bar manager in this driver draws each bar with live updates on a terminal, and writes
+    _BarLines' few lines where the console is a file; either way a state that arrives after its
+    bar closed no longer opens it again (a bar that would then redraw under every later line).
+    False where this Ray has no such manager."""
+    from ray.experimental import tqdm_ray
+
+    stream = stream or sys.stderr
+    manager = tqdm_ray.instance()
+    locked = getattr(manager, "_process_state_update_locked", None)
+    if locked is None or getattr(locked, "instructray", False):
+        return locked is not None
+    if not stream.isatty():
+        handle = _BarLines(stream)
+    else:
+        closed: set[str] = set()
+
+        def handle(state: dict[str, Any]) -> None:
+            if state["uuid"] in closed:
+                return
+            locked(state)
+            if state.get("closed"):  # a bar that opened on its closing state closes too
+                closed.add(state["uuid"])
+                for group in manager.bar_groups.values():
+                    if group.has_bar(state["uuid"]):
+                        group.close_bar(state)
+
+    handle.instructray = True  # type: ignore[attr-defined]
+    manager._process_state_update_locked = handle
+    return True

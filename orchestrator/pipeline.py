@@ -27,6 +27,7 @@ from typing import Any
 from instructray.actors.lora import model_folder
 from instructray.actors.scoring.rule_rewards import check_ranking
 from instructray.actors.sequences import load_tokenizer
+from instructray.kernels import ranking_value
 from instructray.orchestrator.config import Config
 from instructray.orchestrator.config.functions import load_function
 from instructray.orchestrator.data import (
@@ -120,7 +121,7 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
         text = format_prompt(row, tokenizer, cfg.sft.template)
         ranking = check_ranking(labeler(text, responses), len(responses))
         prompt = {"messages": row["messages"]} if row.get("messages") else {"prompt": row["prompt"]}
-        ranked.append({**prompt, "responses": responses, "ranking": ranking})
+        ranked.append({**prompt, "responses": responses, "ranking": ranking_value(ranking)})
     return ranked
 
 

@@ -39,7 +39,7 @@ from instructray.actors.learner.ranks import mean_over_ranks, sum_over_ranks
 from instructray.actors.logs import quiet_libraries
 from instructray.actors.lora import ADAPTER_CONFIG
 from instructray.actors.sequences import make_sequence_batch
-from instructray.kernels import kwise_ranking_loss, sft_loss
+from instructray.kernels import kwise_ranking_loss, sft_loss, tie_tensors
 from instructray.orchestrator.config import Config
 from instructray.orchestrator.output import MetricsLog, truncate_metrics
 
@@ -139,9 +139,9 @@ class RewardModelTask(_Task):
     def plan(self, examples):
         return fixed_batches(len(examples), self.cfg.rm.batch_size)
 
-    def scores(self, examples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def scores(self, examples) -> tuple[torch.Tensor, ...]:
         """One forward over every response of every example. -> scores (B, Kmax) padded with 0,
-        ranking (B, Kmax) padded with -1, num_responses (B,)."""
+        ranking and tiers (B, Kmax) padded with -1, num_responses (B,)."""
         prompts = [e.prompt_ids for e in examples for _ in e.response_ids]
         responses = [r for e in examples for r in e.response_ids]
         batch = make_sequence_batch(prompts, responses, self.pad_id).to(self.engine.device)
@@ -149,22 +149,23 @@ class RewardModelTask(_Task):
         ks = [len(e.response_ids) for e in examples]
         k_max, device = max(ks), flat.device
         scores = torch.zeros(len(examples), k_max, dtype=flat.dtype, device=device)
-        ranking = torch.full((len(examples), k_max), -1, dtype=torch.long, device=device)
-        for b, (part, e) in enumerate(zip(flat.split(ks), examples, strict=True)):
+        for b, part in enumerate(flat.split(ks)):
             scores[b, : len(part)] = part
-            ranking[b, : len(part)] = torch.tensor(e.ranking, device=device)
-        return scores, ranking, torch.tensor(ks, device=device)
+        ranking, tiers = tie_tensors([e.ranking for e in examples], k_max, device)
+        return scores, ranking, torch.tensor(ks, device=device), tiers
 
     def count(self, examples):
-        return len(examples)
+        return sum(len(e.ranking) > 1 for e in examples)  # a prompt whose answers all tie adds 0
 
     def loss(self, examples, denominator=None):
-        scores, ranking, num = self.scores(examples)
-        loss, stats = kwise_ranking_loss(scores, ranking, num, denominator)
+        scores, ranking, num, tiers = self.scores(examples)
+        loss, stats = kwise_ranking_loss(scores, ranking, num, denominator, tiers)
         pairs = float(stats["num_pairs"])
-        mean = loss.item() if denominator is None else loss.item() * denominator / len(examples)
+        mean = loss.item() * (
+            1 if denominator is None else denominator / max(self.count(examples), 1)
+        )
         out = {"loss": mean, "pairwise_accuracy": float(stats["pairwise_accuracy"])}
-        return loss, {**out, "pairs": pairs}, pairs
+        return loss, {**out, "pairs": pairs, "tied_pairs": float(stats["tied_pairs"])}, pairs
 
     def hf_model(self):
         return self.engine.module.value_model
@@ -177,7 +178,7 @@ class RewardModelTask(_Task):
         plan = self.plan(examples)
         total = torch.zeros(3, dtype=torch.float64, device=self.engine.device)
         for batch in even_shard(plan, rank, world):
-            scores, _, num = self.scores([examples[i] for i in batch or plan[0]])
+            scores, _, num, _ = self.scores([examples[i] for i in batch or plan[0]])
             if not batch:
                 continue
             filled = torch.arange(scores.shape[1], device=scores.device) < num[:, None]

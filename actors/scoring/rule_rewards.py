@@ -12,6 +12,8 @@ import math
 import numbers
 from typing import Any
 
+from instructray.kernels import tie_groups
+
 TARGET_WORD = "cat"
 
 
@@ -38,17 +40,15 @@ def check_scores(scores: Any, n: int, prompts: list[str], key: str = "reward") -
     return out
 
 
-def check_ranking(ranking: Any, n: int, key: str = "pipeline.labeler") -> list[int]:
-    """A labeler's return as a permutation of 0..n-1 (best first), or a ValueError."""
-    ok = isinstance(ranking, (list, tuple)) and all(
-        isinstance(j, numbers.Integral) and not isinstance(j, bool) for j in ranking
-    )
-    if not ok or sorted(int(j) for j in ranking) != list(range(n)):
+def check_ranking(ranking: Any, n: int, key: str = "pipeline.labeler") -> list[list[int]]:
+    """A labeler's return as tie groups, best first (kernels.tie_groups), or a ValueError."""
+    try:
+        return tie_groups(ranking, n)
+    except ValueError as e:
         raise ValueError(
-            f"{key} returned {str(ranking)[:80]} for {n} responses; expected a list of the "
-            f"indices 0..{n - 1} (best first), each once"
-        )
-    return [int(j) for j in ranking]
+            f"{key} returned {str(ranking)[:80]} for {n} responses: {e}; expected the indices "
+            f"0..{n - 1} best first, each once, tied ones in a list ([2, [0, 1]])"
+        ) from None
 
 
 def count_target_word(prompts: list[str], responses: list[str]) -> list[float]:

@@ -4,7 +4,7 @@ A normalized ranking row is
 
     {"messages": [{"role": "user" | "assistant", "content": str}, ...],  # ends with a user turn
      "responses": [str, ...],                                            # K candidate replies
-     "ranking": [int, ...],                                              # indices, best first
+     "ranking": [int | [int, ...], ...],            # indices best first, tied ones in a list
      "user_id": str | None}                                              # who wrote the prompt
 
 Supported formats: Anthropic HH-RLHF (`{"chosen", "rejected"}` dialogues) and the OpenAssistant
@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from instructray.kernels import ranking_value
 from instructray.orchestrator.data.schema import (
     BadRow,
     DataError,
@@ -180,8 +181,8 @@ def oasst1_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str
 
     Replies that are deleted or have rank null are ignored; of more than 9 ranked replies the 9
     best are kept. Responses are in message order (created_date, then message_id); the ranking
-    lists their indices by rank, best (rank 0) first. Rows come in the input order of their
-    prompter message.
+    lists their indices by rank, best (rank 0) first; replies of equal rank tie. Rows come in the
+    input order of their prompter message.
     """
     table, at = _convert_each(rows, source, _oasst_row)
 
@@ -216,7 +217,13 @@ def oasst1_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str
             continue
         best = sorted(ranked, key=lambda j: (int(table[j]["rank"]), j))[:MAX_RESPONSES]
         kept = sorted(best, key=lambda j: (str(table[j]["created_date"]), table[j]["message_id"]))
-        ranking = sorted(range(len(kept)), key=lambda k: (int(table[kept[k]]["rank"]), k))
+        ranks = [int(table[j]["rank"]) for j in kept]
+        groups: list[list[int]] = []  # replies of one rank tie
+        for k in sorted(range(len(kept)), key=lambda k: (ranks[k], k)):
+            if groups and ranks[groups[-1][0]] == ranks[k]:
+                groups[-1].append(k)
+            else:
+                groups.append([k])
         out.append(
             {
                 "messages": [
@@ -224,7 +231,7 @@ def oasst1_rows(rows: Iterable[Mapping[str, Any]], source: str) -> list[dict[str
                     for j in thread
                 ],
                 "responses": [table[j]["text"] for j in kept],
-                "ranking": ranking,
+                "ranking": ranking_value(groups),
                 "user_id": row["user_id"],
             }
         )

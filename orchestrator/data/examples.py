@@ -38,11 +38,12 @@ class Demonstration:
 
 @dataclass
 class Ranking:
-    """One reward-model element: K responses to one prompt and their order, best first."""
+    """One reward-model element: K responses to one prompt and their order as tie groups, best
+    first ([[2], [0, 1]]: response 2 best, 0 and 1 tied)."""
 
     prompt_ids: list[int]
     response_ids: list[list[int]]
-    ranking: list[int]
+    ranking: list[list[int]]
 
 
 @dataclass
@@ -110,7 +111,7 @@ def _ranking(row: dict[str, Any], tokens: _Tokens) -> Ranking:
     response_ids = [
         tokens.response(text, prompt_ids, name) for text, name in zip(responses, names, strict=True)
     ]
-    return Ranking(prompt_ids, response_ids, [int(i) for i in ranking])
+    return Ranking(prompt_ids, response_ids, ranking)
 
 
 def _load(
@@ -120,6 +121,7 @@ def _load(
     tokenizer: Any,
     cfg: Config,
     convert: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    drop: tuple[str, Callable[[Any], bool]] | None = None,
 ) -> ExampleSet:
     d = cfg.data
     if not spec:
@@ -136,6 +138,12 @@ def _load(
         on_bad_row=d.on_bad_row,
         curation=curation_settings(cfg),
     )
+    if drop is not None:  # examples that would teach nothing, counted as curated away
+        name, useless = drop
+        kept = [(row, example) for row, example in parsed if not useless(example)]
+        if len(kept) < len(parsed):
+            curated = {**curated, name: len(parsed) - len(kept)}
+        parsed = kept
     train, held_out = split_by_user(
         [dict(row, _example=example) for row, example in parsed],
         d.eval_fraction,
@@ -156,7 +164,8 @@ def load_rankings(cfg: Config, tokenizer: Any) -> ExampleSet:
     """`data.rankings` (in `data.rankings_format`) as Ranking examples, split train / held-out."""
     spec, fmt = cfg.data.rankings, cfg.data.rankings_format
     convert = None if fmt == "auto" else (lambda rows: convert_rankings(rows, fmt, spec))
-    return _load(spec, "rankings", _ranking, tokenizer, cfg, convert)
+    all_tied = ("all_tied", lambda e: len(e.ranking) < 2)  # no untied pair: nothing to learn
+    return _load(spec, "rankings", _ranking, tokenizer, cfg, convert, all_tied)
 
 
 def load_prompt_set(cfg: Config, tokenizer: Any) -> PromptSet:

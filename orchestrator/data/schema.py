@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from instructray.kernels import MAX_RESPONSES, MIN_RESPONSES
+from instructray.kernels import MAX_RESPONSES, MIN_RESPONSES, tie_groups
 from instructray.orchestrator.data.curation import curate
 
 logger = logging.getLogger(__name__)
@@ -117,28 +117,29 @@ def demonstration_response(row: Mapping[str, Any]) -> tuple[str, str]:
     return messages[-1]["content"], "messages"
 
 
-def check_ranking(ranking: Any, k: int) -> list[int]:
-    """Indices of K responses, best first: a permutation of 0..K-1."""
+def check_ranking(ranking: Any, k: int) -> list[list[int]]:
+    """The tie groups of K responses, best first: a permutation of 0..K-1 ([2, 0, 1]) or tie
+    groups ([[2], [0, 1]]: 0 and 1 tie)."""
     if ranking is None:
         raise BadRow("ranking", "missing")
-    if not isinstance(ranking, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in ranking
-    ):
-        raise BadRow(
-            "ranking",
-            f"must be a list of response indices (0..{k - 1}, best first), got {shown(ranking)}",
-        )
-    if sorted(ranking) != list(range(k)):
-        raise BadRow("ranking", f"{cut(ranking)} is not a permutation of 0..{k - 1}")
-    return ranking
+    try:
+        return tie_groups(ranking, k)
+    except ValueError as e:
+        listed = isinstance(ranking, (list, tuple)) and ranking
+        problem = f"{cut(ranking)}: {e}" if listed else f"{e}, got {shown(ranking)}"
+        raise BadRow("ranking", problem) from None
 
 
-def ranked_responses(row: Mapping[str, Any]) -> tuple[list[str], list[int], list[str]]:
-    """(responses, ranking best first, each response's field) of a ranking row: K-wise
+def ranked_responses(row: Mapping[str, Any]) -> tuple[list[str], list[list[int]], list[str]]:
+    """(responses, tie groups best first, each response's field) of a ranking row: K-wise
     {"responses", "ranking"} or a pair {"chosen", "rejected"}; the responses are distinct."""
     if row.get("responses") is None and row.get("chosen") is not None:
         fields = ["chosen", "rejected"]
-        responses, ranking, items = [require_text(row.get(f), f) for f in fields], [0, 1], fields
+        responses, ranking, items = (
+            [require_text(row.get(f), f) for f in fields],
+            [[0], [1]],
+            fields,
+        )
     else:
         responses = row.get("responses")
         if responses is None:

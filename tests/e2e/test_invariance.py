@@ -173,10 +173,20 @@ def _supervised_examples(stage: str) -> list:
         return [
             Demonstration(ids(2 + i % 3), ids(n)) for i, n in enumerate([1, 9, 2, 8, 3, 7, 4, 6])
         ]
-    # K of 2 to 5: elements of unequal pair counts
+
+    # K of 2 to 5: elements of unequal pair counts, some with ties; the first all tied (it
+    # counts for nothing, also on the rank that holds it alone)
+    def groups(i: int, k: int) -> list[list[int]]:
+        order = torch.randperm(k, generator=g).tolist()
+        if i == 0:
+            return [order]
+        if i % 2 and k > 2:  # the 2nd and 3rd tie
+            return [[order[0]], order[1:3], *[[j] for j in order[3:]]]
+        return [[j] for j in order]
+
     return [
-        Ranking(ids(3), [ids(2 + j % 3) for j in range(k)], torch.randperm(k, generator=g).tolist())
-        for k in [2, 5, 3, 4, 2, 3, 5, 4]
+        Ranking(ids(3), [ids(2 + j % 3) for j in range(k)], groups(i, k))
+        for i, k in enumerate([2, 5, 3, 4, 2, 3, 5, 4])
     ]
 
 

@@ -52,18 +52,29 @@ def demonstrations(n: int = 96) -> list[dict]:
     return rows
 
 
+ALL_TIED_EVERY = 40
+
+
 def rankings(n: int = 160) -> list[dict]:
-    """K = 4 responses of four words each; the more 'cat' the better (the hidden rule)."""
+    """K = 4 responses of four words each; the more 'cat' the better (the hidden rule); equal
+    counts tie (two answers of every 5th row, all four of every 40th)."""
     rng = random.Random(1)
     rows = []
     for i in range(n):
         counts = rng.sample(range(5), 4)
+        if i % 5 == 0:  # two answers tie
+            counts[1] = min(counts[0], 3)
+            counts[0] = counts[1]
+        if i % ALL_TIED_EVERY == 1:  # all four tie: the row teaches nothing
+            counts = [1] * 4
         responses = []
         for c in counts:
             words = ["cat"] * c + [rng.choice(WORDS[1:]) for _ in range(4 - c)]
             rng.shuffle(words)
             responses.append(" ".join(words))
-        ranking = sorted(range(4), key=lambda j: -counts[j])
+        ranking = [
+            [j for j in range(4) if counts[j] == c] for c in sorted(set(counts), reverse=True)
+        ]
         rows.append(
             {
                 "prompt": "Say four words.",
@@ -93,6 +104,8 @@ def test_reward_model_learns_a_ranking_rule(ray_local, tiny_dir, tmp_path):
     rows = metrics_of(out)
     evals = [r for r in rows if "eval/pairwise_accuracy" in r]
     assert evals[-1]["eval/pairwise_accuracy"] >= 0.9, [r["eval/pairwise_accuracy"] for r in evals]
+    assert rows[0]["data/curation/all_tied"] == 160 // ALL_TIED_EVERY
+    assert sum(r.get("train/tied_pairs", 0) for r in rows) > 0  # dropped, and counted
     stats = json.loads((out / "final" / "score_stats.json").read_text())
     assert stats["count"] > 0 and stats["std"] > 0
     from transformers import AutoModelForSequenceClassification

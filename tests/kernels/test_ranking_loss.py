@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from instructray.kernels import kwise_ranking_loss, pairwise_loss
+from instructray.kernels import kwise_ranking_loss, pairwise_loss, tie_tensors
 
 F64 = torch.float64
 
@@ -196,3 +196,96 @@ def test_kwise_with_a_denominator_is_the_element_sum_over_it():
         for i in (0, 1)
     ]
     close((shares[0] + shares[1]) / 2, (a + b) / 2)
+
+
+# ------------------------------------------------------------------------------------- ties
+
+
+def test_tied_pairs_are_dropped_hand_computed():
+    # scores r0=0, r1=2, r2=1, r3=5; groups [[1], [2, 0], [3]]: response 1 best, 2 and 0 tied,
+    # 3 worst. Pairs counted: (1,2) d=1, (1,0) d=2, (1,3) d=-3, (2,3) d=-4, (0,3) d=-5; (2,0)
+    # is tied and dropped. Correct: the first two of five.
+    s = [0.0, 2.0, 1.0, 5.0]
+    ranking, tiers = tie_tensors([[[1], [2, 0], [3]]], k_max=4)
+    assert ranking.tolist() == [[1, 2, 0, 3]] and tiers.tolist() == [[0, 1, 1, 2]]
+    scores = torch.tensor([s], dtype=F64)
+    loss, stats = kwise_ranking_loss(scores, ranking, torch.tensor([4]), tiers=tiers)
+    expected = (softplus(-1) + softplus(-2) + softplus(3) + softplus(4) + softplus(5)) / 5
+    close(loss, expected)
+    close(stats["pairwise_accuracy"], 2 / 5)
+    assert stats["num_pairs"].item() == 5 and stats["tied_pairs"].item() == 1
+    # the tie's two members in the other order: the same loss (a tie has no direction)
+    swapped, _ = tie_tensors([[[1], [0, 2], [3]]], k_max=4)
+    loss2, _ = kwise_ranking_loss(scores, swapped, torch.tensor([4]), tiers=tiers)
+    close(loss2, expected)
+
+
+def test_a_prompt_whose_answers_all_tie_adds_nothing():
+    # element 0: K=2, d=1 -> ln(1 + e^-1); element 1: three answers all tied -> nothing at all
+    scores = torch.tensor([[1.0, 0.0, 9.0], [3.0, -4.0, 0.5]], dtype=F64, requires_grad=True)
+    ranking, tiers = tie_tensors([[[0], [1]], [[0, 1, 2]]], k_max=3)
+    num = torch.tensor([2, 3])
+    loss, stats = kwise_ranking_loss(scores, ranking, num, tiers=tiers)
+    close(loss, softplus(-1))  # the mean over the one element that has a pair
+    assert stats["num_pairs"].item() == 1 and stats["tied_pairs"].item() == 3
+    loss.backward()
+    assert torch.all(scores.grad[1] == 0)
+
+
+def test_tiers_of_a_strict_ranking_change_nothing():
+    elements = random_elements(seed=9, sizes=[3, 9, 5])
+    scores, ranking, num = batch_of(elements)
+    strict = torch.arange(9).repeat(3, 1)
+    plain, plain_stats = kwise_ranking_loss(scores, ranking, num)
+    tied, tied_stats = kwise_ranking_loss(scores, ranking, num, tiers=strict)
+    close(tied, plain)
+    assert tied_stats["tied_pairs"].item() == 0
+    assert tied_stats["num_pairs"].item() == plain_stats["num_pairs"].item()
+
+
+def test_ties_match_a_loop_reference():
+    gen = torch.Generator().manual_seed(10)
+    groups, elements_scores = [], []
+    for k in (4, 9, 6, 3):
+        order = torch.randperm(k, generator=gen).tolist()
+        cuts = sorted(set(torch.randint(1, k, (2,), generator=gen).tolist()))
+        row = [order[a:b] for a, b in zip([0, *cuts], [*cuts, k], strict=True)]
+        groups.append(row)
+        elements_scores.append((torch.randn(k, generator=gen, dtype=F64) * 2).tolist())
+    element_losses, correct, pairs = [], 0, 0
+    for s, row in zip(elements_scores, groups, strict=True):
+        tier = {i: t for t, g in enumerate(row) for i in g}
+        losses = []
+        for w in range(len(s)):
+            for lo in range(len(s)):
+                if tier[w] < tier[lo]:
+                    losses.append(softplus(s[lo] - s[w]))
+                    correct += s[w] > s[lo]
+                    pairs += 1
+        element_losses.append(sum(losses) / len(losses))
+    scores = torch.full((4, 9), 7.0, dtype=F64)
+    for b, s in enumerate(elements_scores):
+        scores[b, : len(s)] = torch.tensor(s, dtype=F64)
+    ranking, tiers = tie_tensors(groups, k_max=9)
+    num = torch.tensor([len(s) for s in elements_scores])
+    loss, stats = kwise_ranking_loss(scores, ranking, num, tiers=tiers)
+    close(loss, sum(element_losses) / len(element_losses))
+    close(stats["pairwise_accuracy"], correct / pairs)
+    assert stats["num_pairs"].item() == pairs
+
+
+def test_a_tied_score_is_a_miss():
+    # A reward model collapsed to a constant ranks nothing: its accuracy is 0, not 1.
+    scores, ranking, num = batch_of([([0.5, 0.5, 0.5], [2, 0, 1]), ([0.5, 0.5], [1, 0])], k_max=3)
+    _, stats = kwise_ranking_loss(scores, ranking, num)
+    close(stats["pairwise_accuracy"], 0.0)
+    # one tied score of three pairs: r = [1, 0, 0] ranked [0, 1, 2] -> (0,1) and (0,2) right
+    _, stats = kwise_ranking_loss(*batch_of([([1.0, 0.0, 0.0], [0, 1, 2])], k_max=3))
+    close(stats["pairwise_accuracy"], 2 / 3)
+
+
+def test_decreasing_tiers_name_the_row():
+    scores, ranking, num = batch_of(random_elements(seed=11, sizes=[3, 4]))
+    tiers = torch.tensor([[0, 1, 2] + [-1] * 6, [0, 1, 0, 2] + [-1] * 5])
+    with pytest.raises(ValueError, match=r"row 1: tiers\[:4\]=\[0, 1, 0, 2\] must not decrease"):
+        kwise_ranking_loss(scores, ranking, num, tiers=tiers)

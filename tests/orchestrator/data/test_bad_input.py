@@ -156,13 +156,13 @@ CASES = [
         "r.jsonl",
         [RANKED, {**RANKED, "ranking": "1,0"}],
         "line 2: field 'ranking': "
-        "must be a list of response indices (0..1, best first), got str '1,0'",
+        "must be a list of response indices 0..1, best first, got str '1,0'",
     ),
     (
         "rankings",
         "r.jsonl",
         [RANKED, {**RANKED, "ranking": [1, 1]}],
-        "line 2: field 'ranking': [1, 1] is not a permutation of 0..1",
+        "line 2: field 'ranking': [1, 1]: index 1 appears twice",
     ),
     (
         "rankings",

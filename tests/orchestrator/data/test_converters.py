@@ -272,6 +272,15 @@ def test_oasst1_ties_in_created_date_order_by_message_id():
     assert out["responses"] == ["A", "B"] and out["ranking"] == [1, 0]
 
 
+def test_oasst1_replies_of_equal_rank_tie():
+    rows = [oasst_msg("root", None, "prompter", "Q")]
+    for k, rank in enumerate([1, 0, 1, 2]):
+        date = f"2023-04-01T11:00:{k:02d}.000000+00:00"
+        rows.append(oasst_msg(f"r{k}", "root", "assistant", f"A{k}", rank, date=date))
+    [out] = oasst1_rows(rows, "s")
+    assert out["ranking"] == [[1], [0, 2], [3]]
+
+
 def test_oasst1_skips_threads_through_deleted_messages():
     rows = [
         oasst_msg("root", None, "prompter", "Q"),

@@ -25,17 +25,33 @@ def test_rankings_and_pairs_tokenize_with_eos_and_keep_their_order(tmp_path, tok
     rows = [GOOD, {"prompt": "Pick one.", "chosen": "yes", "rejected": "no"}]
     out = load_rankings(cfg_for(f"--data.rankings={write_jsonl(tmp_path / 'r.jsonl', rows)}"), tok)
     first, pair = out.train
-    assert first.ranking == [2, 0, 1] and len(first.response_ids) == 3
-    assert pair.ranking == [0, 1]
+    assert first.ranking == [[2], [0], [1]] and len(first.response_ids) == 3
+    assert pair.ranking == [[0], [1]]
     assert all(r[-1] == tok.eos_token_id for r in first.response_ids + pair.response_ids)
     assert tok.decode(pair.response_ids[0][:-1]) == "yes"
+
+
+def test_rankings_with_ties_keep_their_groups_and_all_tied_rows_are_counted_away(tmp_path, tok):
+    rows = [
+        {**GOOD, "ranking": [[2], [1, 0]]},  # 1 and 0 tie
+        {**GOOD, "ranking": [1, [0, 2]]},  # a mix of both forms
+        {**GOOD, "ranking": [[0, 1, 2]]},  # all tie: nothing to learn from it
+    ]
+    out = load_rankings(cfg_for(f"--data.rankings={write_jsonl(tmp_path / 'r.jsonl', rows)}"), tok)
+    assert [e.ranking for e in out.train] == [[[2], [1, 0]], [[1], [0, 2]]]
+    assert out.curation["all_tied"] == 1
+    assert out.metrics()["data/curation/all_tied"] == 1
 
 
 @pytest.mark.parametrize(
     ("row", "field", "message"),
     [
-        ({**GOOD, "ranking": [0, 0, 1]}, "ranking", "[0, 0, 1] is not a permutation of 0..2"),
-        ({**GOOD, "ranking": [0, 1]}, "ranking", "is not a permutation of 0..2"),
+        ({**GOOD, "ranking": [0, 0, 1]}, "ranking", "[0, 0, 1]: index 0 appears twice"),
+        ({**GOOD, "ranking": [0, 1]}, "ranking", "[0, 1]: index 2 is missing"),
+        ({**GOOD, "ranking": [[0, 3], [1, 2]]}, "ranking", "index 3 is outside 0..2"),
+        ({**GOOD, "ranking": [[0], [], [1, 2]]}, "ranking", "got [] in it"),
+        ({**GOOD, "ranking": [0, [1, True]]}, "ranking", "each an int or a list of tied ints"),
+        ({**GOOD, "ranking": "2,0,1"}, "ranking", "got str '2,0,1'"),
         ({**GOOD, "responses": ["only one"], "ranking": [0]}, "responses", "K = 1 responses"),
         (
             {**GOOD, "responses": [f"r{i}" for i in range(10)], "ranking": list(range(10))},
@@ -148,7 +164,8 @@ def test_public_formats_load_as_rankings(tok, fmt, count):
     )
     out = load_rankings(cfg, tok)
     assert len(out.train) == count
-    assert all(sorted(e.ranking) == list(range(len(e.response_ids))) for e in out.train)
+    flat = [sorted(i for g in e.ranking for i in g) for e in out.train]
+    assert all(f == list(range(len(e.response_ids))) for f, e in zip(flat, out.train, strict=True))
 
 
 def test_curation_and_user_split_apply_to_examples(tmp_path, tok):
@@ -179,6 +196,6 @@ def test_cli_reports_a_bad_ranking_on_one_line_and_leaves_no_final(tmp_path, tin
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].endswith(
-        f"{path}: line 2: field 'ranking': [1, 1, 0] is not a permutation of 0..2"
+        f"{path}: line 2: field 'ranking': [1, 1, 0]: index 1 appears twice"
     )
     assert "Traceback" not in "\n".join(err) and not (out / "final").exists()
