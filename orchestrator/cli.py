@@ -1,6 +1,7 @@
 """`instructray STAGE --config FILE [--section.key=value ...]` for each stage of STAGES (sft, rm,
 ppo, pipeline, eval, demo, bench, doctor), and the Ray job commands `instructray {submit,status,
-logs,stop,scale}` (orchestrator/jobs.py)."""
+logs,stop,scale}` (orchestrator/jobs.py), and the labeling service's `instructray label ...`
+(orchestrator/labeling/commands.py)."""
 
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     parser.epilog = (
         "Ray jobs: instructray submit STAGE --config FILE [--follow]; "
-        "instructray {status,logs,stop} JOB; instructray scale RUN_FOLDER|JOB --engines N."
+        "instructray {status,logs,stop} JOB; instructray scale RUN_FOLDER|JOB --engines N. "
+        "Labeling: instructray label {serve,add-labeler,publish,export,status} --db URL."
     )
     for stage, (doc, _) in STAGES.items():
         p = sub.add_parser(
@@ -192,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in JOB_COMMANDS:
         return _job_command(argv)
+    if argv and argv[0] == "label":
+        from instructray.orchestrator.labeling.commands import main as label_main
+
+        return label_main(argv[1:])
     args, rest = _parser().parse_known_args(argv)
     debug = "--run.log_level=debug" in _normalize_overrides(rest)  # before the config loads
     try:

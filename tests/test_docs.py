@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from instructray.orchestrator import cli, jobs
+from instructray.orchestrator.labeling import commands as labeling
 
 ROOT = Path(__file__).parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -112,6 +113,9 @@ def check_command(argv: list[str]) -> str:
                 args, rest = jobs._parser(list(cli.STAGES)).parse_known_args(argv)
                 config = ["--config", args.config] if args.config else []
                 code = cli.main([args.stage, *config, *rest, "--print-config"])
+            elif argv[0] == "label":  # the labeling commands' own parser: nothing runs
+                labeling._parser().parse_args(argv[1:])
+                code = 0
             elif argv[0] in cli.JOB_COMMANDS:
                 args, rest = jobs._parser(list(cli.STAGES)).parse_known_args(argv)
                 code = 2 if rest else 0
@@ -141,11 +145,20 @@ def test_the_documents_are_found_and_hold_commands():
         ["ppo", "--config", "deploy/configs/ppo-tiny-cpu.yaml", "--ppo.kl_cof=0.1"],
         ["ppo", "--config", "deploy/configs/ppo-tiny-cpu.yaml", "--rollout.num_engines=0"],
         ["submit", "ppo", "--config=deploy/configs/no-such.yaml"],
+        ["label", "publish", "--db", "labels.db", "--answer", "a.jsonl"],
         ["ppo", "--config", "deploy/configs/ppo-tiny-cpu.yaml", "--learner.zero_stage=two"],
         ["scale", "JOB"],
         ["trian"],
     ],
-    ids=["misspelled-key", "out-of-range", "no-such-config", "wrong-type", "missing-flag", "typo"],
+    ids=[
+        "misspelled-key",
+        "out-of-range",
+        "no-such-config",
+        "label-misspelled-flag",
+        "wrong-type",
+        "missing-flag",
+        "typo",
+    ],
 )
 def test_the_checker_refuses_a_wrong_command(argv):
     assert check_command(argv) != ""

@@ -100,6 +100,7 @@ def test_the_wheel_holds_the_namespace_only_and_every_module(wheel):
         for m, p in modules().items()
     }
     assert expected - set(names) == set(), "missing from the wheel (pyproject.toml's packages)"
+    assert "instructray/orchestrator/labeling/page.html" in names  # package-data
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
     assert "instructray = instructray.orchestrator.cli:main" in entry_points
 

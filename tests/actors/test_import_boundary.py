@@ -15,6 +15,8 @@ LAYERS = {
     f"{ORCH}.data": 1,
     f"{ORCH}.output": 1,
     f"{ORCH}.console": 1,
+    f"{ORCH}.labeling": 1,  # the labeling service: its store and HTTP API
+    f"{ORCH}.labeling.commands": 5,  # `instructray label ...`: reads data files
     "instructray.actors": 2,
     f"{ORCH}.cluster": 3,
     f"{ORCH}.model_specs": 3,

@@ -246,7 +246,23 @@ def test_in_bf16_the_sync_check_passes_a_real_update_and_catches_a_stale_lm_head
             verdicts.append((stats, logprob_problem(stats, limits, "bfloat16")))
         (good, good_problem), (stale, stale_problem) = verdicts
         assert good_problem == "" and good["mean"] < limits[0] / 5, good
-        assert stale_problem.startswith("differs from the learner by"), stale
-        assert " in mean |log-prob|" in stale_problem and stale["mean"] > 2 * limits[0]
+        if _onednn_packs_bf16():
+            assert stale_problem.startswith("differs from the learner by"), stale
+            assert " in mean |log-prob|" in stale_problem and stale["mean"] > 2 * limits[0]
+        else:  # no packed copy on this CPU (AVX2 only): nothing is left stale, the update passes
+            assert stale_problem == "" and stale["mean"] < limits[0] / 5, stale
     finally:
         ray_local.kill(engine)
+
+
+def _onednn_packs_bf16() -> bool:
+    """Whether vLLM's CPU build keeps a packed oneDNN copy of a bf16 weight on this CPU: it
+    makes one as below and falls back to torch's linear (no copy) where oneDNN has no bf16
+    matmul, as on CPUs with AVX2 but no AVX-512."""
+    from vllm import _custom_ops as ops
+
+    try:
+        ops.create_onednn_mm(torch.zeros(64, 32, dtype=torch.bfloat16).t(), 32)
+    except RuntimeError:
+        return False
+    return bool(ops._supports_onednn)
