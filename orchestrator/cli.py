@@ -24,6 +24,7 @@ from instructray.orchestrator.config import (
 from instructray.orchestrator.config.precision import resolve_precision
 from instructray.orchestrator.console import close_bars
 from instructray.orchestrator.data import DataError
+from instructray.orchestrator.labeling.service import LabelingTimeout
 from instructray.orchestrator.ppo.numerics import NonFiniteError
 from instructray.orchestrator.preflight import preflight
 
@@ -84,6 +85,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     FileExistsError,
     PermissionError,
     ValueError,
+    LabelingTimeout,
 )
 
 

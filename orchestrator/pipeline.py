@@ -72,8 +72,19 @@ def pool_responses(per_model: list[list[str]]) -> list[str]:
 
 
 def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]:
+    """Sample K responses per prompt (sample_for_ranking); rank them by labeler."""
+    ranked = []
+    for row in sample_for_ranking(cfg, policy):
+        text, _ = row.pop("formatted"), row.pop("author")
+        ranking = check_ranking(labeler(text, row["responses"]), len(row["responses"]))
+        ranked.append({**row, "ranking": ranking_value(ranking)})
+    return ranked
+
+
+def sample_for_ranking(cfg: Config, policy: str) -> list[dict[str, Any]]:
     """Sample K responses per prompt from `policy` (and from each of `pipeline.ranking_models`,
-    interleaved) with one vLLM engine; rank them by labeler."""
+    interleaved) with one vLLM engine. -> rows {"prompt" or "messages", "responses",
+    "formatted" (the prompt as the model read it), "author" (its row's data.user_field)}."""
 
     from instructray.orchestrator.sampler import Sampler
 
@@ -119,9 +130,9 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
             responses = responses[: k_rng.randint(k_min, min(k_max, len(responses)))]
         row = rows[picked[i]]
         text = format_prompt(row, tokenizer, cfg.sft.template)
-        ranking = check_ranking(labeler(text, responses), len(responses))
         prompt = {"messages": row["messages"]} if row.get("messages") else {"prompt": row["prompt"]}
-        ranked.append({**prompt, "responses": responses, "ranking": ranking_value(ranking)})
+        author = row.get(d.user_field)
+        ranked.append({**prompt, "responses": responses, "formatted": text, "author": author})
     return ranked
 
 
@@ -134,9 +145,10 @@ def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
     root = folder.path
     iterations = cfg.pipeline.iterations
     from_samples = not cfg.data.rankings  # InstructGPT's own way: rank the SFT model's samples
+    human = cfg.pipeline.labeler == "human"  # people rank on the labeling service
     labeler = (
         load_function(cfg.pipeline.labeler, "pipeline.labeler")
-        if iterations > 1 or from_samples
+        if (iterations > 1 or from_samples) and not human
         else None
     )
     resolve_models(cfg, need_reward=False)
@@ -152,7 +164,11 @@ def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
             if cfg.run.resume and rankings.exists():  # ranked before the run was stopped
                 rows = [json.loads(x) for x in rankings.read_text().splitlines() if x]
             else:
-                rows = rows + new_rankings(cfg, policy, labeler)
+                if human:
+                    new = _human_rankings(cfg, root, policy, it)
+                else:
+                    new = new_rankings(cfg, policy, labeler)
+                rows = rows + new
                 tmp = rankings.with_suffix(".tmp")
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
                 tmp.replace(rankings)
@@ -168,6 +184,30 @@ def run_pipeline(cfg: Config, folder: RunFolder | None = None) -> RunFolder:
         link.unlink()
     os.symlink(os.path.relpath(Path(ppo_cfg.run.output_dir) / "final", root), link)
     return folder
+
+
+def _human_rankings(cfg: Config, root: Path, policy: str, it: int) -> list[dict[str, Any]]:
+    """Round `it`'s rankings by people (or labeling.bots) on the labeling service: the current
+    policy's samples, published once, waited for (a stopped run waits on when resumed)."""
+    from instructray.orchestrator.labeling.round import labeling_round
+
+    p, r = cfg.pipeline, cfg.rollout
+    provenance = {
+        "model": policy,
+        "ranking_models": p.ranking_models,
+        "round": it,
+        "temperature": r.temperature,
+        "max_new_tokens": r.max_new_tokens,
+        "seed": cfg.run.seed,
+    }
+    suffix = "" if it == 1 else f"-{it}"
+    return labeling_round(
+        cfg,
+        root / f"labeling{suffix}",
+        f"round-{it}",
+        lambda: sample_for_ranking(cfg, policy),
+        provenance,
+    )
 
 
 def run_or_reuse(run: Any, stage: Config) -> str:

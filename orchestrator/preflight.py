@@ -108,7 +108,11 @@ def preflight(cfg: Config, stage: str) -> None:
         if spec != REWARD_MODEL:
             check_reward_function(spec, samples, cfg)
     if stage == "pipeline" and (cfg.pipeline.iterations > 1 or not cfg.data.rankings):
-        check_labeler(cfg.pipeline.labeler, samples[0][0], cfg.run.timeout_s)
+        human = cfg.pipeline.labeler == "human"
+        if not human or cfg.labeling.bots:  # people rank on the service; bots with labeling.bot
+            key = "labeling.bot" if human else "pipeline.labeler"
+            spec = cfg.labeling.bot if human else cfg.pipeline.labeler
+            check_labeler(spec, samples[0][0], cfg.run.timeout_s, key)
 
 
 def _check_model(cfg: Config, path: str, key: str, role: str) -> None:
@@ -190,12 +194,12 @@ def check_reward_function(spec: str, samples: list[Sample], cfg: Config) -> None
     _call_once(reward, spec, key, timeout_s, prompts, RESPONSES, columns)
 
 
-def check_labeler(spec: str, prompt: str, timeout_s: float) -> None:
-    """pipeline.labeler imported and called once as fn(prompt, [two responses]), its return
-    checked as the pipeline checks it."""
-    fn = load_function(spec, "pipeline.labeler")
-    ranking = _call_once(fn, spec, "pipeline.labeler", timeout_s, prompt, RESPONSES)
-    check_ranking(ranking, len(RESPONSES), f"pipeline.labeler = {spec!r}")
+def check_labeler(spec: str, prompt: str, timeout_s: float, key: str = "pipeline.labeler") -> None:
+    """A labeler (pipeline.labeler, labeling.bot) imported and called once as fn(prompt, [two
+    responses]), its return checked as the pipeline checks it."""
+    fn = load_function(spec, key)
+    ranking = _call_once(fn, spec, key, timeout_s, prompt, RESPONSES)
+    check_ranking(ranking, len(RESPONSES), f"{key} = {spec!r}")
 
 
 def _call_once(fn: Callable[..., Any], spec: str, key: str, timeout_s: float, *args: Any) -> Any:

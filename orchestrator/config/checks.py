@@ -328,7 +328,8 @@ def validate_config(cfg: Config, stage: str) -> Config:
         if not cfg.data.demonstrations:
             errors.append("data.demonstrations is empty: give a file or a Hub data set")
     if stage in ("rm", "pipeline"):
-        if not cfg.data.rankings and (stage == "rm" or ":" not in cfg.pipeline.labeler):
+        ranks = ":" in cfg.pipeline.labeler or cfg.pipeline.labeler == "human"
+        if not cfg.data.rankings and (stage == "rm" or not ranks):
             hint = (
                 ", or a pipeline.labeler to rank the SFT model's samples" if stage != "rm" else ""
             )
@@ -338,16 +339,23 @@ def validate_config(cfg: Config, stage: str) -> Config:
             f"run.resume = {cfg.run.resume}: a {stage} resumes with auto (finished stages are "
             f"kept, a stopped PPO stage continues from its latest checkpoint)"
         )
-    if ":" in cfg.pipeline.labeler and (
-        moved := check_function_spec("pipeline.labeler", cfg.pipeline.labeler)
+    for key, spec in (
+        ("pipeline.labeler", cfg.pipeline.labeler),
+        ("labeling.bot", cfg.labeling.bot),
     ):
-        errors.append(moved)
+        if ":" in spec and (moved := check_function_spec(key, spec)):
+            errors.append(moved)
     if stage == "pipeline":
         pl = cfg.pipeline
-        if pl.iterations > 1 and ":" not in pl.labeler:
+        if pl.iterations > 1 and ":" not in pl.labeler and pl.labeler != "human":
             errors.append(
-                f"pipeline.iterations = {pl.iterations} needs pipeline.labeler (module:function) "
-                f"to rank new samples, got '{pl.labeler}'"
+                f"pipeline.iterations = {pl.iterations} needs pipeline.labeler (module:function, "
+                f"or human) to rank new samples, got '{pl.labeler}'"
+            )
+        if pl.labeler == "human" and cfg.labeling.bots and ":" not in cfg.labeling.bot:
+            errors.append(
+                f"labeling.bots = {cfg.labeling.bots} needs labeling.bot (module:function) to "
+                f"rank with, got '{cfg.labeling.bot}'"
             )
         k_min = pl.min_samples_per_prompt
         if k_min and not 2 <= k_min <= pl.samples_per_prompt:

@@ -17,6 +17,7 @@ from instructray.orchestrator.config.rollout import RolloutConfig
 from instructray.orchestrator.config.stages import (
     DemoConfig,
     EvalConfig,
+    LabelingConfig,
     PipelineConfig,
     RMConfig,
     SFTConfig,
@@ -422,6 +423,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    labeling: LabelingConfig = field(default_factory=LabelingConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

@@ -75,8 +75,9 @@ class PipelineConfig:
     iterations: int = param(1, "Times steps 2-3 (rank, RM, PPO) run.", ge=1)
     labeler: str = param(
         "",
-        "`module:function` (prompt: str, responses: list[str]) -> list[int] (indices, best first) "
-        "that ranks the current policy's samples between iterations.",
+        "`module:function` (prompt: str, responses: list[str]) -> list (indices best first, tied "
+        "ones in a list) that ranks the current policy's samples between iterations; or `human`: "
+        "people rank them on the labeling service (labeling.*) while the run waits.",
     )
     samples_per_prompt: int = param(
         4, "Responses (K, 2..9) sampled per prompt for new rankings.", ge=2, le=9
@@ -92,3 +93,46 @@ class PipelineConfig:
         "More model folders (same tokenizer) whose samples join the current policy's in new "
         "rankings, as InstructGPT ranked outputs of several models: e.g. the base model.",
     )
+
+
+@dataclass
+class LabelingConfig:
+    """The labeling service of a pipeline whose labeler is `human` (`instructray label ...`)."""
+
+    db: str = param(
+        "",
+        "Database of rankings: an SQLAlchemy URL (postgresql+psycopg://...) or a path (an "
+        "SQLite file); empty: labeling.db in the run folder.",
+    )
+    host: str = param("127.0.0.1", "Address the labelers' page listens on (loopback).")
+    port: int = param(8600, "Port of the labelers' page (0: any free port).", ge=0, le=65535)
+    overlap: int = param(1, "Labelers per task (InstructGPT: mostly 1).", ge=1)
+    min_rankings: int = param(
+        0,
+        "Fresh rankings a round waits for before the reward model retrains; 0: every task to "
+        "its overlap (pipeline.rank_prompts x labeling.overlap).",
+        ge=0,
+    )
+    timeout_s: float = param(
+        86400.0,
+        "Seconds a round waits for its rankings; then the run stops with one line, and "
+        "--run.resume=auto waits on (nothing given is lost).",
+        gt=0,
+    )
+    assignment_ttl_s: float = param(
+        3600.0,
+        "Seconds a labeler's task waits for its ranking before it returns to the pool.",
+        gt=0,
+    )
+    merge: Literal["consensus", "each"] = param(
+        "consensus",
+        "With overlap > 1: one ranking per prompt merged by ranked pairs (consensus), or every "
+        "labeler's ranking as its own row (each).",
+    )
+    bots: int = param(
+        0,
+        "Simulated labelers that rank through the service's HTTP API with labeling.bot, as "
+        "people would (demos, tests).",
+        ge=0,
+    )
+    bot: str = param("", "`module:function` labeler the bots rank with (pipeline.labeler's form).")

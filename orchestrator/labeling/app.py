@@ -6,7 +6,7 @@
                                          {id: 1-7}, "flags": {id: [names]}, "not_rankable": false}
     POST /api/tasks              admin:  {"rows": [{"prompt", "responses"}], "overlap", "batch"}
     GET  /api/export             admin:  JSONL rows in the reward model's rankings schema
-    GET  /api/status             admin:  counts and agreement
+    GET  /api/status             admin:  counts, agreement, flagged labelers
     GET  /                               the labeler's page
 
 Every request but the page's carries `Authorization: Bearer <token>`. A bad request is a 4xx whose
@@ -113,16 +113,20 @@ def create_app(store: Store) -> FastAPI:
         return {"task_ids": ids}
 
     @app.get("/api/export")
-    async def export(request: Request, since_id: int = 0, gold: bool = False) -> Response:
+    async def export(
+        request: Request, since_id: int = 0, gold: bool = False, consensus: bool = False
+    ) -> Response:
         await labeler(request, admin=True)
-        rows = await run_in_threadpool(lambda: store.export(since_id=since_id, gold=gold))
+        rows = await run_in_threadpool(
+            lambda: store.export(since_id=since_id, gold=gold, consensus=consensus)
+        )
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         return Response(text, media_type="application/x-ndjson")
 
     @app.get("/api/status")
     async def status(request: Request, batch: str | None = None) -> dict[str, Any]:
         await labeler(request, admin=True)
-        return await run_in_threadpool(store.counts, batch)
+        return await run_in_threadpool(store.status, batch)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:

@@ -3,8 +3,9 @@
     instructray label serve --db URL [--host 127.0.0.1] [--port 8600]
     instructray label add-labeler NAME --db URL [--admin]      (prints the token, last line)
     instructray label publish --db URL --answers FILE [--overlap N] [--batch NAME]
-    instructray label export --db URL [--out FILE] [--since-id N] [--gold]
+    instructray label export --db URL [--out FILE] [--since-id N] [--gold] [--consensus]
     instructray label status --db URL [--batch NAME]
+    instructray label bench [--db URL] [--labelers 50] [--tasks 500] [--k 4] [--overlap 2]
 
 --db is an SQLAlchemy URL (sqlite:///labels.db, postgresql+psycopg://user@host/db) or a path,
 which means an SQLite file there.
@@ -21,21 +22,12 @@ from typing import Any
 
 from instructray.orchestrator.data.schema import DataError
 from instructray.orchestrator.data.sources import load_rows
-from instructray.orchestrator.labeling.store import LabelingError, Store
+from instructray.orchestrator.labeling.store import LabelingError, Store, db_url
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8600
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def db_url(value: str) -> str:
-    """An SQLAlchemy URL as given, or a path made an SQLite URL (its folder made)."""
-    if "://" in value:
-        return value
-    path = Path(value).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,8 +82,24 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="file to write (default: standard output)")
     export.add_argument("--since-id", type=int, default=0, help="rankings after this id only")
     export.add_argument("--gold", action="store_true", help="with the gold tasks' rankings")
-    status = command("status", "tasks, rankings and labelers")
+    export.add_argument(
+        "--consensus",
+        action="store_true",
+        help="one row per task: its rankings merged by ranked pairs",
+    )
+    status = command("status", "tasks, rankings, labelers, agreement and flagged labelers")
     status.add_argument("--batch", default=None)
+    bench = commands.add_parser(
+        "bench",
+        help="rankings/s and latency with N labelers at once",
+        description="rankings/s and latency with N labelers at once",
+        allow_abbrev=False,
+    )
+    bench.add_argument("--db", default=None, help="an empty database (default: a temporary file)")
+    bench.add_argument("--labelers", type=int, default=50)
+    bench.add_argument("--tasks", type=int, default=500)
+    bench.add_argument("--k", type=int, default=4, help="answers per task")
+    bench.add_argument("--overlap", type=int, default=2, help="labelers per task")
     return parser
 
 
@@ -99,7 +107,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (LabelingError, DataError, OSError) as e:
+    except (LabelingError, DataError, OSError, RuntimeError) as e:
         text = e.message if isinstance(e, LabelingError) else str(e)
         print(f"instructray label {args.command}: error: {text}", file=sys.stderr)
         return 2
@@ -156,7 +164,7 @@ def _publish(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     store = Store(db_url(args.db))
     try:
-        rows = store.export(since_id=args.since_id, gold=args.gold)
+        rows = store.export(since_id=args.since_id, gold=args.gold, consensus=args.consensus)
     finally:
         store.close()
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -171,9 +179,17 @@ def _export(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     store = Store(db_url(args.db))
     try:
-        print(json.dumps(store.counts(args.batch)))
+        print(json.dumps(store.status(args.batch)))
     finally:
         store.close()
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from instructray.orchestrator.labeling.bench import report, run_bench
+
+    db = db_url(args.db) if args.db else None
+    print(report(run_bench(db, args.labelers, args.tasks, args.k, args.overlap)))
     return 0
 
 
@@ -183,4 +199,5 @@ COMMANDS = {
     "publish": _publish,
     "export": _export,
     "status": _status,
+    "bench": _bench,
 }

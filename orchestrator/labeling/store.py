@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -38,7 +39,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from instructray.kernels import MAX_RESPONSES, MIN_RESPONSES, ranking_value
+from instructray.kernels import MAX_RESPONSES, MIN_RESPONSES, ranking_value, tie_groups
+from instructray.orchestrator.labeling.quality import (
+    INSTRUCTGPT_AGREEMENT,
+    agreement,
+    consensus,
+    pair_agreement,
+)
 
 # InstructGPT's labelers rated each answer 1-7 and ticked these (its Table 3), then ranked.
 RATING_RANGE = (1, 7)
@@ -143,7 +150,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def sqlite_url(path: str) -> str:
+def db_url(value: str) -> str:
+    """An SQLAlchemy URL as given, or a path made an SQLite URL (its folder made)."""
+    if "://" in value:
+        return value
+    path = Path(value).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
 
@@ -413,18 +425,30 @@ class Store:
 
     # ---------------------------------------------------------------- reading
 
-    def export(self, *, since_id: int = 0, gold: bool = False) -> list[dict[str, Any]]:
+    def export(
+        self,
+        *,
+        since_id: int = 0,
+        gold: bool = False,
+        consensus: bool = False,
+        batch: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Every ranking after `since_id` (not the not-rankable ones; gold tasks' only with
         gold=True) as a row in the reward model's rankings schema, with who ranked it, the
-        ratings and flags (one per response) and where each response came from."""
+        ratings and flags (one per response) and where each response came from. consensus:
+        one row per task instead, its rankings merged by ranked pairs (quality.consensus).
+        batch: that batch's tasks only."""
+        query = (
+            select(Ranking, Task, Labeler.name)
+            .join(Task, Task.id == Ranking.task_id)
+            .join(Labeler, Labeler.id == Ranking.labeler_id)
+            .where(Ranking.id > since_id, Ranking.not_rankable.is_(False))
+            .order_by(Ranking.id)
+        )
+        if batch is not None:
+            query = query.where(Task.batch == batch)
         with self.session() as s:
-            rows = s.execute(
-                select(Ranking, Task, Labeler.name)
-                .join(Task, Task.id == Ranking.task_id)
-                .join(Labeler, Labeler.id == Ranking.labeler_id)
-                .where(Ranking.id > since_id, Ranking.not_rankable.is_(False))
-                .order_by(Ranking.id)
-            ).all()
+            rows = s.execute(query).all()
             answers: dict[int, list[Answer]] = {}
             for a in s.scalars(
                 select(Answer)
@@ -456,7 +480,48 @@ class Store:
                     "ranked_at": r.created_at,
                 }
             )
-        return out
+        return merge_by_task(out) if consensus else out
+
+    def status(self, batch: str | None = None) -> dict[str, Any]:
+        """counts() and quality() in one object."""
+        return {**self.counts(batch), "quality": self.quality(batch)}
+
+    def quality(
+        self, batch: str | None = None, min_agreement: float = 0.6, min_gold: float = 0.75
+    ) -> dict[str, Any]:
+        """Agreement between labelers on tasks two or more ranked (InstructGPT's pairwise
+        measure), each labeler's agreement with the gold tasks' rankings, and the labelers below
+        `min_agreement` with the others or `min_gold` with gold (InstructGPT screened at 75%)."""
+        with self.session() as s:
+            query = (
+                select(Ranking.task_id, Labeler.name, Ranking.groups, Task.gold)
+                .join(Task, Task.id == Ranking.task_id)
+                .join(Labeler, Labeler.id == Ranking.labeler_id)
+                .where(Ranking.not_rankable.is_(False))
+            )
+            if batch is not None:
+                query = query.where(Task.batch == batch)
+            rows = s.execute(query).all()
+        peers = agreement((t, name, g) for t, name, g, gold in rows if gold is None)
+        per_gold: dict[str, list[int]] = {}
+        for _, name, groups, gold in rows:
+            if gold is not None:
+                agree, pairs = pair_agreement(groups, gold)
+                counts = per_gold.setdefault(name, [0, 0])
+                counts[0] += agree
+                counts[1] += pairs
+        gold_by = {name: {"agreement": a / n, "pairs": n} for name, (a, n) in per_gold.items() if n}
+        flagged = {n for n, v in gold_by.items() if v["agreement"] < min_gold} | {
+            n
+            for n, v in peers["by_labeler"].items()
+            if v["agreement"] is not None and v["agreement"] < min_agreement
+        }
+        return {
+            **peers,
+            "instructgpt_agreement": INSTRUCTGPT_AGREEMENT,
+            "gold": dict(sorted(gold_by.items())),
+            "flagged": sorted(flagged),
+        }
 
     def counts(self, batch: str | None = None) -> dict[str, int]:
         """Tasks, rankings (rankable, not gold) and labelers, of one batch or of all."""
@@ -474,6 +539,32 @@ class Store:
                 "rankings": s.scalar(ranked),
                 "labelers": s.scalar(select(func.count(Labeler.id))),
             }
+
+
+def merge_by_task(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One export row per task from rows of one ranking each: the consensus ranking, the mean of
+    each answer's ratings, the union of its flags, and who ranked it."""
+    by_task: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_task.setdefault(row["task_id"], []).append(row)
+    out = []
+    for group in by_task.values():
+        first, k = group[0], len(group[0]["responses"])
+        rated = [[r["ratings"][i] for r in group if r["ratings"][i] is not None] for i in range(k)]
+        merged = consensus([tie_groups(r["ranking"], k) for r in group])
+        out.append(
+            {
+                **first,
+                "ranking": ranking_value(merged),
+                "labeler": ",".join(r["labeler"] for r in group),
+                "ratings": [round(sum(v) / len(v), 2) if v else None for v in rated],
+                "flags": [sorted({f for r in group for f in r["flags"][i]}) for i in range(k)],
+                "ranking_id": max(r["ranking_id"] for r in group),
+                "rankings": len(group),
+                "ranked_at": max(r["ranked_at"] for r in group),
+            }
+        )
+    return out
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -516,8 +607,6 @@ def _task_of(row: Any, i: int, overlap: int, batch: str, now: float) -> tuple[Ta
         raise bad("response_provenance", "must hold one object per response")
     gold = row.get("gold")
     if gold is not None:
-        from instructray.kernels import tie_groups
-
         try:
             gold = tie_groups(gold, len(responses))
         except ValueError as e:

@@ -17,6 +17,7 @@ LAYERS = {
     f"{ORCH}.console": 1,
     f"{ORCH}.labeling": 1,  # the labeling service: its store and HTTP API
     f"{ORCH}.labeling.commands": 5,  # `instructray label ...`: reads data files
+    f"{ORCH}.labeling.round": 2,  # a pipeline's round: logs metrics (output)
     "instructray.actors": 2,
     f"{ORCH}.cluster": 3,
     f"{ORCH}.model_specs": 3,

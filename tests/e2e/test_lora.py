@@ -1,8 +1,9 @@
 """PPO with LoRA end to end: `instructray ppo --config deploy/configs/ppo-tiny-cpu.yaml
 --learner.lora_rank=8` on real Ray, vLLM (CPU build, its LoRA path) and DeepSpeed (ZeRO-2, gloo),
-in bf16, once per rollout.lora_sync mode: the adapter alone to the engines, or merged weights.
-The reference is the policy's base (no reference actor); the adapter run's checkpoint resumes
-exactly; its final/ loads with PEFT, and final/merged/ with transformers and vLLM."""
+in the dtype `auto` picks (bf16 where the CPU has AVX512-BF16, else fp32), once per
+rollout.lora_sync mode: the adapter alone to the engines, or merged weights. The reference is the
+policy's base (no reference actor); the adapter run's checkpoint resumes exactly; its final/
+loads with PEFT, and final/merged/ with transformers and vLLM."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import pytest
 import ray
 import torch
+import yaml
 from testdata import PPO_TINY, SYNCED, metrics_of, ppo_tiny_config
 from transformers import AutoModelForCausalLM
 
@@ -55,8 +57,9 @@ def test_lora_trains_with_every_sync_verified_and_the_reward_rising(mode, reques
     # 0.15-0.18 -> 0.27-0.29; a step's mean varies by ~0.05 with its prompts).
     scores = [r["reward/mean"] for r in rows]
     assert sum(scores[10:]) > sum(scores[:10]), scores
-    # The reference is the policy's base: equal to the policy before its first update.
-    assert rows[0]["kl/mean"] == 0.0
+    # The reference is the policy's base: equal to the policy before its first update (exactly
+    # where both forwards take the same kernels; within float rounding on AVX2-only CPUs).
+    assert abs(rows[0]["kl/mean"]) <= 1e-6
     placement = json.loads((out / "placement.json").read_text())
     assert "reference" not in placement and len(placement["rollout"]) == 1
 
@@ -68,12 +71,15 @@ def test_only_adapters_have_optimizer_state_and_the_adapter_is_what_is_sent(
     first = adapter[0]
     trainable = first["learner/policy_trainable_parameters"]
     assert 0 < trainable < first["learner/policy_parameters"] / 10
-    # bf16: fp32 master copy and AdamW's two fp32 moments of the adapters only.
+    # fp32 (master) weights and AdamW's two fp32 moments of the adapters only.
     assert all(r["learner/policy_optimizer_state_bytes"] == 12 * trainable for r in adapter)
-    # An adapter sync sends the adapter's bf16 tensors; a merged sync every weight of the base.
+    # An adapter sync sends the adapter's tensors; a merged sync every weight of the base, in the
+    # run's dtype (model.dtype auto: bf16 on a CPU with AVX512-BF16, else fp32).
+    dtype = yaml.safe_load((adapter_run / "config.yaml").read_text())["model"]["dtype"]
+    width = {"bfloat16": 2, "float32": 4}[dtype]
     base = first["learner/policy_parameters"] - trainable
-    assert {r["weight_sync/bytes"] for r in adapter} == {2 * trainable}
-    assert {r["weight_sync/bytes"] for r in merged} == {2 * base}
+    assert {r["weight_sync/bytes"] for r in adapter} == {width * trainable}
+    assert {r["weight_sync/bytes"] for r in merged} == {width * base}
 
 
 def test_resumed_from_a_checkpoint_the_run_goes_on_exactly(adapter_run, tiny_dir, tmp_path):

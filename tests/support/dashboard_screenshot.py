@@ -1,7 +1,7 @@
 """The Ray dashboard's Actors view during a tiny PPO run, as a PNG for the docs (run by hand;
 headless Chromium from the OS packages, driven by Selenium):
 
-    apt-get install chromium chromium-driver && .venv/bin/pip install selenium
+    apt-get install chromium chromium-driver   # selenium is in the dev extra
     .venv/bin/python tests/support/dashboard_screenshot.py docs/guides/dashboard-actors.png
 
 It starts `instructray ppo` on the tiny models (its own local Ray), waits for its third step,

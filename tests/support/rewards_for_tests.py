@@ -51,3 +51,9 @@ NOT_A_FUNCTION = 3
 
 def ranks_twice(prompt, responses):
     return [0] * len(responses)
+
+
+def rank_with_a_tie(prompt, responses):
+    """A labeler that ties: longest first, the two shortest tied (K = 2: all tied)."""
+    order = sorted(range(len(responses)), key=lambda i: (-len(responses[i]), responses[i]))
+    return [[i] for i in order[:-2]] + [order[-2:]]

@@ -167,6 +167,26 @@ def test_answers_are_shown_without_their_source(service):
     assert json.loads(rows[0])["provenance"]["responses"][3] == {"model": "m3"}
 
 
+def test_status_reports_agreement_and_the_export_merges_overlapping_rankings(service):
+    store, client, tokens = service
+    publish(client, tokens, rows=ROWS[1:], overlap=3)  # two answers: "hi", "hello"
+    orders = {"alice": ["hi", "hello"], "bob": ["hi", "hello"], "carol": ["hello", "hi"]}
+    for name, order in orders.items():
+        task = next_task(client, tokens[name])
+        ids = {a["text"]: a["id"] for a in task["answers"]}
+        assert rank(client, tokens[name], task, [[ids[t]] for t in order]).status_code == 200
+    status = client.get("/api/status", headers=auth(tokens["admin"])).json()
+    # three labelers, one pair each: alice-bob agree, alice-carol and bob-carol do not
+    assert (
+        status["quality"]["agreement"] == pytest.approx(1 / 3) and status["quality"]["pairs"] == 3
+    )
+    assert status["quality"]["by_labeler"]["carol"]["agreement"] == 0.0
+    assert status["quality"]["flagged"] == ["alice", "bob", "carol"]  # all below 0.6 with others
+    export = client.get("/api/export?consensus=true", headers=auth(tokens["admin"])).text
+    [row] = [json.loads(line) for line in export.splitlines()]
+    assert row["ranking"] == [0, 1] and row["rankings"] == 3  # "hi" by two to one
+
+
 def test_tokens_are_stored_hashed(service):
     store, client, tokens = service
     with store.session() as s:

@@ -51,7 +51,9 @@ def test_the_cli_serves_publishes_and_exports(tmp_path, answers_file):
             assert r.status_code == 200, r.text
         assert httpx.get(server.url + "/api/tasks/next", headers=headers).status_code == 204
         status = httpx.get(server.url + "/api/status", headers={"Authorization": f"Bearer {admin}"})
-        assert status.json() == {"tasks": 3, "rankings": 3, "labelers": 2}
+        counts = {k: status.json()[k] for k in ("tasks", "rankings", "labelers")}
+        assert counts == {"tasks": 3, "rankings": 3, "labelers": 2}
+        assert status.json()["quality"]["pairs"] == 0  # one labeler: nobody to agree with
     finally:
         server.stop()
     out = tmp_path / "rankings.jsonl"
@@ -60,11 +62,7 @@ def test_the_cli_serves_publishes_and_exports(tmp_path, answers_file):
     assert len(rows) == 3 and all(
         len(r["ranking"]) == 3 and len(r["ranking"][1]) == 2 for r in rows
     )
-    assert json.loads(cli("status", "--db", db).stdout) == {
-        "tasks": 3,
-        "rankings": 3,
-        "labelers": 2,
-    }
+    assert json.loads(cli("status", "--db", db).stdout)["rankings"] == 3
     bad = cli("publish", "--db", db, "--answers", str(tmp_path / "nope.jsonl"), check=False)
     assert bad.returncode == 2 and "nope.jsonl" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -149,3 +147,11 @@ def test_a_server_killed_under_load_loses_no_acknowledged_ranking(db_url, tmp_pa
     assert len(pairs) == len(set(pairs)), "a labeler ranked a task twice"
     assert max(n for _, n in per_task) <= OVERLAP
     assert len(stored) == TASKS * OVERLAP  # every task ranked by its overlap in the end
+
+
+def test_the_bench_prints_its_figures():
+    out = cli("bench", "--labelers", "4", "--tasks", "10", "--k", "3", "--overlap", "2").stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["rankings"] == 20 and figures["labelers"] == 4  # every task to its overlap
+    assert figures["rankings_per_s"] > 0 and 0 < figures["rank_p50_ms"] <= figures["rank_p99_ms"]
+    assert out.startswith("label bench: 4 labelers, 20 rankings (10 tasks x overlap 2, K = 3)")
