@@ -12,6 +12,7 @@ and stops the run with SIGTERM (it checkpoints and exits)."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def wait_for(what: str, check, deadline: float):
 
 def main(out: str) -> None:
     from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     run = Path(tempfile.mkdtemp(prefix="dash-")) / "ppo"
@@ -64,9 +66,11 @@ def main(out: str) -> None:
             [str(ROOT / ".venv/bin/ray"), "get-auth-token"], capture_output=True, text=True
         ).stdout.strip()
         options = webdriver.ChromeOptions()
+        options.binary_location = shutil.which("chromium")  # the OS's, not one fetched
         for flag in ("--headless=new", "--no-sandbox", "--window-size=1500,900"):
             options.add_argument(flag)
-        browser = webdriver.Chrome(options=options)
+        driver = Service(shutil.which("chromedriver"))
+        browser = webdriver.Chrome(service=driver, options=options)
         try:
             browser.get(url)
             if token:
