@@ -67,7 +67,7 @@ def main(out: str) -> None:
         ).stdout.strip()
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium")  # the OS's, not one fetched
-        for flag in ("--headless=new", "--no-sandbox", "--window-size=1500,900"):
+        for flag in ("--headless=new", "--no-sandbox", "--window-size=1500,1300"):
             options.add_argument(flag)
         driver = Service(shutil.which("chromedriver"))
         browser = webdriver.Chrome(service=driver, options=options)
@@ -76,12 +76,21 @@ def main(out: str) -> None:
             if token:
                 browser.add_cookie({"name": "ray-authentication-token", "value": token})
             browser.get(f"{url}/#/actors")
-            wait_for(
-                "actor named learner-rank-1",
-                lambda: "learner-rank-1" in browser.find_element(By.TAG_NAME, "body").text,
-                deadline,
-            )
-            browser.save_screenshot(out)
+            if token:  # the dashboard may still ask: type the token into its prompt
+                time.sleep(3)  # its first API calls decide whether the prompt shows
+                for field in browser.find_elements(By.CSS_SELECTOR, "input[type=password]"):
+                    field.send_keys(token)
+                    for button in browser.find_elements(By.TAG_NAME, "button"):
+                        if button.text.strip().lower() == "submit":
+                            button.click()
+            try:
+                wait_for(
+                    "actor named learner-rank-1",
+                    lambda: "learner-rank-1" in browser.find_element(By.TAG_NAME, "body").text,
+                    min(deadline, time.monotonic() + 120),
+                )
+            finally:  # what the page shows, found or not
+                browser.save_screenshot(out)
         finally:
             browser.quit()
         print(f"wrote {out}")
