@@ -25,7 +25,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from instructray.orchestrator.labeling.store import FLAGS, RATING_RANGE, LabelingError, Store
+from instructray.orchestrator.labeling.requests import FLAGS, RATING_RANGE, LabelingError
+from instructray.orchestrator.labeling.store import Store
 
 MAX_BODY_BYTES = 256 * 1024  # a ranking; publishing (admin) may send up to PUBLISH_MAX_BYTES
 PUBLISH_MAX_BYTES = 64 * 1024 * 1024

@@ -22,7 +22,8 @@ from typing import Any
 
 from instructray.orchestrator.data.schema import DataError
 from instructray.orchestrator.data.sources import load_rows
-from instructray.orchestrator.labeling.store import LabelingError, Store, db_url
+from instructray.orchestrator.labeling.requests import LabelingError
+from instructray.orchestrator.labeling.store import Store, db_url
 
 logger = logging.getLogger(__name__)
 

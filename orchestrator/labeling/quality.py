@@ -14,6 +14,9 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
+
+from instructray.kernels import ranking_value, tie_groups
 
 INSTRUCTGPT_AGREEMENT = 0.726  # training labelers with each other (Ouyang et al. 2022, 3.4)
 
@@ -107,3 +110,29 @@ def _reaches(start: int, goal: int, above: dict[int, set[int]]) -> bool:
             seen.add(node)
             stack.extend(above[node])
     return False
+
+
+def merge_by_task(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One export row per task from rows of one ranking each: the consensus ranking, the mean of
+    each answer's ratings, the union of its flags, and who ranked it."""
+    by_task: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_task.setdefault(row["task_id"], []).append(row)
+    out = []
+    for group in by_task.values():
+        first, k = group[0], len(group[0]["responses"])
+        rated = [[r["ratings"][i] for r in group if r["ratings"][i] is not None] for i in range(k)]
+        merged = consensus([tie_groups(r["ranking"], k) for r in group])
+        out.append(
+            {
+                **first,
+                "ranking": ranking_value(merged),
+                "labeler": ",".join(r["labeler"] for r in group),
+                "ratings": [round(sum(v) / len(v), 2) if v else None for v in rated],
+                "flags": [sorted({f for r in group for f in r["flags"][i]}) for i in range(k)],
+                "ranking_id": max(r["ranking_id"] for r in group),
+                "rankings": len(group),
+                "ranked_at": max(r["ranked_at"] for r in group),
+            }
+        )
+    return out

@@ -11,7 +11,6 @@ labeler ranks a task once (unique per task and labeler), an assignment is ranked
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import secrets
 import time
@@ -22,14 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    Boolean,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
     create_engine,
     delete,
     event,
@@ -37,112 +28,34 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from instructray.kernels import MAX_RESPONSES, MIN_RESPONSES, ranking_value, tie_groups
+from instructray.orchestrator.labeling.models import (
+    Answer,
+    Assignment,
+    Base,
+    Labeler,
+    Ranking,
+    Task,
+)
 from instructray.orchestrator.labeling.quality import (
     INSTRUCTGPT_AGREEMENT,
     agreement,
-    consensus,
+    merge_by_task,
     pair_agreement,
 )
-
-# InstructGPT's labelers rated each answer 1-7 and ticked these (its Table 3), then ranked.
-RATING_RANGE = (1, 7)
-FLAGS = (
-    "fails_to_follow_instruction",
-    "inappropriate_for_customer_assistant",
-    "hallucination",
-    "satisfies_constraint",
-    "sexual_content",
-    "violent_content",
-    "encourages_violence_abuse_or_self_harm",
-    "denigrates_protected_class",
-    "harmful_advice",
-    "expresses_opinion",
-    "expresses_moral_judgment",
+from instructray.orchestrator.labeling.requests import (
+    LabelingError,
+    parse_ranking,
 )
+
 ASSIGNMENT_TTL_S = 3600.0  # an assignment not ranked by then returns to the pool
 TOKEN_BYTES = 32
 
 
-class LabelingError(Exception):
-    """A request the store refuses: an HTTP status and one line naming the field."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
 class _Taken(Exception):
     """The slot a server picked was taken by another one first."""
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Labeler(Base):
-    __tablename__ = "labelers"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[float] = mapped_column(Float)
-
-
-class Task(Base):
-    __tablename__ = "tasks"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    prompt: Mapped[str] = mapped_column(Text)  # what the labeler reads
-    row: Mapped[dict] = mapped_column(JSON)  # the prompt as the RM reads it: prompt or messages
-    user_id: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the prompt's author
-    overlap: Mapped[int] = mapped_column(Integer)
-    # an admin's ranking of a gold (screening) task: positions, tie groups best first
-    gold: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
-    batch: Mapped[str] = mapped_column(String(200), default="")  # e.g. a pipeline round
-    provenance: Mapped[dict] = mapped_column(JSON, default=dict)
-    created_at: Mapped[float] = mapped_column(Float)
-
-
-class Answer(Base):
-    __tablename__ = "answers"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
-    key: Mapped[str] = mapped_column(String(16), unique=True)  # what the labeler sees: random
-    position: Mapped[int] = mapped_column(Integer)  # its index in the exported responses
-    text: Mapped[str] = mapped_column(Text)
-    provenance: Mapped[dict] = mapped_column(JSON, default=dict)
-
-
-class Assignment(Base):
-    __tablename__ = "assignments"
-    __table_args__ = (
-        UniqueConstraint("task_id", "slot"),  # at most `overlap` live ones (gold: no slot)
-        UniqueConstraint("task_id", "labeler_id"),
-    )
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
-    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
-    slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    order: Mapped[list] = mapped_column(JSON)  # answer keys in the order shown
-    created_at: Mapped[float] = mapped_column(Float)
-    expires_at: Mapped[float] = mapped_column(Float, index=True)
-    done: Mapped[bool] = mapped_column(Boolean, default=False)
-
-
-class Ranking(Base):
-    __tablename__ = "rankings"
-    __table_args__ = (UniqueConstraint("task_id", "labeler_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
-    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
-    assignment_id: Mapped[int] = mapped_column(Integer, unique=True)
-    groups: Mapped[list] = mapped_column(JSON)  # answer positions, tie groups best first
-    ratings: Mapped[dict] = mapped_column(JSON, default=dict)  # position (str) -> 1..7
-    flags: Mapped[dict] = mapped_column(JSON, default=dict)  # position (str) -> [flag]
-    not_rankable: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 def hash_token(token: str) -> str:
@@ -541,32 +454,6 @@ class Store:
             }
 
 
-def merge_by_task(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One export row per task from rows of one ranking each: the consensus ranking, the mean of
-    each answer's ratings, the union of its flags, and who ranked it."""
-    by_task: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_task.setdefault(row["task_id"], []).append(row)
-    out = []
-    for group in by_task.values():
-        first, k = group[0], len(group[0]["responses"])
-        rated = [[r["ratings"][i] for r in group if r["ratings"][i] is not None] for i in range(k)]
-        merged = consensus([tie_groups(r["ranking"], k) for r in group])
-        out.append(
-            {
-                **first,
-                "ranking": ranking_value(merged),
-                "labeler": ",".join(r["labeler"] for r in group),
-                "ratings": [round(sum(v) / len(v), 2) if v else None for v in rated],
-                "flags": [sorted({f for r in group for f in r["flags"][i]}) for i in range(k)],
-                "ranking_id": max(r["ranking_id"] for r in group),
-                "rankings": len(group),
-                "ranked_at": max(r["ranked_at"] for r in group),
-            }
-        )
-    return out
-
-
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     # Transactions begin in _sqlite_begin, not where the driver would (at the first write, when
     # another writer may have committed since this one read: SQLite's "database is locked").
@@ -627,75 +514,3 @@ def _task_of(row: Any, i: int, overlap: int, batch: str, now: float) -> tuple[Ta
         for k, (text, origin) in enumerate(zip(responses, origins, strict=True))
     ]
     return task, answers
-
-
-def parse_ranking(
-    body: Any, positions: dict[str, int]
-) -> tuple[list[list[int]], dict[str, int], dict[str, list[str]], bool]:
-    """(tie groups of positions, ratings and flags by position) of a ranking's body, whose ids
-    are the task's answer keys; a 400 that names the field otherwise."""
-    if not isinstance(body, dict):
-        raise LabelingError(400, "body: must be a JSON object")
-    unknown = set(body) - {"ranking", "ratings", "flags", "not_rankable"}
-    if unknown:
-        raise LabelingError(400, f"{sorted(unknown)[0]}: not a field of a ranking")
-    not_rankable = body.get("not_rankable", False)
-    if not isinstance(not_rankable, bool):
-        raise LabelingError(400, "not_rankable: must be true or false")
-    groups: list[list[int]] = []
-    ranking = body.get("ranking")
-    if not_rankable and ranking in (None, []):
-        pass
-    else:
-        if not isinstance(ranking, list) or not ranking:
-            raise LabelingError(400, "ranking: must be a list of lists of answer ids, best first")
-        seen: set[str] = set()
-        for group in ranking:
-            if not isinstance(group, list) or not group:
-                raise LabelingError(400, "ranking: each entry must be a non-empty list of ids")
-            for key in group:
-                if not isinstance(key, str) or key not in positions:
-                    raise LabelingError(
-                        400, f"ranking: {json.dumps(key)[:40]} is no answer of this task"
-                    )
-                if key in seen:
-                    raise LabelingError(400, f"ranking: answer {key} appears twice")
-                seen.add(key)
-            groups.append([positions[k] for k in group])
-        missing = sorted(set(positions) - seen)
-        if missing:
-            raise LabelingError(400, f"ranking: answer {missing[0]} is missing; rank every answer")
-    ratings = _by_answer(body.get("ratings", {}), positions, "ratings", _rating)
-    flags = _by_answer(body.get("flags", {}), positions, "flags", _flags)
-    return groups, ratings, flags, not_rankable
-
-
-def _by_answer(value: Any, positions: dict[str, int], field: str, check: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise LabelingError(400, f"{field}: must be an object keyed by answer id")
-    out = {}
-    for key, v in value.items():
-        if key not in positions:
-            raise LabelingError(400, f"{field}: {json.dumps(key)[:40]} is no answer of this task")
-        out[str(positions[key])] = check(v, f"{field}.{key}")
-    return out
-
-
-def _rating(v: Any, where: str) -> int:
-    lo, hi = RATING_RANGE
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise LabelingError(
-            400, f"{where}: must be an integer {lo} to {hi}, got {json.dumps(v)[:40]}"
-        )
-    return v
-
-
-def _flags(v: Any, where: str) -> list[str]:
-    if not isinstance(v, list) or not all(isinstance(f, str) for f in v):
-        raise LabelingError(400, f"{where}: must be a list of flag names")
-    for f in v:
-        if f not in FLAGS:
-            raise LabelingError(
-                400, f"{where}: unknown flag {f[:40]!r} (known: {', '.join(FLAGS)})"
-            )
-    return sorted(set(v))
