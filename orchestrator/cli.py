@@ -19,6 +19,7 @@ from instructray.orchestrator.config import (
     ConfigError,
     describe_fields,
     load_config,
+    normalize_overrides,
     validate_config,
 )
 from instructray.orchestrator.config.precision import resolve_precision
@@ -98,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.epilog = (
         "Ray jobs: instructray submit STAGE --config FILE [--follow]; "
         "instructray {status,logs,stop} JOB; instructray scale RUN_FOLDER|JOB --engines N. "
-        "Labeling: instructray label {serve,add-labeler,publish,export,status} --db URL."
+        "Labeling: instructray label {serve,add-labeler,publish,export,status,bench}."
     )
     for stage, (doc, _) in STAGES.items():
         p = sub.add_parser(
@@ -140,22 +141,6 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _normalize_overrides(rest: list[str]) -> list[str]:
-    """Accept both `--a.b=v` and `--a.b v`."""
-    out, i = [], 0
-    while i < len(rest):
-        arg = rest[i]
-        if arg.startswith("--") and "=" not in arg and i + 1 < len(rest):
-            nxt = rest[i + 1]
-            if not nxt.startswith("--"):
-                out.append(f"{arg}={nxt}")
-                i += 2
-                continue
-        out.append(arg)
-        i += 1
-    return out
-
-
 def _stage_defaults(stage: str) -> Path | None:
     if stage not in DEFAULT_CONFIGS:
         return None
@@ -185,7 +170,7 @@ def _job_command(argv: list[str]) -> int:
     from instructray.orchestrator import jobs
 
     try:
-        return jobs.main(argv, list(STAGES), _normalize_overrides)
+        return jobs.main(argv, list(STAGES), normalize_overrides)
     except (jobs.JobError, *USER_ERRORS) as e:
         print(f"instructray {argv[0]}: error: {e}", file=sys.stderr)
         return 2
@@ -201,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return label_main(argv[1:])
     args, rest = _parser().parse_known_args(argv)
-    debug = "--run.log_level=debug" in _normalize_overrides(rest)  # before the config loads
+    debug = "--run.log_level=debug" in normalize_overrides(rest)  # before the config loads
     try:
         defaults = _stage_defaults(args.stage)
-        cfg = load_config(args.config, _normalize_overrides(rest), defaults)
+        cfg = load_config(args.config, normalize_overrides(rest), defaults)
         debug = cfg.run.log_level == "debug"
         validate_config(cfg, args.stage)
         resolve_precision(cfg)  # before config.yaml is written: the run folder records the choice

@@ -16,30 +16,25 @@ accumulates); PPO continues from the current policy, still held near the SFT mod
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import logging
 import os
-import random
 from pathlib import Path
 from typing import Any
 
 from instructray.actors.lora import model_folder
 from instructray.actors.scoring.rule_rewards import check_ranking
-from instructray.actors.sequences import load_tokenizer
 from instructray.kernels import ranking_value
+from instructray.orchestrator.cluster import connect
 from instructray.orchestrator.config import Config
 from instructray.orchestrator.config.functions import load_function
 from instructray.orchestrator.data import (
-    DataError,
     convert_rankings,
-    format_prompt,
     load_rows,
-    row_problem,
-    tokenize_prompt,
 )
 from instructray.orchestrator.output import RunFolder, run_label
 from instructray.orchestrator.ppo.run import run_ppo
+from instructray.orchestrator.sampler import sample_for_ranking
 from instructray.orchestrator.supervised import run_rm, run_sft
 
 logger = logging.getLogger(__name__)
@@ -61,16 +56,6 @@ def ppo_stage(cfg: Config, root: Path, name: str, policy: str, sft: str, rm: str
     return stage
 
 
-def pool_responses(per_model: list[list[str]]) -> list[str]:
-    """One prompt's samples from several models, interleaved (one of each model in turn, so that
-    the first K mix the models), distinct and non-empty."""
-    pooled: list[str] = []
-    for text in (t for group in itertools.zip_longest(*per_model) for t in group):
-        if text and text not in pooled:
-            pooled.append(text)
-    return pooled
-
-
 def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]:
     """Sample K responses per prompt (sample_for_ranking); rank them by labeler."""
     ranked = []
@@ -78,61 +63,6 @@ def new_rankings(cfg: Config, policy: str, labeler: Any) -> list[dict[str, Any]]
         text, _ = row.pop("formatted"), row.pop("author")
         ranking = check_ranking(labeler(text, row["responses"]), len(row["responses"]))
         ranked.append({**row, "ranking": ranking_value(ranking)})
-    return ranked
-
-
-def sample_for_ranking(cfg: Config, policy: str) -> list[dict[str, Any]]:
-    """Sample K responses per prompt from `policy` (and from each of `pipeline.ranking_models`,
-    interleaved) with one vLLM engine. -> rows {"prompt" or "messages", "responses",
-    "formatted" (the prompt as the model read it), "author" (its row's data.user_field)}."""
-
-    from instructray.orchestrator.sampler import Sampler
-
-    p, r, d = cfg.pipeline, cfg.rollout, cfg.data
-    tokenizer = load_tokenizer(policy, cfg.model.trust_remote_code)
-    rows, ids = [], []
-    for row in load_rows(d.prompts, d.split):
-        if row_problem(row) is None:
-            tokens = tokenize_prompt(row, tokenizer, cfg.sft.template)
-            if len(tokens) <= d.max_prompt_tokens:
-                rows.append(row)
-                ids.append(tokens)
-    if not rows:
-        raise DataError(f"{d.prompts}: no usable prompts to sample rankings for")
-    picked = random.Random(cfg.run.seed).sample(range(len(rows)), min(p.rank_prompts, len(rows)))
-    models = [policy, *p.ranking_models]
-    for model in p.ranking_models:
-        if not (Path(model) / "model.safetensors").is_file():
-            raise ValueError(
-                f"pipeline.ranking_models: {model} is not a model folder with model.safetensors"
-            )
-    sampler = Sampler(cfg, tokenizer, policy)
-    samples = [[[] for _ in models] for _ in picked]  # [prompt][model] -> texts
-    try:
-        for m, model in enumerate(models):
-            if m:
-                sampler.load(model)
-            out = sampler.sample(
-                [ids[i] for i in picked], p.samples_per_prompt, r.temperature, r.max_new_tokens
-            )
-            for i, text in zip(out["prompt_index"], out["text"], strict=True):
-                samples[i][m].append(text)
-    finally:
-        sampler.close()
-    k_max, k_min = p.samples_per_prompt, p.min_samples_per_prompt or p.samples_per_prompt
-    k_rng = random.Random(cfg.run.seed + 1)
-    ranked = []
-    for i, per_model in enumerate(samples):
-        responses = pool_responses(per_model)
-        if len(responses) < 2:
-            continue
-        if len(responses) > k_min:  # K varies per prompt, k_min..samples_per_prompt
-            responses = responses[: k_rng.randint(k_min, min(k_max, len(responses)))]
-        row = rows[picked[i]]
-        text = format_prompt(row, tokenizer, cfg.sft.template)
-        prompt = {"messages": row["messages"]} if row.get("messages") else {"prompt": row["prompt"]}
-        author = row.get(d.user_field)
-        ranked.append({**prompt, "responses": responses, "formatted": text, "author": author})
     return ranked
 
 
@@ -191,6 +121,8 @@ def _human_rankings(cfg: Config, root: Path, policy: str, it: int) -> list[dict[
     policy's samples, published once, waited for (a stopped run waits on when resumed)."""
     from instructray.orchestrator.labeling.round import labeling_round
 
+    if cfg.labeling.serve == "ray":  # a resumed run may not have joined its cluster yet
+        connect(cfg)
     p, r = cfg.pipeline, cfg.rollout
     provenance = {
         "model": policy,

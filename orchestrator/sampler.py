@@ -1,9 +1,12 @@
-"""Sampling outside PPO (the pipeline's rankings, the demo's evaluation): one vLLM engine that
-serves several models in turn, each loaded by version as in PPO's weight sync."""
+"""Sampling outside PPO (the pipeline's rankings, `label publish --prompts`, the demo's
+evaluation): one vLLM engine that serves several models in turn, each loaded by version as in
+PPO's weight sync; sample_for_ranking draws K distinct answers per prompt for a labeler."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +16,17 @@ import safetensors.torch
 
 from instructray.actors.remote import wait_all
 from instructray.actors.rollout.actor import RolloutActor
+from instructray.actors.sequences import load_tokenizer
 from instructray.actors.weight_sync import buckets
 from instructray.orchestrator.cluster import actor_env, on_gpu
 from instructray.orchestrator.config import Config
-from instructray.orchestrator.data import tokenize_prompt
+from instructray.orchestrator.data import (
+    DataError,
+    format_prompt,
+    load_rows,
+    row_problem,
+    tokenize_prompt,
+)
 
 
 def engine_options(cfg: Config) -> dict[str, Any]:
@@ -125,3 +135,66 @@ def saved_tensors(model_dir: Path) -> Iterator[tuple[str, Any]]:
         with safe_open(str(model_dir / file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is no dict)
                 yield name, f.get_tensor(name)
+
+
+def pool_responses(per_model: list[list[str]]) -> list[str]:
+    """One prompt's samples from several models, interleaved (one of each model in turn, so that
+    the first K mix the models), distinct and non-empty."""
+    pooled: list[str] = []
+    for text in (t for group in itertools.zip_longest(*per_model) for t in group):
+        if text and text not in pooled:
+            pooled.append(text)
+    return pooled
+
+
+def sample_for_ranking(cfg: Config, policy: str) -> list[dict[str, Any]]:
+    """Sample K responses per prompt from `policy` (and from each of `pipeline.ranking_models`,
+    interleaved) with one vLLM engine. -> rows {"prompt" or "messages", "responses",
+    "formatted" (the prompt as the model read it), "author" (its row's data.user_field)}."""
+
+    p, r, d = cfg.pipeline, cfg.rollout, cfg.data
+    tokenizer = load_tokenizer(policy, cfg.model.trust_remote_code)
+    rows, ids = [], []
+    for row in load_rows(d.prompts, d.split):
+        if row_problem(row) is None:
+            tokens = tokenize_prompt(row, tokenizer, cfg.sft.template)
+            if len(tokens) <= d.max_prompt_tokens:
+                rows.append(row)
+                ids.append(tokens)
+    if not rows:
+        raise DataError(f"{d.prompts}: no usable prompts to sample rankings for")
+    picked = random.Random(cfg.run.seed).sample(range(len(rows)), min(p.rank_prompts, len(rows)))
+    models = [policy, *p.ranking_models]
+    for model in p.ranking_models:
+        if not (Path(model) / "model.safetensors").is_file():
+            raise ValueError(
+                f"pipeline.ranking_models: {model} is not a model folder with model.safetensors"
+            )
+    sampler = Sampler(cfg, tokenizer, policy)
+    samples = [[[] for _ in models] for _ in picked]  # [prompt][model] -> texts
+    try:
+        for m, model in enumerate(models):
+            if m:
+                sampler.load(model)
+            out = sampler.sample(
+                [ids[i] for i in picked], p.samples_per_prompt, r.temperature, r.max_new_tokens
+            )
+            for i, text in zip(out["prompt_index"], out["text"], strict=True):
+                samples[i][m].append(text)
+    finally:
+        sampler.close()
+    k_max, k_min = p.samples_per_prompt, p.min_samples_per_prompt or p.samples_per_prompt
+    k_rng = random.Random(cfg.run.seed + 1)
+    ranked = []
+    for i, per_model in enumerate(samples):
+        responses = pool_responses(per_model)
+        if len(responses) < 2:
+            continue
+        if len(responses) > k_min:  # K varies per prompt, k_min..samples_per_prompt
+            responses = responses[: k_rng.randint(k_min, min(k_max, len(responses)))]
+        row = rows[picked[i]]
+        text = format_prompt(row, tokenizer, cfg.sft.template)
+        prompt = {"messages": row["messages"]} if row.get("messages") else {"prompt": row["prompt"]}
+        author = row.get(d.user_field)
+        ranked.append({**prompt, "responses": responses, "formatted": text, "author": author})
+    return ranked

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from instructray.orchestrator import cli, jobs
+from instructray.orchestrator.config import ConfigError, load_config
 from instructray.orchestrator.labeling import commands as labeling
 
 ROOT = Path(__file__).parents[1]
@@ -114,7 +115,8 @@ def check_command(argv: list[str]) -> str:
                 config = ["--config", args.config] if args.config else []
                 code = cli.main([args.stage, *config, *rest, "--print-config"])
             elif argv[0] == "label":  # the labeling commands' own parser: nothing runs
-                labeling._parser().parse_args(argv[1:])
+                args = labeling.parse(argv[1:])
+                load_config(None, args.overrides)  # a sampling override names a real key
                 code = 0
             elif argv[0] in cli.JOB_COMMANDS:
                 args, rest = jobs._parser(list(cli.STAGES)).parse_known_args(argv)
@@ -124,6 +126,8 @@ def check_command(argv: list[str]) -> str:
                 return f"no command {argv[0]!r}"
     except SystemExit as e:  # argparse's refusal
         code = e.code
+    except ConfigError as e:  # a label command's misspelled override
+        return str(e)
     return "" if code == 0 else (err.getvalue().strip().splitlines() or ["failed"])[-1]
 
 
@@ -146,6 +150,7 @@ def test_the_documents_are_found_and_hold_commands():
         ["ppo", "--config", "deploy/configs/ppo-tiny-cpu.yaml", "--rollout.num_engines=0"],
         ["submit", "ppo", "--config=deploy/configs/no-such.yaml"],
         ["label", "publish", "--db", "labels.db", "--answer", "a.jsonl"],
+        ["label", "publish", "--db=l.db", "--prompts=p.jsonl", "--rollout.temprature=1"],
         ["ppo", "--config", "deploy/configs/ppo-tiny-cpu.yaml", "--learner.zero_stage=two"],
         ["scale", "JOB"],
         ["trian"],
@@ -155,6 +160,7 @@ def test_the_documents_are_found_and_hold_commands():
         "out-of-range",
         "no-such-config",
         "label-misspelled-flag",
+        "label-misspelled-override",
         "wrong-type",
         "missing-flag",
         "typo",

@@ -69,7 +69,7 @@ def test_gpu_lock_holds_the_cpu_locks_versions_but_where_cuda_pins_another():
     assert GPU["torch"] == pins["torch"]  # the CUDA build: no +cpu label
     assert CPU["torch"] == pins["torch"] + "+cpu"
     assert GPU["vllm"] == lock_gpu.project()["optional-dependencies"]["gpu"][0].split("==")[1]
-    assert GPU["ray"] == pins["ray[default,train]"] and GPU["deepspeed"] == pins["deepspeed"]
+    assert GPU["ray"] == pins["ray[default,train,serve]"] and GPU["deepspeed"] == pins["deepspeed"]
 
 
 def test_gpu_lock_resolves_for_the_gpu_extra_on_the_package_index():

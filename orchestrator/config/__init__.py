@@ -19,6 +19,7 @@ from instructray.orchestrator.config.load import (
     describe_fields,
     dump_config,
     load_config,
+    normalize_overrides,
     sections,
     set_key,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "dump_config",
     "load_config",
     "needs_critic",
+    "normalize_overrides",
     "parse_reward_sources",
     "reward_call_policy",
     "reward_sources",

@@ -121,6 +121,22 @@ def _apply_mapping(cfg: Config, data: Any, origin: str) -> None:
             set_key(cfg, f"{section}.{name}", value, origin)
 
 
+def normalize_overrides(rest: list[str]) -> list[str]:
+    """Accept both `--a.b=v` and `--a.b v`."""
+    out, i = [], 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg.startswith("--") and "=" not in arg and i + 1 < len(rest):
+            nxt = rest[i + 1]
+            if not nxt.startswith("--"):
+                out.append(f"{arg}={nxt}")
+                i += 2
+                continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def parse_override(arg: str) -> tuple[str, Any]:
     """`--section.key=value` -> (key, value parsed as a YAML scalar or list)."""
     if not arg.startswith("-") and (arg.endswith((".yaml", ".yml")) or Path(arg).is_file()):

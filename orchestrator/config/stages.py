@@ -104,6 +104,12 @@ class LabelingConfig:
         "Database of rankings: an SQLAlchemy URL (postgresql+psycopg://...) or a path (an "
         "SQLite file); empty: labeling.db in the run folder.",
     )
+    serve: Literal["driver", "ray"] = param(
+        "driver",
+        "Where the service runs: in the pipeline's driver (uvicorn), or on the Ray cluster as a "
+        "Ray Serve app (the dashboard's Serve view shows it; an SQLite file's replica runs on "
+        "the driver's node).",
+    )
     host: str = param("127.0.0.1", "Address the labelers' page listens on (loopback).")
     port: int = param(8600, "Port of the labelers' page (0: any free port).", ge=0, le=65535)
     overlap: int = param(1, "Labelers per task (InstructGPT: mostly 1).", ge=1)

@@ -25,6 +25,7 @@ from instructray.orchestrator.cluster import actor_env
 from instructray.orchestrator.config import Config
 from instructray.orchestrator.data import tokenize_prompt
 from instructray.orchestrator.demo import world
+from instructray.orchestrator.demo.agreement import labelers_agreement
 from instructray.orchestrator.sampler import Sampler
 
 TAX_TEXTS = 256  # held-out texts of the base model's kind for the alignment tax
@@ -122,6 +123,13 @@ def evaluate_world(cfg: Config, models: dict[str, str], reward_model: str) -> di
     rm_score, kl, rm_probe = _model_scores(
         cfg, tokenizer, models["sft"], reward_model, prompts, answers, kl_prompt_ids, kl_samples
     )
+    # Two simulated labelers rank each plainly-asked prompt's answers through the labeling
+    # service: their agreement beside InstructGPT's (their own noise: nothing above moves).
+    agreement = labelers_agreement(
+        [p.text for p in by_tone["none"]],
+        [[answers[m]["none"][i] for m in answers] for i in range(len(prompts))],
+        world.Labeler(seed + 199).rank,
+    )
     samples = [
         {"prompt": by_tone[t][i].text, "tone": t, **{m: answers[m][t][i] for m in answers}}
         for t in world.TONES
@@ -143,6 +151,7 @@ def evaluate_world(cfg: Config, models: dict[str, str], reward_model: str) -> di
         "rm_probe": rm_probe,
         "judged_comparisons": len(everything),
         "lm_loss_base_text": alignment_tax(cfg, models, tokenizer),
+        "labelers_agreement": agreement,
         **ptx,
     }
 
@@ -255,7 +264,12 @@ def run_eval(cfg: Config) -> None:
     and rm/ models. Rewrites eval.json, report.md, plot.png and samples.jsonl there."""
     from instructray.orchestrator.cluster import connect
     from instructray.orchestrator.config import load_config
-    from instructray.orchestrator.demo.report import ppo_stages, table, write_report
+    from instructray.orchestrator.demo.report import (
+        agreement_line,
+        ppo_stages,
+        table,
+        write_report,
+    )
     from instructray.orchestrator.model_specs import resolve_models
 
     root = Path(cfg.run.output_dir)
@@ -277,4 +291,5 @@ def run_eval(cfg: Config) -> None:
     ev = evaluate_world(cfg, models, reward_model)
     write_report(root, ev, ppo_stages(root))
     print(table(ev))
+    print(agreement_line(ev["labelers_agreement"]))
     print(f"written: {root}/eval.json, report.md, plot.png, samples.jsonl")

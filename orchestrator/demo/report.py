@@ -74,6 +74,15 @@ def table(ev: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def agreement_line(a: dict[str, Any]) -> str:
+    """The simulated labelers' agreement beside InstructGPT's labelers'."""
+    return (
+        f"Labelers' agreement: {a['labelers']} simulated labelers ranked the same {a['tasks']} "
+        f"answer sets through the labeling service and ordered {_fmt(a['agreement'])} of answer "
+        f"pairs alike (InstructGPT's labelers: 0.726)."
+    )
+
+
 PPO_STAGES = ("ppo", "ppo-ptx")  # the demo's PPO stages, each a folder of the run
 
 
@@ -154,6 +163,7 @@ def write_report(root: Path, ev: dict[str, Any], stages: dict[str, list[dict[str
         "",
         "Win rates count a tie as half a win.",
         "",
+        *([agreement_line(ev["labelers_agreement"]), ""] if ev.get("labelers_agreement") else []),
         "![reward and KL per step of each PPO stage](plot.png)",
         "",
     ]

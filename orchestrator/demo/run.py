@@ -40,7 +40,7 @@ def _dashboard() -> str:
 def run_demo(cfg: Config) -> RunFolder:
     """Base LM -> SFT -> rankings -> RM -> PPO -> evaluation, in one run folder."""
     from instructray.orchestrator.demo.evaluate import evaluate_world
-    from instructray.orchestrator.demo.report import ppo_stages, table, write_report
+    from instructray.orchestrator.demo.report import agreement_line, ppo_stages, table, write_report
     from instructray.orchestrator.model_specs import resolve_models
     from instructray.orchestrator.pipeline import ppo_stage, run_or_reuse, run_pipeline
     from instructray.orchestrator.ppo.run import run_ppo
@@ -89,5 +89,6 @@ def run_demo(cfg: Config) -> RunFolder:
     ev = evaluate_world(cfg, models, rm)
     write_report(root, ev, ppo_stages(root))
     print(table(ev))
+    print(agreement_line(ev["labelers_agreement"]))
     print(f"run folder: {root} (report.md, eval.json, plot.png; base/ sft/ rm/ ppo/ with final/)")
     return folder

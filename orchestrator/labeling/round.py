@@ -19,6 +19,7 @@ from typing import Any
 
 from instructray.orchestrator.config import Config
 from instructray.orchestrator.config.functions import load_function
+from instructray.orchestrator.labeling.on_ray import APP_NAME, ServeApp
 from instructray.orchestrator.labeling.service import Bots, Service, wait_for_rankings
 from instructray.orchestrator.labeling.store import Store, db_url
 from instructray.orchestrator.output import MetricsLog
@@ -49,7 +50,7 @@ def labeling_round(
             task_ids = json.loads(marker.read_text())["task_ids"]
             logger.info("labeling: %s: %d tasks published before; waiting on", batch, len(task_ids))
         else:
-            rows = [_task_row(row, provenance) for row in sample()]
+            rows = [task_row(row, provenance) for row in sample()]
             task_ids = store.publish(rows, overlap=lab.overlap, batch=batch)
             tmp = marker.with_suffix(".tmp")
             tmp.write_text(json.dumps({"batch": batch, "task_ids": task_ids}) + "\n")
@@ -61,7 +62,7 @@ def labeling_round(
         store.close()
 
 
-def _task_row(row: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+def task_row(row: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
     """A sampled row as a task: its prompt, responses and author (who may not rank it)."""
     out = {k: row[k] for k in ("prompt", "messages", "responses") if k in row}
     if row.get("author") is not None:
@@ -74,9 +75,15 @@ def _wait(cfg: Config, store: Store, folder: Path, batch: str, wanted: int) -> N
     from ray.experimental.tqdm_ray import tqdm
 
     lab = cfg.labeling
-    service = Service(store, lab.host, lab.port).start()
+    if lab.serve == "ray":
+        store_args = {"ttl_s": lab.assignment_ttl_s, "gold_every": store.gold_every}
+        service: Service | ServeApp = ServeApp(store.url, lab.host, lab.port, **store_args).start()
+        where = f" (Ray Serve app {APP_NAME!r})"
+    else:
+        service, where = Service(store, lab.host, lab.port).start(), ""
     print(
-        f"labeling: {batch}: {wanted} rankings wanted; labelers rank at {service.url}/", flush=True
+        f"labeling: {batch}: {wanted} rankings wanted; labelers rank at {service.url}/{where}",
+        flush=True,
     )
     bots = None
     if lab.bots:

@@ -82,6 +82,7 @@ class Bots:
         ]
 
     def start(self) -> Bots:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
         for t in self.threads:
             t.start()
         return self

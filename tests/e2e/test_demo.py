@@ -83,6 +83,11 @@ def test_the_run_folder_tells_the_story(demo_run):
     assert set(ev["lm_loss_base_text"]) == {"base", "sft", "ppo", "ppo_ptx"}
     assert "| alignment tax: LM loss on held-out base-model text" in report
     assert "| measure | base | SFT | PPO | PPO-ptx |" in report
+    # Two simulated labelers ranked the held-out answers through the labeling service.
+    agreement = ev["labelers_agreement"]
+    assert agreement["tasks"] <= 32 and agreement["rankings"] == 2 * agreement["tasks"]
+    assert 0.5 < agreement["agreement"] < 1.0  # noisy labelers, not coins, not copies
+    assert "(InstructGPT's labelers: 0.726)" in report
 
 
 def test_the_numbers_move_the_way_the_story_says(demo_run):

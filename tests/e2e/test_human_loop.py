@@ -1,8 +1,9 @@
 """InstructGPT's loop with people in it: a pipeline of two rounds whose labeler is `human`. Round 2
 publishes the current policy's samples to the labeling service and waits; the driver is killed
-while it waits; resumed, it waits on for the same tasks while bots (two per task, each ranking
-with a tie) rank them through the HTTP API; the reward model of round 2 trains on their rankings,
-its tied pairs dropped and counted, and the round's agreement is reported."""
+while it waits; resumed, it waits on for the same tasks, now served by Ray Serve, while bots (two
+per task, each ranking with a tie) rank them through the HTTP API; the reward model of round 2
+trains on their rankings, its tied pairs dropped and counted, and the round's agreement is
+reported."""
 
 from __future__ import annotations
 
@@ -78,7 +79,14 @@ def test_a_human_round_survives_a_killed_driver_and_trains_on_the_bots_rankings(
     assert 2 <= len(tasks) <= PROMPTS and not (run / "rm-2").exists()
 
     resumed = subprocess.run(
-        pipeline(tiny_dir, run, "--run.resume=auto", "--labeling.bots=2", f"--labeling.bot={BOT}"),
+        pipeline(
+            tiny_dir,
+            run,
+            "--run.resume=auto",
+            "--labeling.bots=2",
+            f"--labeling.bot={BOT}",
+            "--labeling.serve=ray",  # resumed on the cluster: the bots rank through Ray Serve
+        ),
         cwd=ROOT,
         env=env(),
         capture_output=True,
@@ -87,6 +95,7 @@ def test_a_human_round_survives_a_killed_driver_and_trains_on_the_bots_rankings(
     )
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     assert json.loads(marker.read_text())["task_ids"] == tasks  # waited on, not published again
+    assert "(Ray Serve app 'labeling')" in resumed.stdout
     store = Store(f"sqlite:///{run / 'labeling.db'}")
     status = store.status("round-2")
     store.close()

@@ -547,3 +547,50 @@ def test_ray_job_scales_then_stop_leaves_a_checkpoint_the_run_resumes_from(head,
         row = by_id[r["id"]]
         assert (r["raw"], r["answer"]) == (row["question"], row["answer"])
         assert row["question"] in r["prompt"] and r["prompt"] != row["question"]  # templated
+
+
+def test_the_labeling_service_runs_on_the_cluster_as_a_ray_serve_app(head, tmp_path):
+    """`instructray label serve --ray`: the labelers' API through Serve's proxy, the app in the
+    dashboard's Serve view while it runs, and gone from it after Ctrl-C."""
+    import httpx
+
+    db = tmp_path / "labels.db"
+    added = head.run(str(BIN / "instructray"), "label", "add-labeler", "ann", f"--db={db}")
+    assert added.returncode == 0, added.stderr
+    labeler = {"Authorization": f"Bearer {added.stdout.strip().splitlines()[-1]}"}
+    ray_token = Path(head.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    dashboard = httpx.Client(
+        base_url=head.address, headers={"Authorization": f"Bearer {ray_token}"}, timeout=30
+    )
+    (port,) = _free_ports(1)
+    serve = [str(BIN / "instructray"), "label", "serve", f"--db={db}", "--ray"]
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*serve, f"--address={head.gcs}", f"--port={port}"],
+            env=head.env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240  # Serve's controller and proxy start with the app
+        while "as Ray Serve app 'labeling'" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        me = httpx.get(f"http://127.0.0.1:{port}/api/me", headers=labeler, timeout=30)
+        assert me.status_code == 200 and (me.json()["name"], me.json()["admin"]) == ("ann", False)
+        assert httpx.get(f"http://127.0.0.1:{port}/api/me", timeout=30).status_code == 401
+        apps = dashboard.get("/api/serve/applications/").json()["applications"]
+        assert apps["labeling"]["status"] == "RUNNING", apps
+        assert apps["labeling"]["route_prefix"] == "/"
+        (deployment,) = apps["labeling"]["deployments"].values()
+        assert deployment["status"] == "HEALTHY" and len(deployment["replicas"]) == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert "Ray Serve app 'labeling' deleted" in log.read_text()
+    assert "labeling" not in dashboard.get("/api/serve/applications/").json()["applications"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from instructray.orchestrator.pipeline import pool_responses
+from instructray.orchestrator.sampler import pool_responses
 
 
 def test_models_take_turns_and_repeats_and_empties_drop():
