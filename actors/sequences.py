@@ -69,7 +69,9 @@ class Experience:
     values; otherwise it sends advantages, and with a critic old_values and returns too."""
 
     batch: SequenceBatch
-    old_logprobs: torch.Tensor  # (B, R) log pi_old of each sampled token (engine or learner)
+    # (B, R) log pi_old of each sampled token (engine or learner); None: the policy's training
+    # forward gives them (ppo.old_logprobs train: one policy step per batch)
+    old_logprobs: torch.Tensor | None
     rewards: torch.Tensor | None = (
         None  # (B, R) score on the last token - beta * KL [gae_in_learner]
     )
@@ -78,6 +80,9 @@ class Experience:
     returns: torch.Tensor | None = None  # (B, R) advantages + old_values [else]
     tis_weights: torch.Tensor | None = None  # (B, R) truncated importance weights [ppo.tis_cap]
     ref_logprobs: torch.Tensor | None = None  # (B, R) the reference's [ppo.kl_loss_coef > 0]
+    # (B, R) the engines' [no old_logprobs, with TIS: the learner weighs by min(pi_old / pi_engine,
+    # ppo.tis_cap) with the training forward's pi_old]
+    rollout_logprobs: torch.Tensor | None = None
 
     @property
     def gae_in_learner(self) -> bool:

@@ -39,6 +39,7 @@ from instructray.kernels import (
     masked_mean,
     masked_whiten,
     policy_loss,
+    truncated_is_weights,
 )
 from instructray.orchestrator.config import Config, needs_critic, set_key
 from instructray.orchestrator.output import report_throughput
@@ -46,6 +47,9 @@ from instructray.orchestrator.output import report_throughput
 logger = logging.getLogger(__name__)
 
 TRAIN_SETTINGS = ("learner.micro_batch_size", "ppo.minibatch_size", "ppo.loss_agg")
+# train()'s output key of the training forward's own log-probs (B, R), where the experience came
+# without old_logprobs (ppo.old_logprobs train): the driver's KL and TIS metrics use them.
+TRAIN_LOGPROBS = "old_logprobs"
 # Where DeepSpeed's optimizers (ZeRO-1/2, ZeRO-3, bf16 at ZeRO-0 with and without DDP) keep
 # their fp32 master weights.
 MASTER_WEIGHTS = (
@@ -197,24 +201,35 @@ class LearnerActor(Named, LearnerSync):
                 out["ref_logprobs"].append(ref * mb.response_mask)
         return {k: torch.cat(v).float().cpu() for k, v in out.items() if v}
 
-    def _policy_step(self, part: MicroBatch, exp: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Policy forward and backward of one micro-batch; DeepSpeed steps at its last."""
+    def _policy_step(
+        self, part: MicroBatch, exp: dict[str, torch.Tensor], own_old: bool = False
+    ) -> dict[str, float]:
+        """Policy forward and backward of one micro-batch; DeepSpeed steps at its last. With
+        own_old (one policy step per batch), the forward's own log-probs, detached, are pi_old:
+        written into exp["old_logprobs"], and with exp["rollout_logprobs"] they give the TIS
+        weights, as a forward before the step would have."""
         p, mb, rows, share = self.cfg.ppo, part.batch, part.rows, part.share
         self.policy.set_gradient_accumulation_boundary(part.last)
         mask = mb.response_mask  # (b, R)
         logprobs, entropy = self.policy(
             *engine_inputs(mb), temperature=self.cfg.rollout.temperature, with_entropy=True
         )  # (b, R) each
+        if own_old:
+            exp["old_logprobs"][rows] = logprobs.detach().to(exp["old_logprobs"].dtype)
+        old = exp["old_logprobs"][rows]
         tis = exp.get("tis_weights")
+        tis = None if tis is None else tis[rows]
+        if own_old and "rollout_logprobs" in exp:
+            tis, _ = truncated_is_weights(old, exp["rollout_logprobs"][rows], mask, p.tis_cap)
         loss, pg_stats = policy_loss(
             logprobs,
-            exp["old_logprobs"][rows],
+            old,
             exp["advantages"][rows],
             mask,
             p.clip_eps,
             p.dual_clip,
             p.loss_agg,
-            is_weights=None if tis is None else tis[rows],
+            is_weights=tis,
             denominator=share,
             max_new_tokens=self.cfg.rollout.max_new_tokens,
         )
@@ -243,8 +258,9 @@ class LearnerActor(Named, LearnerSync):
             loss, self._poison = loss * float("nan"), False
         return backward_and_step(self.policy, loss, "policy", stats)
 
-    def train(self, experience: Experience) -> dict[str, float]:
-        """ppo_epochs passes over this rank's rows in shuffled minibatches. -> mean metrics."""
+    def train(self, experience: Experience) -> dict[str, Any]:
+        """ppo_epochs passes over this rank's rows in shuffled minibatches. -> mean metrics
+        (and, for an experience without old_logprobs, TRAIN_LOGPROBS: this rank's rows' own)."""
         p, gae_in_learner = self.cfg.ppo, experience.gae_in_learner
         experience = experience.to(self.device)
         batch, exp = experience.batch, experience.tensors()
@@ -254,6 +270,15 @@ class LearnerActor(Named, LearnerSync):
                 f"learner rank {self.rank} got {n} rows, not a positive multiple of "
                 f"ppo.minibatch_size = {p.minibatch_size}"
             )
+        own_old = experience.old_logprobs is None  # the training forward's, detached
+        if own_old:
+            if p.ppo_epochs != 1 or n != p.minibatch_size:
+                raise ValueError(
+                    f"learner rank {self.rank}: an experience without old_logprobs takes them "
+                    f"from the one policy step per batch, but ppo.ppo_epochs = {p.ppo_epochs} "
+                    f"and {n} rows make {n // p.minibatch_size} minibatches"
+                )
+            exp["old_logprobs"] = torch.zeros_like(batch.response_mask, dtype=torch.float32)
         start = time.perf_counter()
         rng = random.Random(f"{self.cfg.run.seed}/{self.rank}/{self.train_calls}")
         if self.pretraining is not None:
@@ -273,10 +298,11 @@ class LearnerActor(Named, LearnerSync):
                     exp["advantages"] = masked_whiten(
                         exp["advantages"], batch.response_mask, sum_shards=sum_over_ranks
                     )
-                steps += [self._policy_step(part, exp) for part in parts]
+                steps += [self._policy_step(part, exp, own_old) for part in parts]
             else:
                 steps = [
-                    self._policy_step(part, exp) | (critic.step(part, exp, False) if critic else {})
+                    self._policy_step(part, exp, own_old)
+                    | (critic.step(part, exp, False) if critic else {})
                     for part in parts
                 ]
             for stats in steps:
@@ -289,7 +315,9 @@ class LearnerActor(Named, LearnerSync):
         means = {k: sum(v) / len(v) for k, v in totals.items()} | counts
         # Optimizer state: each rank holds its ZeRO partition; the group's is their sum.
         state = {k: v * self.world_size for k, v in self.optimizer_state_bytes().items()}
-        out = mean_over_ranks(means | state, self.device)
+        out: dict[str, Any] = mean_over_ranks(means | state, self.device)
+        if own_old:
+            out[TRAIN_LOGPROBS] = exp["old_logprobs"].cpu()
         if self.cfg.run.colocate and self.device.type == "cuda":
             # The caching allocator keeps the training peak reserved; a colocated engine on the
             # same GPU generates next and gets it back (as OpenRLHF empties it around training).

@@ -8,7 +8,7 @@ from typing import Any
 import ray
 import torch
 
-from instructray.actors.learner.actor import LearnerActor
+from instructray.actors.learner.actor import TRAIN_LOGPROBS, LearnerActor
 from instructray.actors.remote import wait_all
 from instructray.actors.sequences import Experience, SequenceBatch
 from instructray.orchestrator.config import Config
@@ -96,12 +96,17 @@ class LearnerGroup:
         outs = self._wait("logprobs_and_values", refs)
         return {key: torch.cat([o[key] for o in outs])[:b] for key in outs[0]}
 
-    def train(self, experience: Experience) -> dict[str, float]:
-        """One PPO update on all rows (sharded over the ranks). -> mean metrics over ranks."""
+    def train(self, experience: Experience) -> dict[str, Any]:
+        """One PPO update on all rows (sharded over the ranks). -> mean metrics over ranks; for
+        an experience without old_logprobs, also TRAIN_LOGPROBS: the training forward's own
+        log-probs of every row (B, R), in the experience's order."""
         shards = experience.shards(len(self.actors))
         outs = self._wait(
             "train", [a.train.remote(s) for a, s in zip(self.actors, shards, strict=True)]
         )
+        own = [out.pop(TRAIN_LOGPROBS) for out in outs if TRAIN_LOGPROBS in out]
+        if own:  # each rank's shard is a contiguous chunk of rows, in rank order
+            outs[0][TRAIN_LOGPROBS] = torch.cat(own)
         return outs[0]
 
     def update_settings(self, settings: dict[str, Any]) -> None:

@@ -38,9 +38,10 @@ def _check_ranges(cfg: Config, errors: list[str]) -> None:
                 errors.append(f"{key} must {verb} {where}{null}, got {value}")
 
 
-def one_critic_step(cfg: Config) -> bool:
-    """Whether the critic steps once per rollout batch (ppo_epochs 1, each rank's rows one
-    minibatch): its training forward then sees the weights a rollout-time forward would."""
+def one_step_per_batch(cfg: Config) -> bool:
+    """Whether the policy and the critic step once per rollout batch (ppo_epochs 1, each rank's
+    rows one minibatch): their training forwards then see the weights a rollout-time forward
+    would."""
     r, p = cfg.rollout, cfg.ppo
     rows = r.prompts_per_step * r.samples_per_prompt
     return p.ppo_epochs == 1 and rows == p.minibatch_size * cfg.learner.num_ranks
@@ -131,7 +132,16 @@ def gae_in_learner(cfg: Config) -> bool:
     mode = cfg.ppo.old_values
     if not needs_critic(cfg):
         return False
-    return mode == "train" or (mode == "auto" and one_critic_step(cfg))
+    return mode == "train" or (mode == "auto" and one_step_per_batch(cfg))
+
+
+def old_logprobs_in_train(cfg: Config) -> bool:
+    """Whether the policy's training forward gives the old log-probs (ppo.old_logprobs: train,
+    or auto where the policy steps once per batch and the rewards hold no KL): the scoring
+    phase then runs no policy forward, as TRL and veRL skip it."""
+    mode = cfg.ppo.old_logprobs
+    fits = one_step_per_batch(cfg) and not cfg.ppo.kl_in_reward
+    return mode == "train" or (mode == "auto" and fits)
 
 
 def _check_ppo(cfg: Config, errors: list[str]) -> None:
@@ -154,11 +164,23 @@ def _check_ppo(cfg: Config, errors: list[str]) -> None:
         errors.append(
             f"ppo.old_values = train: ppo.estimator = {p.estimator} has no critic (use auto)"
         )
-    elif p.old_values == "train" and not one_critic_step(cfg):
+    elif p.old_values == "train" and not one_step_per_batch(cfg):
         errors.append(
             f"ppo.old_values = train needs one critic step per rollout batch: ppo.ppo_epochs = 1 "
             f"(got {p.ppo_epochs}) and rollout.prompts_per_step x rollout.samples_per_prompt = "
             f"ppo.minibatch_size x learner.num_ranks (got {r.prompts_per_step} x "
+            f"{r.samples_per_prompt} and {p.minibatch_size} x {learner.num_ranks})"
+        )
+    if p.old_logprobs == "train" and p.kl_in_reward:
+        errors.append(
+            "ppo.old_logprobs = train: the rewards' KL (ppo.kl_in_reward) needs the old "
+            "log-probs before the step; set ppo.kl_in_reward false, or use auto"
+        )
+    elif p.old_logprobs == "train" and not one_step_per_batch(cfg):
+        errors.append(
+            f"ppo.old_logprobs = train needs one policy step per rollout batch: ppo.ppo_epochs "
+            f"= 1 (got {p.ppo_epochs}) and rollout.prompts_per_step x rollout.samples_per_prompt "
+            f"= ppo.minibatch_size x learner.num_ranks (got {r.prompts_per_step} x "
             f"{r.samples_per_prompt} and {p.minibatch_size} x {learner.num_ranks})"
         )
     rollout_batch = r.prompts_per_step * r.samples_per_prompt

@@ -324,10 +324,13 @@ class PPOConfig:
     kl_target: float = param(6.0, "Target KL per sequence for the adaptive controller.", gt=0)
     kl_horizon: int = param(10000, "Horizon of the adaptive controller, in samples.", gt=0)
     whiten_advantages: bool = param(True, "Whiten advantages over the batch.")
-    old_logprobs: Literal["auto", "learner", "rollout"] = param(
+    old_logprobs: Literal["auto", "learner", "rollout", "train"] = param(
         "auto",
-        "Source of old_logprobs: a learner forward, or the engine's sampled-token log-probs "
-        "(saves a policy forward). auto = rollout when rollout.temperature is 1 and the first "
+        "Source of old_logprobs: a learner forward at scoring time; the engine's sampled-token "
+        "log-probs (saves a policy forward); or the policy's own training forward, detached "
+        "(train: saves it too, and equals learner where the policy steps once per rollout "
+        "batch and nothing needs them before the step: ppo.kl_in_reward false). auto = train "
+        "where that holds; else rollout when rollout.temperature is 1 and the first "
         "weight-sync check measured engine and learner log-probs within "
         "ppo.old_logprobs_tolerance (fp32: ~1e-6), else learner (bf16: ~1e-2).",
     )

@@ -46,10 +46,12 @@ def make_experience(
     every field by name (the scored ones, rewards, kl, ...) for the non-finite check and
     metrics."""
     p, mask = cfg.ppo, batch.response_mask
-    old_logprobs = scored["old_logprobs"]
+    # None: the policy's training forward gives them (ppo.old_logprobs train), and the rewards
+    # hold no KL; the KL is then 0 here and measured after the step (trained_kl)
+    old_logprobs = scored.get("old_logprobs")
     rewards, kl = kernels.compute_token_rewards(
         scored["scores"],
-        old_logprobs,
+        scored["ref_logprobs"] if old_logprobs is None else old_logprobs,
         scored["ref_logprobs"],
         mask,
         kl_coef if p.kl_in_reward else 0.0,
@@ -73,6 +75,14 @@ def make_experience(
     fields |= {"advantages": advantages, "returns": returns}
     experience = Experience(batch, old_logprobs, None, values, advantages, returns, **extra)
     return experience, fields
+
+
+def trained_kl(cfg: Config, batch: SequenceBatch, old_logprobs, ref_logprobs) -> torch.Tensor:
+    """The per-token KL to the reference (B, R) of old log-probs that came after the step (the
+    training forward's own), as make_experience measures it before a step."""
+    zero = torch.zeros(batch.response_mask.shape[0])
+    args = (old_logprobs, ref_logprobs, batch.response_mask, 0.0, cfg.ppo.kl_estimator)
+    return kernels.compute_token_rewards(zero, *args)[1]
 
 
 def step_metrics(

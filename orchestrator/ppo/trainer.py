@@ -20,9 +20,15 @@ from typing import Any
 import torch
 
 from instructray import kernels
+from instructray.actors.learner.actor import TRAIN_LOGPROBS
 from instructray.actors.remote import RemoteError
 from instructray.orchestrator.config import Config
-from instructray.orchestrator.config.checks import gae_in_learner, needs_critic, reward_sources
+from instructray.orchestrator.config.checks import (
+    gae_in_learner,
+    needs_critic,
+    old_logprobs_in_train,
+    reward_sources,
+)
 from instructray.orchestrator.config.renames import RENAMING_PICKLE
 from instructray.orchestrator.output import PhaseTimer, RunFolder
 from instructray.orchestrator.output.scale_requests import ScaleRequests
@@ -36,6 +42,7 @@ from instructray.orchestrator.ppo.experience import (
     split_evenly,
     staleness,
     step_metrics,
+    trained_kl,
 )
 from instructray.orchestrator.ppo.generation import Generating
 from instructray.orchestrator.ppo.numerics import ROWS_SHOWN, batch_statistics, nonfinite_fields
@@ -89,7 +96,12 @@ class PPOTrainer:
         self.skipped: dict[str, Any] | None = None  # the last step's diagnostics, when skipped
         self.at_start: dict[str, Any] = {}  # the driver's state as the current step began
         self.unsynced: dict[str, Any] | None = None  # a step's metrics while it syncs
-        self.engine_logprobs: bool | None = None  # old_logprobs from the engines (decided once)
+        # old_logprobs from the policy's training forward (no forward at scoring time), or from
+        # the engines (decided once, at the first check), or from a learner forward
+        self.train_logprobs = old_logprobs_in_train(cfg)
+        self.engine_logprobs: bool | None = False if self.train_logprobs else None
+        if self.train_logprobs:
+            logger.info("ppo: old_logprobs from the policy's training forward (one step a batch)")
         if self.weights.broadcast:
             self.weights.open_group()
 
@@ -154,6 +166,8 @@ class PPOTrainer:
         self.steps_done = state["step"]
         self.skipped_steps, self.skip_streak = state["skipped_steps"], state["skip_streak"]
         self.engine_logprobs = state.get("engine_logprobs")  # None: decided at the next check
+        if self.train_logprobs:
+            self.engine_logprobs = False
         self.generating = None  # drawn for the run that failed: dropped
         # Engines only take rising versions: after a rebuilt learner they already hold newer ones.
         self.weights.version = max(self.weights.version, state["version"] - 1)
@@ -232,9 +246,10 @@ class PPOTrainer:
         refs = self.calls.start("reference", lambda a, b: a.logprobs.remote(b), ref_args)
         # The learner call blocks; the scorers above already run meanwhile.
         learner_out, began = {}, time.perf_counter()
-        if not from_rollout or self.values or not ref_args:
+        old_here = not from_rollout and not self.train_logprobs  # a learner forward's, now
+        if old_here or self.values or not ref_args:
             learner_out = self.roles.learner.logprobs_and_values(
-                batch, not from_rollout, self.values, not ref_args
+                batch, old_here, self.values, not ref_args
             )
         self.busy["learner"] += time.perf_counter() - began
         returned = zip(*self.calls.wait(rewards, "score"), strict=True)
@@ -250,11 +265,26 @@ class PPOTrainer:
         if from_rollout:
             scored["old_logprobs"] = rollout.logprobs
             return scored, extra
-        if not importance_weights(self.cfg):
+        if self.train_logprobs or not importance_weights(self.cfg):  # train: weighed there
             return scored, extra
         mask = batch.response_mask
         tis = truncated_importance(self.cfg, scored["old_logprobs"], rollout.logprobs, mask)
         return scored, tis | {"metrics": extra.get("metrics", {}) | tis["metrics"]}
+
+    def after_training(
+        self, rollout: Rollout, scored: dict, fields: dict, train: dict
+    ) -> dict[str, float]:
+        """With old log-probs from the training forward: its pi_old (the engines' where the step
+        did not train) gives the step's KL to the reference into fields, and the engine gap's
+        metrics (TIS weighed each token in the learner)."""
+        old = train.pop(TRAIN_LOGPROBS, None)
+        old = rollout.logprobs if old is None else old
+        fields["old_logprobs"] = old
+        fields["kl"] = trained_kl(self.cfg, rollout.batch, old, scored["ref_logprobs"])
+        if not importance_weights(self.cfg):
+            return {}
+        mask = rollout.batch.response_mask
+        return truncated_importance(self.cfg, old, rollout.logprobs, mask)["metrics"]
 
     def first_step(self, rollout: Rollout) -> dict[str, Any]:
         """A fresh run's first step: the probe batch (its first sequences) and the first sync
@@ -335,6 +365,8 @@ class PPOTrainer:
                 tis.get("weights"),
                 rollout.group_ids,
             )
+            if self.train_logprobs and importance_weights(self.cfg) and self.cfg.ppo.tis_cap:
+                experience.rollout_logprobs = rollout.logprobs  # TIS in the training forward
             stats = batch_statistics(fields, rollout.batch.response_mask)
             reason = nonfinite_fields(stats)
         train: dict[str, float] = {}
@@ -344,6 +376,9 @@ class PPOTrainer:
             with phase("train"):  # 4. ppo_epochs x minibatches on every rank
                 train = self.roles.learner.train(experience)
             reason = all_steps_skipped(step, train)
+        if self.train_logprobs:  # the KL (and the engine gap) of the training forward's pi_old
+            gap = self.after_training(rollout, scored, fields, train)
+            tis = {"metrics": tis.get("metrics", {}) | gap}
         self._count_skip(step, reason, stats, rollout.prompts)
         kl_coef, seq_kl = self.kl_ctl.value, (fields["kl"] * rollout.batch.response_mask).sum(-1)
         if torch.isfinite(seq_kl).all():  # 5. adapt beta (Ziegler et al. 2019)

@@ -109,7 +109,9 @@ def _weights_at(group: LearnerGroup, start: str) -> dict[str, torch.Tensor]:
     return _weights(group)
 
 
-def _one_step(group, start, experience, micro: int, mode: str) -> dict[str, torch.Tensor]:
+def _one_step(
+    group, start, experience, micro: int, mode: str, metrics: dict | None = None
+) -> dict[str, torch.Tensor]:
     group.load_checkpoint(start)
     rows_per_rank = ROWS // len(group.actors)
     group.update_settings(
@@ -119,8 +121,10 @@ def _one_step(group, start, experience, micro: int, mode: str) -> dict[str, torc
             "ppo.loss_agg": mode,
         }
     )
-    metrics = group.train(experience)
-    assert metrics["policy/optimizer_steps"] == metrics["value/optimizer_steps"] == 1
+    trained = group.train(experience)
+    assert trained["policy/optimizer_steps"] == trained["value/optimizer_steps"] == 1
+    if metrics is not None:
+        metrics.update(trained)
     return _weights(group)
 
 
@@ -155,6 +159,36 @@ def test_one_step_is_the_same_however_the_minibatch_is_cut(groups, mode):
         worst = max(want, key=lambda k: (got[k] - want[k]).abs().max().item())
         gap = (got[worst] - want[worst]).abs().max().item()
         assert gap <= ATOL, (mode, ranks, micro, flipped, worst, gap)
+
+
+@pytest.mark.parametrize("ranks,micro", [(1, 4), (2, 2)])
+def test_old_logprobs_of_the_training_forward_give_the_step_a_forward_before_it_gives(
+    groups, ranks, micro
+):
+    """ppo.old_logprobs train: where the policy steps once per batch, the experience comes
+    without old log-probs and the training forward's own (detached) stand in, TIS weights
+    included. The step equals the one on a learner forward's log-probs taken before it (and
+    the TIS weights computed from them), and the log-probs it returns are that forward's."""
+    group, start = groups[ranks]
+    experience = _experience(group)
+    group.load_checkpoint(start)
+    before = group.logprobs_and_values(experience.batch, with_values=False)["old_logprobs"]
+    mask = experience.batch.response_mask
+    g = torch.Generator().manual_seed(5)
+    engine = before + 0.5 * torch.randn(mask.shape, generator=g) * mask  # the engines' gap
+    cap = load_config(None, []).ppo.tis_cap
+    # by hand: min(pi_old / pi_engine, cap) on response tokens, 0 on padding
+    tis = torch.where(mask.bool(), torch.exp(before - engine).clamp(max=cap), 0.0)
+    assert 0 < int((tis == cap).sum()) < int(mask.sum())  # the cap binds on some tokens
+    given = dataclasses.replace(experience, old_logprobs=before, tis_weights=tis)
+    want = _one_step(group, start, given, micro, "token_mean")
+    own = dataclasses.replace(experience, old_logprobs=None, rollout_logprobs=engine)
+    trained: dict = {}
+    got = _one_step(group, start, own, micro, "token_mean", trained)
+    worst = max(want, key=lambda k: (got[k] - want[k]).abs().max().item())
+    assert (got[worst] - want[worst]).abs().max().item() <= ATOL, worst
+    assert torch.allclose(trained["old_logprobs"] * mask, before * mask, atol=1e-5)
+    assert trained["policy/approx_kl"] == 0.0  # pi / pi_old is 1 exactly
 
 
 # ---------------------------------------------------------------- SFT and the reward model

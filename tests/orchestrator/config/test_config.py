@@ -150,6 +150,27 @@ def test_old_values_from_training_needs_one_critic_step_per_batch():
         )
 
 
+def test_old_logprobs_come_from_training_where_one_step_takes_the_batch_and_no_kl_reward():
+    from instructray.orchestrator.config.checks import old_logprobs_in_train
+
+    # 8 x 4 = 32 rows over 2 ranks: minibatches of 16 are one policy step, of 8 are two.
+    base = ["--rollout.prompts_per_step=8", "--rollout.samples_per_prompt=4"]
+    base += ["--learner.num_ranks=2", "--learner.micro_batch_size=4"]
+    one, two = "--ppo.minibatch_size=16", "--ppo.minibatch_size=8"
+    grpo = ["--ppo.estimator=grpo", "--ppo.kl_in_reward=false"]
+    assert old_logprobs_in_train(load_config(None, [*base, one, *grpo]))  # auto
+    assert not old_logprobs_in_train(load_config(None, [*base, two, *grpo]))  # two steps
+    assert not old_logprobs_in_train(load_config(None, [*base, one, "--ppo.estimator=grpo"]))
+    learner = ["--ppo.old_logprobs=learner"]
+    assert not old_logprobs_in_train(load_config(None, [*base, one, *grpo, *learner]))
+    train = "--ppo.old_logprobs=train"
+    validate_config(load_config(None, [*base, one, *grpo, train]), "ppo")
+    with pytest.raises(ConfigError, match="needs one policy step per rollout batch"):
+        validate_config(load_config(None, [*base, two, *grpo, train]), "ppo")
+    with pytest.raises(ConfigError, match=r"the rewards' KL \(ppo.kl_in_reward\) needs"):
+        validate_config(load_config(None, [*base, one, "--ppo.estimator=grpo", train]), "ppo")
+
+
 def test_validate_lists_every_problem_at_once():
     cfg = load_config(
         None,
