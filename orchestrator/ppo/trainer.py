@@ -96,14 +96,19 @@ class PPOTrainer:
         self.skipped: dict[str, Any] | None = None  # the last step's diagnostics, when skipped
         self.at_start: dict[str, Any] = {}  # the driver's state as the current step began
         self.unsynced: dict[str, Any] | None = None  # a step's metrics while it syncs
-        # old_logprobs from the policy's training forward (no forward at scoring time), or from
-        # the engines (decided once, at the first check), or from a learner forward
-        self.train_logprobs = old_logprobs_in_train(cfg)
+        # old_logprobs from the engines (decided once, at the first check; not where the
+        # policy's training forward gives them), or from a learner forward
         self.engine_logprobs: bool | None = False if self.train_logprobs else None
         if self.train_logprobs:
             logger.info("ppo: old_logprobs from the policy's training forward (one step a batch)")
         if self.weights.broadcast:
             self.weights.open_group()
+
+    @property
+    def train_logprobs(self) -> bool:
+        """Whether the policy's training forward gives the old log-probs (no policy forward at
+        scoring time): config.checks.old_logprobs_in_train."""
+        return old_logprobs_in_train(self.cfg)
 
     def _on_restart(self, role: str, actor: Any) -> None:
         if role == "rollout":  # the restarted engine loaded the base model: bring it up to date
@@ -165,9 +170,10 @@ class PPOTrainer:
         self.weights.probe = state["probe"]
         self.steps_done = state["step"]
         self.skipped_steps, self.skip_streak = state["skipped_steps"], state["skip_streak"]
-        self.engine_logprobs = state.get("engine_logprobs")  # None: decided at the next check
-        if self.train_logprobs:
-            self.engine_logprobs = False
+        # auto's decision, kept; None: decided at the next check. A mode set by name wins.
+        self.engine_logprobs = state.get("engine_logprobs")
+        if self.cfg.ppo.old_logprobs != "auto" or self.train_logprobs:
+            self.engine_logprobs = self.cfg.ppo.old_logprobs == "rollout"
         self.generating = None  # drawn for the run that failed: dropped
         # Engines only take rising versions: after a rebuilt learner they already hold newer ones.
         self.weights.version = max(self.weights.version, state["version"] - 1)

@@ -27,7 +27,12 @@ def runs(ray_local, tiny_dir, tmp_path_factory):
     """estimator -> its 20 steps' metrics, and the checkpoint they all started from."""
     out = tmp_path_factory.mktemp("estimators")
     cfg = ppo_tiny_config(
-        tiny_dir, out, "--ppo.estimator=grpo", "--ppo.kl_loss_coef=0.05", "--run.steps=20"
+        tiny_dir,
+        out,
+        "--ppo.estimator=grpo",
+        "--ppo.kl_loss_coef=0.05",
+        "--run.steps=20",
+        "--model.dtype=float32",  # the old log-probs' comparison is to fp32 rounding
     )
     roles = Roles.start(cfg)
     try:
@@ -40,7 +45,18 @@ def runs(ray_local, tiny_dir, tmp_path_factory):
             roles.learner.update_settings({"ppo.loss_agg": agg})  # Dr. GRPO's constant
             trainer.load(start)
             rows[estimator] = [trainer.step(step) for step in range(STEPS)]
-        return {"rows": rows, "start": start}
+        # GRPO without KL in the reward, one step from where the last run ended (the policy away
+        # from the reference): old log-probs from a learner forward before the step, then from
+        # the training forward itself (ppo.old_logprobs).
+        moved = Checkpoints(tmp_path_factory.mktemp("moved"), keep_last=1).save(0, trainer.save)
+        trainer.cfg.ppo.estimator, trainer.cfg.ppo.kl_in_reward = "grpo", False
+        roles.learner.update_settings({"ppo.loss_agg": "token_mean"})
+        once = {}
+        for mode in ("learner", "train"):
+            trainer.cfg.ppo.old_logprobs = mode
+            trainer.load(moved)
+            once[mode] = trainer.step(0)
+        return {"rows": rows, "start": start, "once": once}
     finally:
         roles.shutdown()
 
@@ -64,3 +80,16 @@ def test_no_critic_is_built_placed_trained_or_checkpointed(runs):
     learner = runs["start"] / "learner"
     assert (learner / "policy").is_dir() and not (learner / "critic").exists()
     assert not needs_critic(ppo_tiny_config("", runs["start"], "--ppo.estimator=rloo"))
+
+
+def test_old_logprobs_of_the_training_forward_make_the_learner_forwards_step(runs):
+    """ppo.old_logprobs train skips the policy forward of the scoring phase: the step's loss, its
+    gradient's norm, and its KL to the reference equal those of a learner forward
+    before it (tests/e2e/test_invariance.py compares the updates weight by weight)."""
+    before, after = runs["once"]["learner"], runs["once"]["train"]
+    assert before["reward/mean"] == after["reward/mean"]  # the same samples
+    assert set(after) == set(before)  # the same metrics
+    for key in ("policy/loss", "policy/grad_norm", "kl/mean", "kl/token_mean", "entropy/mean"):  # fp32 rounding of ratios that are 1 to within 1e-6
+        assert abs(after[key] - before[key]) <= 1e-4 * max(1e-3, abs(before[key])), key
+    assert after["policy/approx_kl"] == 0.0  # pi / pi_old is 1 exactly
+    assert before["kl/mean"] > 0 and before["policy/grad_norm"] > 0  # not trivially equal
