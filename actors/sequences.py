@@ -50,6 +50,33 @@ class SequenceBatch:
             self.prompt_len,
         )
 
+    def trimmed(self) -> SequenceBatch:
+        """The same rows without the columns that are padding in every row (the prompts' common
+        left padding, the responses' common right padding), in the same layout: P' <= P and
+        R' <= R (at least 1), each response token at P' + t. A forward of it gives what one of
+        the full width gives on the kept columns; to_width(x, R) puts a (b, R') result back."""
+        real = self.attention_mask.bool().any(0)  # (P + R,)
+        p = self.prompt_len
+        first = int(real[:p].long().argmax()) if bool(real[:p].any()) else p
+        after = real[p:].nonzero()
+        width = max(1, int(after.max()) + 1) if after.numel() else 1
+        if first == 0 and width == self.response_mask.shape[1]:
+            return self
+        cols = slice(first, p + width)
+        return SequenceBatch(
+            self.input_ids[:, cols],
+            self.attention_mask[:, cols],
+            self.position_ids[:, cols],
+            self.response_mask[:, :width],
+            p - first,
+        )
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """Each row's (prompt tokens, response tokens)."""
+        p = self.attention_mask[:, : self.prompt_len].sum(-1)
+        r = self.attention_mask[:, self.prompt_len :].sum(-1)
+        return list(zip(p.tolist(), r.tolist(), strict=True))
+
     def to(self, device: torch.device | str) -> SequenceBatch:
         return SequenceBatch(
             self.input_ids.to(device),
@@ -112,6 +139,12 @@ class Experience:
             chunk = {k: v[rows] for k, v in self.tensors().items()}
             out.append(replace(self, batch=self.batch.select(rows), **chunk))
         return out
+
+
+def to_width(x: torch.Tensor, width: int) -> torch.Tensor:
+    """A (b, R') result of a trimmed batch's forward as (b, width): zeros on the right (the
+    trimmed columns are padding in every row)."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[-1])) if x.shape[-1] < width else x
 
 
 def make_sequence_batch(

@@ -17,6 +17,7 @@ import ray
 import torch
 
 from instructray.actors.faults import inject
+from instructray.actors.learner.batching import token_budget_batches
 from instructray.actors.learner.critic import Critic
 from instructray.actors.learner.engine import (
     PolicyLogprobs,
@@ -31,7 +32,7 @@ from instructray.actors.learner.ranks import free_port, mean_over_ranks, sum_ove
 from instructray.actors.learner.step import MicroBatch, backward_and_step
 from instructray.actors.learner.sync import LearnerSync
 from instructray.actors.logs import Named, quiet_libraries
-from instructray.actors.sequences import Experience, SequenceBatch
+from instructray.actors.sequences import Experience, SequenceBatch, to_width
 from instructray.kernels import (
     aggregate_loss,
     aggregation_count,
@@ -46,7 +47,12 @@ from instructray.orchestrator.output import report_throughput
 
 logger = logging.getLogger(__name__)
 
-TRAIN_SETTINGS = ("learner.micro_batch_size", "ppo.minibatch_size", "ppo.loss_agg")
+TRAIN_SETTINGS = (
+    "learner.micro_batch_size",
+    "learner.max_tokens_per_batch",
+    "ppo.minibatch_size",
+    "ppo.loss_agg",
+)
 # train()'s output key of the training forward's own log-probs (B, R), where the experience came
 # without old_logprobs (ppo.old_logprobs train): the driver's KL and TIS metrics use them.
 TRAIN_LOGPROBS = "old_logprobs"
@@ -169,9 +175,23 @@ class LearnerActor(Named, LearnerSync):
             out[f"learner/{name}_optimizer_state_bytes"] = float(sum(tensors.values()))
         return out
 
-    def _micro_batches(self, n: int) -> list[slice]:
-        step = self.cfg.learner.micro_batch_size
-        return [slice(i, i + step) for i in range(0, n, step)]
+    def _groups(self, batch: SequenceBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """`rows` of batch cut into micro-batches: learner.micro_batch_size rows each, in order;
+        or with learner.max_tokens_per_batch, grouped by length into micro-batches of at most
+        that many tokens (rows x longest prompt + longest response, their padding trimmed),
+        split further until every rank has as many (ZeRO-3's gathers are collective)."""
+        budget = self.cfg.learner.max_tokens_per_batch
+        if not budget:
+            return list(rows.split(self.cfg.learner.micro_batch_size))
+        sizes = batch.select(rows).sizes()
+        groups = [rows[g] for g in token_budget_batches(sizes, budget, True)]
+        most = torch.tensor([len(groups)], device=self.device)
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+        while len(groups) < int(most):  # the largest group in two (every rank has as many rows)
+            i = max(range(len(groups)), key=lambda j: len(groups[j]))
+            half = len(groups[i]) // 2
+            groups[i : i + 1] = [groups[i][:half], groups[i][half:]]
+        return groups
 
     @torch.no_grad()
     def logprobs_and_values(
@@ -188,18 +208,25 @@ class LearnerActor(Named, LearnerSync):
             engine.eval()
         batch = batch.to(self.device)
         temperature = self.cfg.rollout.temperature
-        out: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "values": [], "ref_logprobs": []}
-        for rows in self._micro_batches(batch.input_ids.shape[0]):
-            mb = batch.select(rows)
+        n, width = batch.response_mask.shape
+        wanted = {
+            "old_logprobs": with_logprobs,
+            "values": with_values and self.critic is not None,
+            "ref_logprobs": with_reference,
+        }
+        out = {k: torch.zeros(n, width, device=self.device) for k, on in wanted.items() if on}
+        for rows in self._groups(batch, torch.arange(n, device=self.device)):
+            mb = batch.select(rows).trimmed()  # no column that is padding in all its rows
             if with_logprobs:
-                out["old_logprobs"].append(self.policy(*engine_inputs(mb), temperature=temperature))
-            if with_values and self.critic is not None:
-                out["values"].append(self.critic.values(mb))
+                lp = self.policy(*engine_inputs(mb), temperature=temperature)
+                out["old_logprobs"][rows] = to_width(lp, width).float()
+            if "values" in out:
+                out["values"][rows] = to_width(self.critic.values(mb), width).float()
             if with_reference:
                 with self.policy.module.causal_lm.disable_adapter():
                     ref = self.policy(*engine_inputs(mb), temperature=temperature)
-                out["ref_logprobs"].append(ref * mb.response_mask)
-        return {k: torch.cat(v).float().cpu() for k, v in out.items() if v}
+                out["ref_logprobs"][rows] = to_width(ref * mb.response_mask, width).float()
+        return {k: v.cpu() for k, v in out.items()}
 
     def _policy_step(
         self, part: MicroBatch, exp: dict[str, torch.Tensor], own_old: bool = False
@@ -212,8 +239,11 @@ class LearnerActor(Named, LearnerSync):
         self.policy.set_gradient_accumulation_boundary(part.last)
         mask = mb.response_mask  # (b, R)
         logprobs, entropy = self.policy(
-            *engine_inputs(mb), temperature=self.cfg.rollout.temperature, with_entropy=True
-        )  # (b, R) each
+            *engine_inputs(mb.trimmed()),
+            temperature=self.cfg.rollout.temperature,
+            with_entropy=True,
+        )  # (b, R') each: the micro-batch's own padding trimmed
+        logprobs, entropy = to_width(logprobs, mask.shape[1]), to_width(entropy, mask.shape[1])
         if own_old:
             exp["old_logprobs"][rows] = logprobs.detach().to(exp["old_logprobs"].dtype)
         old = exp["old_logprobs"][rows]
@@ -291,6 +321,7 @@ class LearnerActor(Named, LearnerSync):
         for _ in range(p.ppo_epochs):
             order = torch.tensor(rng.sample(range(n), n), device=self.device)
             parts = self._cut(batch, order)
+            totals.setdefault("learner/padding_share", []).append(padding_share(parts))
             if gae_in_learner:  # the critic first: its forward gives GAE its values
                 exp["advantages"] = torch.zeros_like(exp["rewards"])
                 steps = [critic.step(part, exp, True) for part in parts]
@@ -334,16 +365,22 @@ class LearnerActor(Named, LearnerSync):
         x ranks) undoes both, so the update is the same however the minibatch is cut into
         micro-batches and ranks (tests/e2e/test_invariance.py).
         """
-        accum = self.cfg.ppo.minibatch_size // self.cfg.learner.micro_batch_size
-        chunks = order.split(self.cfg.learner.micro_batch_size)
-        batches = [batch.select(rows) for rows in chunks]
-        counts = [aggregation_count(b.response_mask, self.cfg.ppo.loss_agg) for b in batches]
-        per_minibatch = sum_over_ranks(torch.stack(counts).view(-1, accum).sum(-1))
+        p = self.cfg.ppo
+        # DeepSpeed divides each micro-batch's loss by the accumulation steps it was built with,
+        # however many micro-batches a minibatch is cut into (token budgets cut unevenly).
+        accum = p.minibatch_size // self.cfg.learner.micro_batch_size
+        cuts = [self._groups(batch, rows) for rows in order.split(p.minibatch_size)]
+        batches = [[batch.select(rows) for rows in groups] for groups in cuts]
+        counts = [
+            torch.stack([aggregation_count(b.response_mask, p.loss_agg) for b in bs]).sum()
+            for bs in batches
+        ]
+        per_minibatch = sum_over_ranks(torch.stack(counts))
         scale = accum * self.world_size
         return [
-            MicroBatch(b, rows, (per_minibatch[i // accum] / scale).clamp(min=1 / scale), last)
-            for i, (b, rows) in enumerate(zip(batches, chunks, strict=True))
-            for last in [(i + 1) % accum == 0]
+            MicroBatch(b, rows, (per_minibatch[k] / scale).clamp(min=1 / scale), j == len(bs) - 1)
+            for k, (groups, bs) in enumerate(zip(cuts, batches, strict=True))
+            for j, (rows, b) in enumerate(zip(groups, bs, strict=True))
         ]
 
     def update_settings(self, settings: dict[str, Any]) -> None:
@@ -407,6 +444,14 @@ class LearnerActor(Named, LearnerSync):
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])
+
+
+def padding_share(parts: list[MicroBatch]) -> float:
+    """The share of the tokens the forwards of `parts` compute (each micro-batch's rows x its
+    trimmed width) that are padding."""
+    computed = sum(part.batch.trimmed().input_ids.numel() for part in parts)
+    real = sum(int(part.batch.attention_mask.sum()) for part in parts)
+    return 1.0 - real / max(computed, 1)
 
 
 def _sizes(values: Any) -> dict[int, int]:

@@ -12,6 +12,7 @@ import torch
 
 from instructray.actors.learner.engine import TokenValues, build_engine, engine_inputs, load_model
 from instructray.actors.learner.step import MicroBatch, backward_and_step
+from instructray.actors.sequences import SequenceBatch, to_width
 from instructray.kernels import compute_gae, value_loss
 from instructray.orchestrator.config import Config, uses_reward_model
 
@@ -34,9 +35,9 @@ class Critic:
             TokenValues(value_model), learner, learner.critic_lr, *engine_args
         )
 
-    def values(self, mb: Any) -> torch.Tensor:
-        """Values of a micro-batch's response tokens. -> (b, R)"""
-        return self.engine(*engine_inputs(mb))
+    def values(self, mb: SequenceBatch) -> torch.Tensor:
+        """Values of a micro-batch's response tokens (its padding trimmed). -> (b, R)"""
+        return to_width(self.engine(*engine_inputs(mb.trimmed())), mb.response_mask.shape[1])
 
     def step(
         self, part: MicroBatch, exp: dict[str, torch.Tensor], gae_in_learner: bool

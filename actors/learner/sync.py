@@ -31,7 +31,7 @@ from instructray.actors.weight_sync import (
 
 class LearnerSync:
     """Mixed into LearnerActor: needs self.cfg, self.rank, self.policy, self.engines(),
-    self.device, self._micro_batches, self.weight_group and self.weight_group_device."""
+    self.device, self.weight_group and self.weight_group_device."""
 
     def _sent_weights(self, adapter: bool) -> Iterator[tuple[str, torch.Tensor]]:
         """What a sync sends, by name: the policy's adapter (adapter) or its full weights."""
@@ -110,7 +110,7 @@ class LearnerSync:
         batch = text_batch(sequences).to(self.device)
         parts = [
             self.policy(*engine_inputs(batch.select(r)))
-            for r in self._micro_batches(len(batch.input_ids))
+            for r in torch.arange(len(batch.input_ids)).split(self.cfg.learner.micro_batch_size)
         ]
         logprobs = torch.cat(parts).float().cpu()  # (B, max L - 1)
         return [logprobs[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]

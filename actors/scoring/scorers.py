@@ -28,6 +28,7 @@ from instructray.actors.sequences import (
     make_sequence_batch,
     response_logprobs,
     sequence_scores,
+    to_width,
 )
 from instructray.kernels import combine_rewards
 from instructray.orchestrator.config import REWARD_MODEL, URL_SOURCE, parse_reward_sources
@@ -169,7 +170,9 @@ class RewardActor(Named):
             batch = make_sequence_batch(p_ids, r_ids, enc.pad_token_id)
         n = batch.input_ids.shape[0]
         chunks = [
-            sequence_scores(self.model, batch.select(slice(i, i + self.batch_size)).to(self.device))
+            sequence_scores(
+                self.model, batch.select(slice(i, i + self.batch_size)).trimmed().to(self.device)
+            )
             for i in range(0, n, self.batch_size)
         ]
         return torch.cat(chunks).float()
@@ -257,13 +260,16 @@ class ReferenceActor(Named):
     def device_logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         """Log-probs of the response tokens, left on self.device; padding not masked.
         -> (B, R) float32."""
-        n = batch.input_ids.shape[0]
+        n, width = batch.response_mask.shape
         chunks = [
-            response_logprobs(
-                self.model,
-                batch.select(slice(i, i + self.batch_size)).to(self.device),
-                self.chunk_size,
-                self.temperature,
+            to_width(
+                response_logprobs(
+                    self.model,
+                    batch.select(slice(i, i + self.batch_size)).trimmed().to(self.device),
+                    self.chunk_size,
+                    self.temperature,
+                ),
+                width,
             )
             for i in range(0, n, self.batch_size)
         ]

@@ -252,6 +252,14 @@ class LearnerConfig:
     warmup_steps: int = param(0, "Linear warm-up optimizer steps.", ge=0)
     max_grad_norm: float = param(1.0, "Gradient clipping norm.", ge=0)
     micro_batch_size: int = param(4, "Sequences per forward/backward per rank.", gt=0)
+    max_tokens_per_batch: int = param(
+        0,
+        "PPO's forwards and backwards per rank in token budgets instead (the peers' dynamic "
+        "batch size): a minibatch's rows grouped by length into micro-batches of at most this "
+        "many tokens (rows x longest prompt + longest response); 0: micro_batch_size rows each. "
+        "Every micro-batch drops the columns that are padding in all its rows either way.",
+        ge=0,
+    )
     ptx_batch_size: int = param(
         4, "Pretraining sequences per policy optimizer step per rank (PPO-ptx).", gt=0
     )

@@ -11,6 +11,7 @@ from instructray.actors.sequences import (
     make_sequence_batch,
     response_logprobs,
     sequence_scores,
+    to_width,
     token_values,
 )
 
@@ -58,6 +59,36 @@ def test_padded_values_and_scores_equal_one_row_forwards(tiny_reward):
             want_values = per_token[len(p) - 1 : len(p) - 1 + len(r)]
             torch.testing.assert_close(values[i, : len(r)], want_values, atol=1e-5, rtol=0)
             torch.testing.assert_close(scores[i], per_token[-1], atol=1e-5, rtol=0)
+
+
+def test_a_trimmed_selection_drops_only_the_columns_every_row_pads():
+    b = make_sequence_batch(PROMPTS, RESPONSES, PAD)  # P = 5, R = 4
+    rows = torch.tensor([0, 2])  # prompts of 3 and 5 tokens, responses of 2 and 1
+    t = b.select(torch.tensor([0])).trimmed()  # prompt 3 of 5 columns, response 2 of 4
+    assert (t.prompt_len, t.input_ids.tolist()) == (3, [[5, 6, 7, 20, 21]])
+    assert t.position_ids.tolist() == [[0, 1, 2, 3, 4]] and t.response_mask.tolist() == [[1, 1]]
+    both = b.select(rows).trimmed()  # no common left padding (prompt 5); responses 2 wide
+    assert both.prompt_len == 5 and both.response_mask.shape == (2, 2)
+    assert b.trimmed() is b  # nothing to trim: every column is real in some row
+    assert b.sizes() == [(3, 2), (1, 4), (5, 1)]
+    assert to_width(torch.ones(2, 2), 4).tolist() == [[1, 1, 0, 0], [1, 1, 0, 0]]
+
+
+def test_trimmed_forwards_equal_full_width_ones(tiny_policy, tiny_reward):
+    policy = AutoModelForCausalLM.from_pretrained(tiny_policy).eval()
+    critic = AutoModelForSequenceClassification.from_pretrained(tiny_reward).eval()
+    full = make_sequence_batch(PROMPTS, RESPONSES, PAD).select(torch.tensor([0, 2]))
+    trim = full.trimmed()
+    assert trim.input_ids.shape[1] < full.input_ids.shape[1]
+    with torch.no_grad():
+        width = full.response_mask.shape[1]
+        got = to_width(response_logprobs(policy, trim, chunk_size=3), width)
+        want = response_logprobs(policy, full, chunk_size=3)
+        torch.testing.assert_close(got * full.response_mask, want * full.response_mask)
+        got = to_width(token_values(critic, trim), width)
+        want = token_values(critic, full)
+        torch.testing.assert_close(got * full.response_mask, want * full.response_mask)
+        torch.testing.assert_close(sequence_scores(critic, trim), sequence_scores(critic, full))
 
 
 def test_experience_shards_are_contiguous_copies_of_every_field():
@@ -158,3 +189,15 @@ def test_every_decoder_family_is_reached_through_transformers_accessors(family):
             want_values = per_token[len(p) - 1 : len(p) - 1 + len(r)]
             torch.testing.assert_close(values[i, : len(r)], want_values, atol=1e-5, rtol=0)
             torch.testing.assert_close(scores[i], per_token[-1], atol=1e-5, rtol=0)
+
+
+def test_the_padding_share_counts_what_each_trimmed_micro_batch_computes():
+    from instructray.actors.learner.actor import padding_share
+    from instructray.actors.learner.step import MicroBatch
+
+    b = make_sequence_batch(PROMPTS, RESPONSES, PAD)  # real tokens: 5, 5, 6
+    one = torch.tensor(1.0)
+    parts = [MicroBatch(b.select(torch.tensor([0, 2])), torch.tensor([0, 2]), one, False)]
+    parts.append(MicroBatch(b.select(torch.tensor([1])), torch.tensor([1]), one, True))
+    # rows 0 and 2: 2 x (5 prompt + 2 response columns) = 14 computed, 11 real; row 1: 5 and 5
+    assert padding_share(parts) == pytest.approx(1 - 16 / 19)

@@ -89,7 +89,13 @@ def test_old_logprobs_of_the_training_forward_make_the_learner_forwards_step(run
     before, after = runs["once"]["learner"], runs["once"]["train"]
     assert before["reward/mean"] == after["reward/mean"]  # the same samples
     assert set(after) == set(before)  # the same metrics
-    for key in ("policy/loss", "policy/grad_norm", "kl/mean", "kl/token_mean", "entropy/mean"):  # fp32 rounding of ratios that are 1 to within 1e-6
+    for key in (
+        "policy/loss",
+        "policy/grad_norm",
+        "kl/mean",
+        "kl/token_mean",
+        "entropy/mean",
+    ):  # fp32 rounding of ratios that are 1 to within 1e-6
         assert abs(after[key] - before[key]) <= 1e-4 * max(1e-3, abs(before[key])), key
     assert after["policy/approx_kl"] == 0.0  # pi / pi_old is 1 exactly
     assert before["kl/mean"] > 0 and before["policy/grad_norm"] > 0  # not trivially equal

@@ -46,8 +46,19 @@ LR = 1.0
 ADAM_EPS = 1.0
 ATOL = 1e-6  # a few fp32 ulps of a weight near 1 (norm weights)
 
-# (ranks, micro-batch size, rows reversed); the reference is (1, 8, False)
-CUTS = [(1, 1, False), (1, 2, False), (1, 8, True), (2, 1, False), (2, 2, False), (2, 4, True)]
+# (ranks, micro-batch size, rows reversed, token budget); the reference is (1, 8, False, 0). With
+# a token budget (learner.max_tokens_per_batch) the rows go by length into micro-batches of
+# uneven sizes (the 2 ranks' counts made equal): a budget of 12 holds 1 to 3 of these rows.
+CUTS = [
+    (1, 1, False, 0),
+    (1, 2, False, 0),
+    (1, 8, True, 0),
+    (2, 1, False, 0),
+    (2, 2, False, 0),
+    (2, 4, True, 0),
+    (1, 8, False, 12),
+    (2, 4, True, 12),
+]
 
 
 def _config(policy: str, reward: str, ranks: int):
@@ -110,13 +121,14 @@ def _weights_at(group: LearnerGroup, start: str) -> dict[str, torch.Tensor]:
 
 
 def _one_step(
-    group, start, experience, micro: int, mode: str, metrics: dict | None = None
+    group, start, experience, micro: int, mode: str, metrics: dict | None = None, budget: int = 0
 ) -> dict[str, torch.Tensor]:
     group.load_checkpoint(start)
     rows_per_rank = ROWS // len(group.actors)
     group.update_settings(
         {
             "learner.micro_batch_size": micro,
+            "learner.max_tokens_per_batch": budget,
             "ppo.minibatch_size": rows_per_rank,
             "ppo.loss_agg": mode,
         }
@@ -152,13 +164,13 @@ def test_one_step_is_the_same_however_the_minibatch_is_cut(groups, mode):
     want = _one_step(one, one_start, experience, ROWS, mode)
     moved = max((want[k] - before[k]).abs().max().item() for k in want)
     assert moved > 1e3 * ATOL  # the step moved the weights: equality below is not trivial
-    for ranks, micro, flipped in CUTS:
+    for ranks, micro, flipped, budget in CUTS:
         group, start = groups[ranks]
         rows = _reversed(experience) if flipped else experience
-        got = _one_step(group, start, rows, micro, mode)
+        got = _one_step(group, start, rows, micro, mode, budget=budget)
         worst = max(want, key=lambda k: (got[k] - want[k]).abs().max().item())
         gap = (got[worst] - want[worst]).abs().max().item()
-        assert gap <= ATOL, (mode, ranks, micro, flipped, worst, gap)
+        assert gap <= ATOL, (mode, ranks, micro, flipped, budget, worst, gap)
 
 
 @pytest.mark.parametrize("ranks,micro", [(1, 4), (2, 2)])
